@@ -1,0 +1,219 @@
+//! The node's long-term identity.
+//!
+//! A node has two key pairs, kept together in `<data_dir>/identity.key`
+//! (mode 0600): an Ed25519 key that signs its node record and its delivery
+//! receipts, and an X25519 key used as the Noise static key of its links and
+//! as the HPKE key messages are sealed to. The node's *address* is the Ed25519
+//! public key; the signed record ties the X25519 key to it.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+/// Name of the identity file inside the data dir.
+pub const IDENTITY_FILE: &str = "identity.key";
+const IDENTITY_LEN: usize = 64;
+
+/// A node's address: its Ed25519 public key, shown as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Address(pub [u8; 32]);
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first 8 hex digits are enough to tell nodes apart in logs.
+        write!(f, "{}", &hex::encode(&self.0[..4]))
+    }
+}
+
+impl FromStr for Address {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| IdentityError::BadAddress)?;
+        Ok(Address(out))
+    }
+}
+
+impl Address {
+    /// The Ed25519 key behind this address, if it is a valid curve point.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, IdentityError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadAddress)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: cannot read or write the identity key: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: identity key file is damaged (expected {IDENTITY_LEN} bytes)")]
+    Damaged { path: String },
+    #[error("{path}: identity key file has mode {mode:o}; it must be 0600 (chmod 600 it)")]
+    Permissions { path: String, mode: u32 },
+    #[error("not a node address (expected 64 hex digits of an Ed25519 key)")]
+    BadAddress,
+}
+
+/// The node's secret keys. Never logged, never sent.
+pub struct Identity {
+    signing: SigningKey,
+    kem_secret: [u8; 32],
+    kem_public: [u8; 32],
+}
+
+impl Identity {
+    /// A fresh random identity.
+    pub fn generate() -> Identity {
+        let signing = SigningKey::generate(&mut OsRng);
+        let kem = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        Self::from_parts(signing.to_bytes(), kem.to_bytes())
+    }
+
+    fn from_parts(signing: [u8; 32], kem_secret: [u8; 32]) -> Identity {
+        let kem = x25519_dalek::StaticSecret::from(kem_secret);
+        let kem_public = x25519_dalek::PublicKey::from(&kem).to_bytes();
+        Identity {
+            signing: SigningKey::from_bytes(&signing),
+            kem_secret,
+            kem_public,
+        }
+    }
+
+    /// Loads `<dir>/identity.key`, creating it (mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
+        let path = dir.join(IDENTITY_FILE);
+        let shown = path.display().to_string();
+        let io = |source| IdentityError::Io {
+            path: shown.clone(),
+            source,
+        };
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let mode = fs::metadata(&path).map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(IdentityError::Permissions { path: shown, mode });
+                }
+                if bytes.len() != IDENTITY_LEN {
+                    return Err(IdentityError::Damaged { path: shown });
+                }
+                let mut signing = [0u8; 32];
+                let mut kem = [0u8; 32];
+                signing.copy_from_slice(&bytes[..32]);
+                kem.copy_from_slice(&bytes[32..]);
+                Ok(Self::from_parts(signing, kem))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = Self::generate();
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io)?;
+                file.write_all(&id.signing.to_bytes()).map_err(io)?;
+                file.write_all(&id.kem_secret).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                Ok(id)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub fn address(&self) -> Address {
+        Address(self.signing.verifying_key().to_bytes())
+    }
+
+    /// The X25519 public key (Noise static key and HPKE key).
+    pub fn kem_public(&self) -> [u8; 32] {
+        self.kem_public
+    }
+
+    /// The X25519 secret key, for Noise and HPKE only.
+    pub(crate) fn kem_secret(&self) -> &[u8; 32] {
+        &self.kem_secret
+    }
+
+    /// Signs `domain || message`; the domain keeps a signature of one kind
+    /// from being replayed as another.
+    pub fn sign(&self, domain: &[u8], message: &[u8]) -> [u8; 64] {
+        let mut buf = Vec::with_capacity(domain.len() + message.len());
+        buf.extend_from_slice(domain);
+        buf.extend_from_slice(message);
+        self.signing.sign(&buf).to_bytes()
+    }
+}
+
+/// Checks a signature made by [`Identity::sign`].
+pub fn verify(address: &Address, domain: &[u8], message: &[u8], signature: &[u8; 64]) -> bool {
+    let Ok(key) = address.verifying_key() else {
+        return false;
+    };
+    let mut buf = Vec::with_capacity(domain.len() + message.len());
+    buf.extend_from_slice(domain);
+    buf.extend_from_slice(message);
+    key.verify_strict(&buf, &ed25519_dalek::Signature::from_bytes(signature))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.address(), b.address());
+        assert_eq!(a.kem_public(), b.kem_public());
+        let mode = fs::metadata(dir.path().join(IDENTITY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn damaged_or_open_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        fs::write(&path, b"short").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            Identity::load_or_create(dir.path()),
+            Err(IdentityError::Damaged { .. })
+        ));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Identity::load_or_create(dir.path()),
+            Err(IdentityError::Permissions { .. })
+        ));
+    }
+
+    #[test]
+    fn address_round_trips_and_signatures_bind_domain() {
+        let id = Identity::generate();
+        let addr: Address = id.address().to_string().parse().unwrap();
+        assert_eq!(addr, id.address());
+        let sig = id.sign(b"a", b"msg");
+        assert!(verify(&addr, b"a", b"msg", &sig));
+        assert!(!verify(&addr, b"b", b"msg", &sig));
+        assert!(!verify(&addr, b"a", b"msh", &sig));
+        assert!("zz".parse::<Address>().is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The local client protocol: `hermes push/pull/status/id` to the daemon,
+//! over the Unix socket.
+//!
+//! Each frame is a 4-byte big-endian length and a postcard body. A client
+//! connection carries a sequence of request/response pairs; a pull is a
+//! `Pull` answered with messages, then a `Confirm` of the ids the client has
+//! printed, so a pull cut off half way loses nothing.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_limited, encode_limited, MessageId, WireError};
+
+pub const CLIENT_VERSION: u8 = 1;
+/// Largest client frame (a pull answer is split across several frames).
+pub const MAX_CLIENT_FRAME: usize = 1 << 20;
+/// Most messages one pull answer carries.
+pub const MAX_PULL_BATCH: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame<T> {
+    pub version: u8,
+    pub body: T,
+}
+
+/// Append new variants at the end only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Queue a message; `to` is an IP, IP:PORT or node address.
+    Push { to: String, text: String },
+    /// Wait until the message's receipt arrives, or the timeout passes.
+    Wait { id: MessageId, timeout_ms: u64 },
+    /// Messages received and not yet confirmed, oldest first.
+    Pull { max: u32 },
+    /// The client has shown these; remove them from the inbox.
+    Confirm { ids: Vec<MessageId> },
+    Status,
+    Id,
+    /// Test-only: make a supervised actor fail (honoured only when the
+    /// daemon runs with `HERMES_FAULT_INJECTION=1`).
+    Fault { actor: String, kind: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Pushed { id: MessageId },
+    Delivered,
+    TimedOut,
+    Messages(Vec<InboxMessage>),
+    Confirmed { removed: u32 },
+    Status(Box<StatusReport>),
+    Id { address: String },
+    Done,
+    /// The request was refused: bad input (`code` 1) or a daemon fault.
+    Error { code: u8, message: String },
+}
+
+/// A delivered message as `pull` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxMessage {
+    pub id: MessageId,
+    pub sender: String,
+    pub sender_ip: String,
+    /// Milliseconds since the Unix epoch: sent by the sender's clock,
+    /// received by ours.
+    pub sent: u64,
+    pub received: u64,
+    pub text: String,
+}
+
+/// `hermes status`: also printed as JSON, so field names are part of the contract.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub address: String,
+    pub listen: String,
+    pub neighbours: Vec<NeighbourStatus>,
+    pub outbox: OutboxCounts,
+    pub inbox: u64,
+    pub drop_list: u64,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighbourStatus {
+    pub address: String,
+    pub listen: String,
+    /// "in" or "out": who dialled.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxCounts {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub relayed: u64,
+    pub dropped: u64,
+    pub retried: u64,
+    pub replays: u64,
+}
+
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
+    encode_limited(
+        &ClientFrame {
+            version: CLIENT_VERSION,
+            body,
+        },
+        MAX_CLIENT_FRAME,
+    )
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    match bytes.first() {
+        None => return Err(WireError::Malformed),
+        Some(&v) if v != CLIENT_VERSION => return Err(WireError::Version(v)),
+        _ => {}
+    }
+    let frame: ClientFrame<T> = decode_limited(bytes, MAX_CLIENT_FRAME)?;
+    Ok(frame.body)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameIoError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Blocking write of one length-prefixed frame (the client side).
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, body: &T) -> Result<(), FrameIoError> {
+    let bytes = encode(body)?;
+    let mut buf = Vec::with_capacity(4 + bytes.len());
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&bytes);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Blocking read of one length-prefixed frame (the client side).
+pub fn read_frame<R: Read, T: for<'a> Deserialize<'a>>(r: &mut R) -> Result<T, FrameIoError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_CLIENT_FRAME {
+        return Err(WireError::TooLarge {
+            size: len,
+            limit: MAX_CLIENT_FRAME,
+        }
+        .into());
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(decode(&buf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip_through_a_stream() {
+        let reqs = vec![
+            Request::Push { to: "127.0.0.4".into(), text: "hi".into() },
+            Request::Pull { max: 3 },
+            Request::Confirm { ids: vec![MessageId::random()] },
+            Request::Status,
+        ];
+        let mut buf = Vec::new();
+        for r in &reqs {
+            write_frame(&mut buf, r).unwrap();
+        }
+        let mut cur = std::io::Cursor::new(buf);
+        for r in &reqs {
+            let got: Request = read_frame(&mut cur).unwrap();
+            assert_eq!(&got, r);
+        }
+    }
+
+    #[test]
+    fn oversized_length_refused_before_allocating() {
+        let mut bytes = (u32::MAX).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let r: Result<Request, _> = read_frame(&mut std::io::Cursor::new(bytes));
+        assert!(matches!(r, Err(FrameIoError::Wire(WireError::TooLarge { .. }))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+
+        #[test]
+        fn push_round_trips(to in ".{0,64}", text in ".{0,256}") {
+            let req = Request::Push { to, text };
+            let bytes = encode(&req).unwrap();
+            prop_assert_eq!(decode::<Request>(&bytes).unwrap(), req);
+        }
+    }
+}

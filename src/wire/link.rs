@@ -1,0 +1,264 @@
+//! Frames between nodes, inside a Noise link.
+//!
+//! Each Noise transport message carries exactly one [`LinkFrame`]. The first
+//! frame each side sends is its [`SignedRecord`]; after that any frame may
+//! follow. A frame that does not decode, breaks a limit, or comes out of turn
+//! costs the peer its link.
+
+use serde::{Deserialize, Serialize};
+
+use super::message::MAX_SEALED_BYTES;
+use super::{decode_limited, encode_limited, MessageId, WireError};
+use crate::crypto::identity::{verify, Address, Identity};
+use crate::crypto::noise::MAX_PLAINTEXT;
+use crate::crypto::seal::Sealed;
+use crate::crypto::SignedRecord;
+
+pub const LINK_VERSION: u8 = 1;
+/// Largest encoded frame: what one Noise transport message can carry.
+pub const MAX_LINK_FRAME: usize = MAX_PLAINTEXT;
+/// Most records one peer-exchange frame may carry.
+pub const MAX_RECORDS_PER_FRAME: usize = 32;
+/// Most hops a flooded packet or receipt may travel.
+pub const MAX_HOPS: u8 = 32;
+
+const RECEIPT_DOMAIN: &[u8] = b"hermes/receipt/1\0";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkFrame {
+    pub version: u8,
+    pub body: LinkBody,
+}
+
+/// Append new variants at the end only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkBody {
+    /// The sender's signed record: the first frame on every link.
+    Record(SignedRecord),
+    /// A flooded message.
+    Packet(FloodPacket),
+    /// A delivery receipt, flooded back.
+    Receipt(Receipt),
+    Ping(u64),
+    Pong(u64),
+    /// The sender is leaving the network; the records are of its other
+    /// neighbours, so the receiver can connect to them instead.
+    Leaving(Vec<SignedRecord>),
+    /// A sample of known records (peer exchange).
+    Records(Vec<SignedRecord>),
+}
+
+/// A message on its way, as every relay sees it in flood mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloodPacket {
+    pub id: MessageId,
+    /// Which sending of this message: each retry floods afresh under a new
+    /// attempt, so relays that saw an earlier one still pass it on.
+    pub attempt: u32,
+    pub hops_left: u8,
+    pub recipient: Address,
+    /// Seconds since the Unix epoch after which nobody forwards it.
+    pub expires_at: u64,
+    pub sealed: Sealed,
+}
+
+/// Proof, signed by the recipient, that a message reached its inbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: MessageId,
+    pub recipient: Address,
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+    pub hops_left: u8,
+    pub expires_at: u64,
+}
+
+impl Receipt {
+    pub fn sign(recipient: &Identity, id: MessageId, expires_at: u64) -> Receipt {
+        Receipt {
+            id,
+            recipient: recipient.address(),
+            signature: recipient.sign(RECEIPT_DOMAIN, &id.0),
+            hops_left: MAX_HOPS,
+            expires_at,
+        }
+    }
+
+    /// True if the named recipient really signed this receipt.
+    pub fn verify(&self) -> bool {
+        verify(&self.recipient, RECEIPT_DOMAIN, &self.id.0, &self.signature)
+    }
+}
+
+impl LinkFrame {
+    pub fn new(body: LinkBody) -> LinkFrame {
+        LinkFrame {
+            version: LINK_VERSION,
+            body,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        self.check_limits()?;
+        encode_limited(self, MAX_LINK_FRAME)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LinkFrame, WireError> {
+        // The version is the first byte; check it before decoding the rest,
+        // so a newer peer gets a clear error rather than "malformed".
+        match bytes.first() {
+            None => return Err(WireError::Malformed),
+            Some(&v) if v != LINK_VERSION => return Err(WireError::Version(v)),
+            _ => {}
+        }
+        let frame: LinkFrame = decode_limited(bytes, MAX_LINK_FRAME)?;
+        frame.check_limits()?;
+        Ok(frame)
+    }
+
+    fn check_limits(&self) -> Result<(), WireError> {
+        match &self.body {
+            LinkBody::Packet(p) => {
+                if p.hops_left > MAX_HOPS {
+                    return Err(WireError::Limit("hop count over the maximum"));
+                }
+                if p.sealed.ciphertext.len() > MAX_SEALED_BYTES {
+                    return Err(WireError::Limit("sealed message too large"));
+                }
+            }
+            LinkBody::Receipt(r) if r.hops_left > MAX_HOPS => {
+                return Err(WireError::Limit("hop count over the maximum"));
+            }
+            LinkBody::Leaving(records) | LinkBody::Records(records)
+                if records.len() > MAX_RECORDS_PER_FRAME =>
+            {
+                return Err(WireError::Limit("too many records"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{seal, unix_now};
+    use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
+    use proptest::prelude::*;
+
+    fn record(id: &Identity) -> SignedRecord {
+        SignedRecord::sign(id, "127.0.0.2:58008".parse().unwrap(), true, unix_now())
+    }
+
+    fn packet(text_len: usize) -> FloodPacket {
+        let alice = Identity::generate();
+        let bob = Identity::generate();
+        let id = MessageId::random();
+        let letter = Letter {
+            version: LETTER_VERSION,
+            id,
+            sender: record(&alice),
+            sent_ms: 1,
+            text: "x".repeat(text_len),
+        };
+        let aad = seal_aad(&id, &bob.address());
+        let sealed = seal::seal(&alice, &bob.kem_public(), &aad, &letter.encode().unwrap()).unwrap();
+        FloodPacket {
+            id,
+            attempt: 0,
+            hops_left: MAX_HOPS,
+            recipient: bob.address(),
+            expires_at: u64::MAX,
+            sealed,
+        }
+    }
+
+    #[test]
+    fn largest_message_fits_one_link_frame() {
+        let frame = LinkFrame::new(LinkBody::Packet(packet(MAX_TEXT_BYTES)));
+        let bytes = frame.encode().unwrap();
+        assert!(bytes.len() <= MAX_LINK_FRAME);
+        assert_eq!(LinkFrame::decode(&bytes).unwrap(), frame);
+    }
+
+    #[test]
+    fn trailing_bytes_version_and_limits_refused() {
+        let frame = LinkFrame::new(LinkBody::Ping(7));
+        let mut bytes = frame.encode().unwrap();
+        bytes.push(0);
+        assert_eq!(LinkFrame::decode(&bytes), Err(WireError::Trailing(1)));
+        let mut bytes = frame.encode().unwrap();
+        bytes[0] = 9;
+        assert_eq!(LinkFrame::decode(&bytes), Err(WireError::Version(9)));
+        assert_eq!(LinkFrame::decode(&[]), Err(WireError::Malformed));
+        let big = vec![LINK_VERSION; MAX_LINK_FRAME + 1];
+        assert!(matches!(LinkFrame::decode(&big), Err(WireError::TooLarge { .. })));
+        let id = Identity::generate();
+        let many = LinkFrame::new(LinkBody::Records(vec![record(&id); MAX_RECORDS_PER_FRAME + 1]));
+        assert_eq!(many.encode(), Err(WireError::Limit("too many records")));
+        let mut p = packet(1);
+        p.hops_left = MAX_HOPS + 1;
+        assert!(LinkFrame::new(LinkBody::Packet(p)).encode().is_err());
+    }
+
+    #[test]
+    fn receipts_verify_only_for_their_signer() {
+        let bob = Identity::generate();
+        let id = MessageId::random();
+        let r = Receipt::sign(&bob, id, 0);
+        assert!(r.verify());
+        let mut forged = r.clone();
+        forged.id = MessageId::random();
+        assert!(!forged.verify());
+        let mut forged = r;
+        forged.recipient = Identity::generate().address();
+        assert!(!forged.verify());
+    }
+
+    fn arb_body() -> impl Strategy<Value = LinkBody> {
+        prop_oneof![
+            any::<u64>().prop_map(LinkBody::Ping),
+            any::<u64>().prop_map(LinkBody::Pong),
+            (any::<[u8; 16]>(), any::<u32>(), 0..=MAX_HOPS, any::<[u8; 32]>(), any::<u64>(),
+             any::<[u8; 32]>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..2048))
+                .prop_map(|(id, attempt, hops_left, rcpt, expires_at, sk, enc, ciphertext)| {
+                    LinkBody::Packet(FloodPacket {
+                        id: MessageId(id),
+                        attempt,
+                        hops_left,
+                        recipient: Address(rcpt),
+                        expires_at,
+                        sealed: Sealed { sender_kem: sk, enc, ciphertext },
+                    })
+                }),
+            (any::<[u8; 16]>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 64), 0..=MAX_HOPS, any::<u64>())
+                .prop_map(|(id, rcpt, sig, hops_left, expires_at)| {
+                    let mut signature = [0u8; 64];
+                    signature.copy_from_slice(&sig);
+                    LinkBody::Receipt(Receipt { id: MessageId(id), recipient: Address(rcpt), signature, hops_left, expires_at })
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(body in arb_body()) {
+            let frame = LinkFrame::new(body);
+            let bytes = frame.encode().unwrap();
+            prop_assert_eq!(LinkFrame::decode(&bytes).unwrap(), frame);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = LinkFrame::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_frames_are_refused(body in arb_body(), cut in 1usize..64) {
+            let bytes = LinkFrame::new(body).encode().unwrap();
+            let cut = cut.min(bytes.len());
+            prop_assert!(LinkFrame::decode(&bytes[..bytes.len() - cut]).is_err());
+        }
+    }
+}
