@@ -8,4 +8,5 @@
 
 // pub mod config;
 pub mod crypto;
+pub mod store;
 pub mod wire;

@@ -1,0 +1,221 @@
+//! The drop list: ids this node has seen, so duplicates and replays die.
+//!
+//! Two kinds of entry: a *seen* entry per flooded copy (message id and
+//! attempt), so each copy is forwarded once; and a *delivered* entry per
+//! message id, written when a verified receipt passes (or when this node
+//! delivered the message itself), which stops any later copy and keeps the
+//! receipt so it can be sent back to whoever forwards a late copy.
+//! Every entry expires only after the last moment a copy can still be
+//! accepted (the message's own expiry); an index tree keyed by expiry time
+//! makes the periodic sweep cheap, and reads check expiry too.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{Store, StoreError};
+use crate::wire::link::Receipt;
+use crate::wire::MessageId;
+
+/// Most expired entries one sweep removes, so a sweep never stalls the node.
+pub const SWEEP_BATCH: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropKey {
+    Seen { id: MessageId, attempt: u32 },
+    Delivered(MessageId),
+}
+
+impl DropKey {
+    pub(super) fn bytes(&self) -> Vec<u8> {
+        match self {
+            DropKey::Seen { id, attempt } => {
+                let mut k = Vec::with_capacity(21);
+                k.push(0);
+                k.extend_from_slice(&id.0);
+                k.extend_from_slice(&attempt.to_be_bytes());
+                k
+            }
+            DropKey::Delivered(id) => {
+                let mut k = Vec::with_capacity(17);
+                k.push(1);
+                k.extend_from_slice(&id.0);
+                k
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropEntry {
+    pub expires_at: u64,
+    pub receipt: Option<Receipt>,
+}
+
+fn exp_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&expires_at.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+pub(super) fn insert_in_tx(
+    drop: &TransactionalTree,
+    drop_exp: &TransactionalTree,
+    key: &DropKey,
+    entry: &DropEntry,
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    let k = key.bytes();
+    let value = postcard::to_stdvec(entry).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+    let old = drop.insert(k.clone(), value)?;
+    if let Some(old) = old {
+        if let Ok(old) = postcard::from_bytes::<DropEntry>(&old) {
+            if old.expires_at != entry.expires_at {
+                drop_exp.remove(exp_key(old.expires_at, &k))?;
+            }
+        }
+    }
+    drop_exp.insert(exp_key(entry.expires_at, &k), &[])?;
+    Ok(true)
+}
+
+impl Store {
+    /// The live entry for `key`, if any (an expired one counts as absent).
+    pub fn drop_get(&self, key: &DropKey, now: u64) -> Result<Option<DropEntry>, StoreError> {
+        match self.drop.get(key.bytes())? {
+            Some(v) => {
+                let entry: DropEntry = postcard::from_bytes(&v)?;
+                Ok((entry.expires_at > now).then_some(entry))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records `key` unless a live entry exists; true if it was new.
+    pub fn drop_insert_new(&self, key: &DropKey, entry: &DropEntry, now: u64) -> Result<bool, StoreError> {
+        let k = key.bytes();
+        let r = (&self.drop, &self.drop_exp).transaction(|(drop, drop_exp)| {
+            if let Some(v) = drop.get(&k)? {
+                if let Ok(old) = postcard::from_bytes::<DropEntry>(&v) {
+                    if old.expires_at > now {
+                        return Ok(false);
+                    }
+                }
+            }
+            insert_in_tx(drop, drop_exp, key, entry)
+        })?;
+        Ok(r)
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] entries that have expired by `now`.
+    pub fn drop_sweep(&self, now: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let end = now.saturating_add(1).to_be_bytes();
+        for item in self.drop_exp.range(..end.as_slice()).take(SWEEP_BATCH) {
+            let (k, _) = item?;
+            let drop_key = &k[8..];
+            // Remove the entry only if it still has this expiry (it may have
+            // been renewed with a later one).
+            if let Some(v) = self.drop.get(drop_key)? {
+                let live = postcard::from_bytes::<DropEntry>(&v)
+                    .map(|e| e.expires_at > now)
+                    .unwrap_or(false);
+                if !live {
+                    self.drop.remove(drop_key)?;
+                }
+            }
+            self.drop_exp.remove(&k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub fn drop_len(&self) -> usize {
+        self.drop.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn seen_once_then_duplicate() {
+        let (_d, s) = store();
+        let key = DropKey::Seen { id: MessageId([1; 16]), attempt: 0 };
+        let e = DropEntry { expires_at: 100, receipt: None };
+        assert!(s.drop_insert_new(&key, &e, 10).unwrap());
+        assert!(!s.drop_insert_new(&key, &e, 10).unwrap());
+        // Another attempt of the same message is a different copy.
+        let key2 = DropKey::Seen { id: MessageId([1; 16]), attempt: 1 };
+        assert!(s.drop_insert_new(&key2, &e, 10).unwrap());
+        // Delivered is its own kind.
+        assert!(s.drop_get(&DropKey::Delivered(MessageId([1; 16])), 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn expiry_on_read_and_by_sweep() {
+        let (_d, s) = store();
+        let key = DropKey::Delivered(MessageId([2; 16]));
+        let e = DropEntry { expires_at: 100, receipt: None };
+        assert!(s.drop_insert_new(&key, &e, 10).unwrap());
+        assert!(s.drop_get(&key, 99).unwrap().is_some());
+        assert!(s.drop_get(&key, 100).unwrap().is_none());
+        assert_eq!(s.drop_sweep(50).unwrap(), 0);
+        assert_eq!(s.drop_len(), 1);
+        assert_eq!(s.drop_sweep(101).unwrap(), 1);
+        assert_eq!(s.drop_len(), 0);
+        // An expired entry may be recorded afresh.
+        assert!(s.drop_insert_new(&key, &DropEntry { expires_at: 300, receipt: None }, 200).unwrap());
+    }
+
+    #[test]
+    fn entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DropKey::Delivered(MessageId([3; 16]));
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.drop_insert_new(&key, &DropEntry { expires_at: 1000, receipt: None }, 0).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(!s.drop_insert_new(&key, &DropEntry { expires_at: 1000, receipt: None }, 0).unwrap());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// The drop list behaves like a map with expiry: an id is new exactly
+        /// when the model has no live entry for it, and a sweep removes
+        /// exactly the expired entries.
+        #[test]
+        fn matches_a_model(ops in proptest::collection::vec((0u8..8, 0u32..3, 1u64..50, 0u64..60), 1..60), sweep_at in 0u64..60) {
+            let (_d, s) = store();
+            let mut model: HashMap<(u8, u32), u64> = HashMap::new();
+            for (id, attempt, ttl, now) in ops {
+                let key = DropKey::Seen { id: MessageId([id; 16]), attempt };
+                let expires_at = now + ttl;
+                let live = model.get(&(id, attempt)).is_some_and(|&exp| exp > now);
+                let inserted = s.drop_insert_new(&key, &DropEntry { expires_at, receipt: None }, now).unwrap();
+                prop_assert_eq!(inserted, !live);
+                if inserted {
+                    model.insert((id, attempt), expires_at);
+                }
+            }
+            s.drop_sweep(sweep_at).unwrap();
+            let remaining = model.values().filter(|&&exp| exp > sweep_at).count();
+            prop_assert_eq!(s.drop_len(), remaining);
+            for ((id, attempt), exp) in &model {
+                let key = DropKey::Seen { id: MessageId([*id; 16]), attempt: *attempt };
+                prop_assert_eq!(s.drop_get(&key, sweep_at).unwrap().is_some(), *exp > sweep_at);
+            }
+        }
+    }
+}
