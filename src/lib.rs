@@ -6,7 +6,8 @@
 //! actors together and runs the daemon; [`client`] is what `hermes push/pull`
 //! use to talk to it.
 
-// pub mod config;
+pub mod actors;
+pub mod config;
 pub mod crypto;
 pub mod store;
 pub mod wire;

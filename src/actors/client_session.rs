@@ -1,0 +1,192 @@
+//! ClientSession: serves one local client connection (`hermes push`, `pull`,
+//! `status`, `id`) over the Unix socket, a request at a time, then ends.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::inbox::{Confirm, Inbox, Pull};
+use super::listener::Listener;
+use super::neighbours::{GetNeighbours, NeighbourManager};
+use super::peer_session::LinkIdentity;
+use super::router::{Push, PushError, Router, WaitDelivered};
+use super::{FaultKind, InjectFault};
+use crate::store::{Counter, Store};
+use crate::wire::client::{self, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME, MAX_PULL_BATCH};
+
+/// A client idle for this long between requests is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `push --wait` the daemon honours.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// What a client session (and the legacy protocol) needs of the node.
+#[derive(Clone)]
+pub struct ClientDeps {
+    pub me: LinkIdentity,
+    pub store: Store,
+    pub router: Addr<Router>,
+    pub inbox: Addr<Inbox>,
+    pub neighbours: Addr<NeighbourManager>,
+    /// `HERMES_FAULT_INJECTION=1`: honour `Fault` requests (tests only).
+    pub faults: bool,
+    pub log: slog::Logger,
+}
+
+pub struct ClientSession {
+    stream: Option<UnixStream>,
+    deps: ClientDeps,
+    listener: Addr<Listener>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ClientSession {
+    pub fn new(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>, permit: OwnedSemaphorePermit) -> Self {
+        ClientSession {
+            stream: Some(stream),
+            deps,
+            listener,
+            _permit: permit,
+        }
+    }
+}
+
+impl Actor for ClientSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(stream) = self.stream.take() else {
+            return ctx.stop();
+        };
+        let deps = self.deps.clone();
+        let listener = self.listener.clone();
+        ctx.spawn(serve(stream, deps, listener).into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
+    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_CLIENT_FRAME).new_codec();
+    let mut framed = Framed::new(stream, codec);
+    loop {
+        let bytes = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
+            Ok(Some(Ok(b))) => b,
+            Ok(Some(Err(e))) => {
+                slog::info!(deps.log, "bad client frame"; "error" => %e);
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let response = match client::decode::<Request>(&bytes) {
+            Ok(req) => answer(req, &deps, &listener).await,
+            Err(e) => {
+                slog::info!(deps.log, "bad client request"; "error" => %e);
+                Response::Error { code: 1, message: format!("bad request: {e}") }
+            }
+        };
+        let Ok(out) = client::encode(&response) else {
+            return;
+        };
+        if framed.send(bytes::Bytes::from(out)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> Response {
+    Response::Error { code: 1, message: e.to_string() }
+}
+
+async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> Response {
+    match req {
+        Request::Push { to, text } => match deps.router.send(Push { to, text }).await {
+            Ok(Ok(id)) => Response::Pushed { id },
+            Ok(Err(e)) => refused(e),
+            Err(e) => refused(format!("router unavailable: {e}")),
+        },
+        Request::Wait { id, timeout_ms } => {
+            let timeout = Duration::from_millis(timeout_ms).min(MAX_WAIT);
+            match deps.router.send(WaitDelivered { id, timeout }).await {
+                Ok(Ok(true)) => Response::Delivered,
+                Ok(Ok(false)) => Response::TimedOut,
+                Ok(Err(PushError::Restarted)) | Err(_) => refused("the router restarted while waiting; wait again"),
+                Ok(Err(e)) => refused(e),
+            }
+        }
+        Request::Pull { max } => {
+            let max = (max as usize).clamp(1, MAX_PULL_BATCH);
+            match deps.inbox.send(Pull { max }).await {
+                Ok(Ok(msgs)) => Response::Messages(msgs),
+                Ok(Err(e)) => refused(e),
+                Err(e) => refused(format!("inbox unavailable: {e}")),
+            }
+        }
+        Request::Confirm { ids } => match deps.inbox.send(Confirm { ids }).await {
+            Ok(Ok(removed)) => Response::Confirmed { removed },
+            Ok(Err(e)) => refused(e),
+            Err(e) => refused(format!("inbox unavailable: {e}")),
+        },
+        Request::Status => match status(deps).await {
+            Ok(s) => Response::Status(Box::new(s)),
+            Err(e) => refused(e),
+        },
+        Request::Id => Response::Id {
+            address: deps.me.record.record.address.to_string(),
+        },
+        Request::Fault { actor, kind } => fault(deps, listener, &actor, &kind),
+    }
+}
+
+async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
+    let neighbours = deps.neighbours.send(GetNeighbours).await.map_err(|e| e.to_string())?;
+    let s = &deps.store;
+    let counts = s.outbox_counts().map_err(|e| e.to_string())?;
+    let c = |k| s.counter(k).map_err(|e| e.to_string());
+    Ok(StatusReport {
+        address: deps.me.record.record.address.to_string(),
+        listen: deps.me.record.record.listen.to_string(),
+        neighbours,
+        outbox: OutboxCounts {
+            queued: counts.queued,
+            in_flight: counts.in_flight,
+            delivered: c(Counter::Delivered)?,
+            failed: c(Counter::Failed)?,
+        },
+        inbox: s.inbox_len() as u64,
+        drop_list: s.drop_len() as u64,
+        counters: Counters {
+            relayed: c(Counter::Relayed)?,
+            dropped: c(Counter::Dropped)?,
+            retried: c(Counter::Retried)?,
+            replays: c(Counter::Replays)?,
+        },
+    })
+}
+
+fn fault(deps: &ClientDeps, listener: &Addr<Listener>, actor: &str, kind: &str) -> Response {
+    if !deps.faults {
+        return refused("fault injection is off (start the daemon with HERMES_FAULT_INJECTION=1)");
+    }
+    let kind: FaultKind = match kind.parse() {
+        Ok(k) => k,
+        Err(e) => return refused(e),
+    };
+    match actor {
+        "router" => deps.router.do_send(InjectFault(kind)),
+        "inbox" => deps.inbox.do_send(InjectFault(kind)),
+        "neighbours" => deps.neighbours.do_send(InjectFault(kind)),
+        "listener" => listener.do_send(InjectFault(kind)),
+        other => return refused(format!("unknown actor {other:?} (router | inbox | neighbours | listener)")),
+    }
+    slog::warn!(deps.log, "fault injected"; "actor" => actor.to_string(), "kind" => kind_name(kind));
+    Response::Done
+}
+
+fn kind_name(k: FaultKind) -> &'static str {
+    match k {
+        FaultKind::Panic => "panic",
+        FaultKind::Error => "error",
+    }
+}

@@ -1,0 +1,416 @@
+//! PeerSession: one actor per connected peer.
+//!
+//! A link is set up before the actor starts ([`establish`]): the Noise XX
+//! handshake, then each side's signed record as the first transport message,
+//! checked against the Noise static key. The session then reads length-
+//! prefixed Noise messages, decrypts and decodes each into a frame and hands
+//! packets and receipts to the Router, waiting for the Router to take each one
+//! before reading more (back-pressure reaches the peer through TCP). Writes go
+//! through a bounded queue to a writer task that owns the sending half; a peer
+//! too slow to drain its queue loses frames, never the node's memory.
+//! Any bad frame, decrypt failure or missed keepalive closes the link; the
+//! NeighbourManager hears of it and redials or replaces the peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use super::neighbours::{NeighbourManager, SessionDown, SessionUp};
+use super::router::{Inbound, Router};
+use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE};
+use crate::crypto::{unix_now, Address, Identity, RecordError, SignedRecord};
+use crate::wire::link::{LinkBody, LinkFrame};
+use crate::wire::WireError;
+
+/// Frames waiting for the writer; past this a slow peer loses frames.
+pub const OUTBOUND_QUEUE: usize = 512;
+/// A ping goes out this often on an idle link.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A peer not heard from for this long is cut off.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time for the first frame (the record) after the handshake.
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to connect to a peer.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful close waits for queued frames to be written.
+pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("handshake: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("bad frame: {0}")]
+    Wire(#[from] WireError),
+    #[error("first frame is not a node record")]
+    NoRecord,
+    #[error("node record: {0}")]
+    Record(#[from] RecordError),
+    #[error("node record names another key than the link's")]
+    KeyMismatch,
+    #[error("peer is {found:?}, expected {expected:?}")]
+    WrongPeer { expected: Address, found: Address },
+    #[error("peer is this node itself")]
+    SelfLink,
+    #[error("link i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no record in time")]
+    Timeout,
+}
+
+/// A link whose handshake and record exchange succeeded.
+pub struct Established {
+    pub stream: TcpStream,
+    pub link: Link,
+    pub peer: SignedRecord,
+}
+
+/// Sets up a link on a connected stream: handshake, records, checks.
+pub async fn establish(
+    mut stream: TcpStream,
+    identity: &Identity,
+    my_record: &SignedRecord,
+    initiator: bool,
+    expected: Option<Address>,
+) -> Result<Established, LinkError> {
+    let mut link = noise::handshake(&mut stream, identity, initiator).await?;
+    let first = LinkFrame::new(LinkBody::Record(my_record.clone())).encode()?;
+    noise::write_prefixed(&mut stream, &link.send.encrypt(&first)?).await?;
+    let msg = tokio::time::timeout(RECORD_TIMEOUT, noise::read_prefixed(&mut stream))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let frame = LinkFrame::decode(&link.recv.decrypt(&msg)?)?;
+    let LinkBody::Record(peer) = frame.body else {
+        return Err(LinkError::NoRecord);
+    };
+    peer.verify(unix_now())?;
+    if peer.record.kem_key != link.remote_static {
+        return Err(LinkError::KeyMismatch);
+    }
+    if peer.record.address == identity.address() {
+        return Err(LinkError::SelfLink);
+    }
+    if let Some(expected) = expected {
+        if expected != peer.record.address {
+            return Err(LinkError::WrongPeer {
+                expected,
+                found: peer.record.address,
+            });
+        }
+    }
+    Ok(Established { stream, link, peer })
+}
+
+/// Connects to `addr` and sets up a link as the initiator.
+pub async fn dial(
+    addr: SocketAddr,
+    identity: &Identity,
+    my_record: &SignedRecord,
+) -> Result<Established, LinkError> {
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::ConnectTimeout(addr))?
+        .map_err(|source| LinkError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    establish(stream, identity, my_record, true, None).await
+}
+
+/// Learns the signed record of whatever node listens at `addr`, then hangs up.
+pub async fn probe(addr: SocketAddr, identity: &Identity, my_record: &SignedRecord) -> Result<SignedRecord, LinkError> {
+    let mut est = dial(addr, identity, my_record).await?;
+    let _ = est.stream.shutdown().await;
+    Ok(est.peer)
+}
+
+/// What the writer task is asked to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An encoded [`LinkFrame`].
+    Frame(Bytes),
+    /// Write what is queued, then close the connection.
+    Close,
+}
+
+/// How other actors reach a session: the queue to its writer, and its actor.
+#[derive(Clone)]
+pub struct PeerHandle {
+    pub address: Address,
+    pub session_id: u64,
+    pub tx: mpsc::Sender<Outgoing>,
+    pub session: Addr<PeerSession>,
+}
+
+impl PeerHandle {
+    /// Queues an encoded frame; false if the peer's queue is full or gone.
+    pub fn send(&self, frame: Bytes) -> bool {
+        self.tx.try_send(Outgoing::Frame(frame)).is_ok()
+    }
+}
+
+pub struct PeerSession {
+    session_id: u64,
+    peer: SignedRecord,
+    direction: Direction,
+    recv: RecvCipher,
+    tx: mpsc::Sender<Outgoing>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    router: Addr<Router>,
+    neighbours: Addr<NeighbourManager>,
+    last_heard: Instant,
+    ping_sent: Option<(u64, Instant)>,
+    rtt: Option<Duration>,
+    log: slog::Logger,
+    graceful: bool,
+    /// The peer announced it is leaving: do not redial it.
+    peer_left: bool,
+}
+
+impl PeerSession {
+    /// Starts the session actor for an established link.
+    pub fn launch(
+        est: Established,
+        direction: Direction,
+        session_id: u64,
+        router: Addr<Router>,
+        neighbours: Addr<NeighbourManager>,
+        log: &slog::Logger,
+    ) -> Addr<PeerSession> {
+        let Established { stream, link, peer } = est;
+        let (read_half, write_half) = stream.into_split();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let log = log.new(slog::o!("peer" => format!("{:?}", peer.record.address), "peer_listen" => peer.record.listen.to_string()));
+        let writer = actix_rt::spawn(write_loop(write_half, link.send, rx, log.clone()));
+        PeerSession::create(move |ctx| {
+            let codec = LengthDelimitedCodec::builder()
+                .length_field_type::<u16>()
+                .max_frame_length(MAX_NOISE_MESSAGE)
+                .new_codec();
+            ctx.add_stream(FramedRead::new(read_half, codec));
+            PeerSession {
+                session_id,
+                peer,
+                direction,
+                recv: link.recv,
+                tx,
+                writer: Some(writer),
+                router,
+                neighbours,
+                last_heard: Instant::now(),
+                ping_sent: None,
+                rtt: None,
+                log,
+                graceful: false,
+                peer_left: false,
+            }
+        })
+    }
+
+    fn send_frame(&self, body: LinkBody) {
+        if let Ok(bytes) = LinkFrame::new(body).encode() {
+            let _ = self.tx.try_send(Outgoing::Frame(bytes.into()));
+        }
+    }
+
+    fn cut(&mut self, ctx: &mut Context<Self>, why: &str) {
+        slog::info!(self.log, "peer cut off"; "reason" => why);
+        ctx.stop();
+    }
+
+    fn on_frame(&mut self, frame: LinkFrame, ctx: &mut Context<Self>) {
+        match frame.body {
+            LinkBody::Record(_) => self.cut(ctx, "second record on a link"),
+            LinkBody::Ping(n) => self.send_frame(LinkBody::Pong(n)),
+            LinkBody::Pong(n) => {
+                if let Some((sent, at)) = self.ping_sent {
+                    if sent == n {
+                        self.rtt = Some(at.elapsed());
+                        self.ping_sent = None;
+                    }
+                }
+            }
+            LinkBody::Leaving(records) => {
+                slog::info!(self.log, "peer is leaving");
+                let _ = self.neighbours.try_send(super::neighbours::Learn(records));
+                self.graceful = true;
+                self.peer_left = true;
+                ctx.stop();
+            }
+            LinkBody::Records(records) => {
+                let _ = self.neighbours.try_send(super::neighbours::Learn(records));
+            }
+            body @ (LinkBody::Packet(_) | LinkBody::Receipt(_)) => {
+                // Wait for the router to take it before reading on.
+                let msg = Inbound {
+                    from: Some(self.peer.record.address),
+                    body,
+                };
+                ctx.wait(self.router.send(msg).into_actor(self).map(|_, _, _| ()));
+            }
+        }
+    }
+}
+
+async fn write_loop(mut half: OwnedWriteHalf, mut cipher: SendCipher, mut rx: mpsc::Receiver<Outgoing>, log: slog::Logger) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Frame(bytes) => {
+                let sealed = match cipher.encrypt(&bytes) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        slog::warn!(log, "cannot encrypt frame"; "error" => %e);
+                        break;
+                    }
+                };
+                if let Err(e) = noise::write_prefixed(&mut half, &sealed).await {
+                    slog::debug!(log, "write failed"; "error" => %e);
+                    break;
+                }
+            }
+            Outgoing::Close => break,
+        }
+    }
+    let _ = half.shutdown().await;
+}
+
+impl Actor for PeerSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(64);
+        slog::info!(self.log, "peer up"; "direction" => self.direction.as_str());
+        let handle = PeerHandle {
+            address: self.peer.record.address,
+            session_id: self.session_id,
+            tx: self.tx.clone(),
+            session: ctx.address(),
+        };
+        self.neighbours.do_send(SessionUp {
+            record: self.peer.clone(),
+            direction: self.direction,
+            handle,
+        });
+        ctx.run_interval(KEEPALIVE_INTERVAL, |this, ctx| {
+            if this.last_heard.elapsed() > KEEPALIVE_TIMEOUT {
+                this.cut(ctx, "keepalive timeout");
+                return;
+            }
+            let n = rand::random();
+            this.ping_sent = Some((n, Instant::now()));
+            this.send_frame(LinkBody::Ping(n));
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if !self.graceful {
+            if let Some(w) = self.writer.take() {
+                w.abort();
+            }
+        }
+        slog::info!(self.log, "peer down");
+        self.neighbours.do_send(SessionDown {
+            address: self.peer.record.address,
+            session_id: self.session_id,
+            listen: self.peer.record.listen,
+            left: self.peer_left,
+        });
+    }
+}
+
+impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerSession {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        let bytes = match item {
+            Ok(b) => b,
+            Err(e) => return self.cut(ctx, &format!("read: {e}")),
+        };
+        self.last_heard = Instant::now();
+        let plain = match self.recv.decrypt(&bytes) {
+            Ok(p) => p,
+            Err(e) => return self.cut(ctx, &format!("decrypt: {e}")),
+        };
+        match LinkFrame::decode(&plain) {
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(e) => self.cut(ctx, &format!("bad frame: {e}")),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        slog::debug!(self.log, "peer closed the connection");
+        ctx.stop();
+    }
+}
+
+/// Asks a session to close. With `farewell`, that frame is written first and
+/// the close waits (bounded) for the queue to drain.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    pub farewell: Option<Bytes>,
+}
+
+impl Handler<Close> for PeerSession {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Close, _ctx: &mut Context<Self>) -> Self::Result {
+        self.graceful = true;
+        let tx = self.tx.clone();
+        let writer = self.writer.take();
+        Box::pin(
+            async move {
+                if let Some(f) = msg.farewell {
+                    let _ = tx.send(Outgoing::Frame(f)).await;
+                }
+                let _ = tx.send(Outgoing::Close).await;
+                if let Some(w) = writer {
+                    let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, w).await;
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}
+
+/// Round-trip time of the last answered keepalive.
+#[derive(Message)]
+#[rtype(result = "Option<Duration>")]
+pub struct GetRtt;
+
+impl Handler<GetRtt> for PeerSession {
+    type Result = Option<Duration>;
+    fn handle(&mut self, _: GetRtt, _: &mut Context<Self>) -> Option<Duration> {
+        self.rtt
+    }
+}
+
+/// Shared pieces every link needs: who we are and what we announce.
+#[derive(Clone)]
+pub struct LinkIdentity {
+    pub identity: Arc<Identity>,
+    pub record: Arc<SignedRecord>,
+}
