@@ -7,7 +7,10 @@
 //! use to talk to it.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod logging;
+pub mod node;
 pub mod store;
 pub mod wire;

@@ -1,1 +1,262 @@
-fn main() {}
+//! The `hermes` command: parses the command line and calls the library.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hermes::client::{Client, ClientError};
+use hermes::config::Config;
+use hermes::wire::client::{InboxMessage, Request, Response, StatusReport, MAX_PULL_BATCH};
+use hermes::wire::message::MAX_TEXT_BYTES;
+
+/// Exit codes of the external contract.
+const EXIT_BAD_INPUT: u8 = 1;
+const EXIT_NO_DAEMON: u8 = 2;
+const EXIT_WAIT_TIMED_OUT: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "hermes", version, about = "Hermes: peer-to-peer messaging, sealed end to end")]
+struct Cli {
+    /// Config file (else $HERMES_CONFIG, else ~/.config/hermes/node.toml if it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground.
+    Daemon {
+        /// Up to 3 bootstrap addresses (IP or IP:PORT), added to the config's.
+        #[arg(value_name = "ADDR")]
+        bootstrap: Vec<String>,
+    },
+    /// Hand a message to the local daemon; prints its id once it is on disk.
+    Push {
+        /// Recipient: IP, IP:PORT or node address.
+        #[arg(long)]
+        to: String,
+        /// The text; "-" or absent reads standard input.
+        #[arg(long)]
+        msg: Option<String>,
+        /// Wait until the delivery receipt arrives (default 60 s); exit 3 if it does not.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+        wait: Option<u64>,
+    },
+    /// Print the messages received since the last pull, oldest first.
+    Pull {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this node's address, neighbours, outbox, inbox and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's address.
+    Id,
+    /// Test-only: make a supervised actor fail (daemon needs HERMES_FAULT_INJECTION=1).
+    #[command(hide = true)]
+    DebugFault { actor: String, kind: String },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure(u8, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let e = e.into();
+        let code = match e.downcast_ref::<ClientError>() {
+            Some(ClientError::NotRunning { .. }) => EXIT_NO_DAEMON,
+            _ => EXIT_BAD_INPUT,
+        };
+        Failure(code, e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return if usage { ExitCode::from(EXIT_BAD_INPUT) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, e)) => {
+            eprintln!("hermes: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Daemon { bootstrap } => {
+            config.add_bootstrap(&bootstrap)?;
+            daemon(config)
+        }
+        Command::Push { to, msg, wait } => push(&config, to, msg, wait),
+        Command::Pull { json } => pull(&config, json),
+        Command::Status { json } => status(&config, json),
+        Command::Id => match connect(&config)?.call(&Request::Id)? {
+            Response::Id { address } => {
+                println!("{address}");
+                Ok(0)
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::DebugFault { actor, kind } => match connect(&config)?.call(&Request::Fault { actor, kind })? {
+            Response::Done => Ok(0),
+            other => Err(unexpected(other)),
+        },
+    }
+}
+
+fn daemon(config: Config) -> Result<u8, Failure> {
+    let (log, guard) = hermes::logging::build(&config.log);
+    let result = actix_rt::System::new().block_on(hermes::node::run(config, log));
+    drop(guard);
+    result?;
+    Ok(0)
+}
+
+fn connect(config: &Config) -> Result<Client, Failure> {
+    Ok(Client::connect(&config.client.socket)?)
+}
+
+/// A refusal from the daemon, or an answer that does not fit the request.
+fn unexpected(r: Response) -> Failure {
+    match r {
+        Response::Error { code, message } => Failure(code.max(1), anyhow::anyhow!(message)),
+        other => Failure(EXIT_BAD_INPUT, anyhow::anyhow!("unexpected answer from the daemon: {other:?}")),
+    }
+}
+
+fn push(config: &Config, to: String, msg: Option<String>, wait: Option<u64>) -> Result<u8, Failure> {
+    let text = match msg.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(MAX_TEXT_BYTES as u64 + 1)
+                .read_to_string(&mut s)
+                .context("cannot read the message from standard input")?;
+            s.strip_suffix('\n').map(str::to_string).unwrap_or(s)
+        }
+        Some(t) => t.to_string(),
+    };
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(Failure(
+            EXIT_BAD_INPUT,
+            anyhow::anyhow!("message is over the {MAX_TEXT_BYTES}-byte limit"),
+        ));
+    }
+    let mut client = connect(config)?;
+    let id = match client.call(&Request::Push { to, text })? {
+        Response::Pushed { id } => id,
+        other => return Err(unexpected(other)),
+    };
+    println!("{id}");
+    let _ = std::io::stdout().flush();
+    let Some(secs) = wait else { return Ok(0) };
+    let timeout = Duration::from_secs(secs);
+    let req = Request::Wait { id, timeout_ms: timeout.as_millis() as u64 };
+    match client.call_with(&req, timeout)? {
+        Response::Delivered => Ok(0),
+        Response::TimedOut => {
+            eprintln!("hermes: no delivery receipt within {secs} s; the message stays queued");
+            Ok(EXIT_WAIT_TIMED_OUT)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Control characters would break the one-message-per-line format.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(config)?;
+    let stdout = std::io::stdout();
+    loop {
+        let msgs: Vec<InboxMessage> = match client.call(&Request::Pull { max: MAX_PULL_BATCH as u32 })? {
+            Response::Messages(m) => m,
+            other => return Err(unexpected(other)),
+        };
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut out = stdout.lock();
+            for m in &msgs {
+                if json {
+                    let v = serde_json::json!({
+                        "id": m.id.to_string(),
+                        "sender": m.sender,
+                        "sender_ip": m.sender_ip,
+                        "sent": m.sent,
+                        "received": m.received,
+                        "text": m.text,
+                    });
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(out, "IP: {} MSG:{}", m.sender_ip, one_line(&m.text))?;
+                }
+            }
+            // Confirm only what has really been written out.
+            out.flush()?;
+        }
+        let ids = msgs.iter().map(|m| m.id).collect();
+        match client.call(&Request::Confirm { ids })? {
+            Response::Confirmed { .. } => {}
+            other => return Err(unexpected(other)),
+        }
+    }
+}
+
+fn status(config: &Config, json: bool) -> Result<u8, Failure> {
+    let s: StatusReport = match connect(config)?.call(&Request::Status)? {
+        Response::Status(s) => *s,
+        other => return Err(unexpected(other)),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(0);
+    }
+    println!("address    {}", s.address);
+    println!("listen     {}", s.listen);
+    println!("neighbours {}", s.neighbours.len());
+    for n in &s.neighbours {
+        println!("  {:<3} {:<22} {}", n.direction, n.listen, n.address);
+    }
+    let o = &s.outbox;
+    println!(
+        "outbox     queued {} / in flight {} / delivered {} / failed {}",
+        o.queued, o.in_flight, o.delivered, o.failed
+    );
+    println!("inbox      {}", s.inbox);
+    println!("drop list  {}", s.drop_list);
+    let c = &s.counters;
+    println!(
+        "counters   relayed {} / dropped {} / retried {} / replays {}",
+        c.relayed, c.dropped, c.retried, c.replays
+    );
+    Ok(0)
+}
