@@ -37,6 +37,8 @@ pub struct Listener {
     clients: Arc<Semaphore>,
     closing: bool,
     log: slog::Logger,
+    /// Parent logger of the inbound sessions.
+    session_log: slog::Logger,
 }
 
 impl Listener {
@@ -56,6 +58,7 @@ impl Listener {
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
             closing: false,
             log: log.new(slog::o!("actor" => "listener")),
+            session_log: log.new(slog::o!("actor" => "session")),
         }
     }
 }
@@ -130,7 +133,7 @@ impl StreamHandler<PeerConn> for Listener {
             };
             let _ = stream.set_nodelay(true);
             let deps = this.deps.clone();
-            let log = this.log.clone();
+            let log = this.session_log.clone();
             actix_rt::spawn(async move {
                 let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
                 drop(permit);

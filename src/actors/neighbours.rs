@@ -68,6 +68,8 @@ pub struct NeighbourManager {
     lost: HashSet<SocketAddr>,
     leaving: bool,
     log: slog::Logger,
+    /// Parent logger of the sessions this manager dials.
+    session_log: slog::Logger,
 }
 
 impl NeighbourManager {
@@ -93,6 +95,7 @@ impl NeighbourManager {
             lost: HashSet::new(),
             leaving: false,
             log: log.new(slog::o!("actor" => "neighbours")),
+            session_log: log.new(slog::o!("actor" => "session")),
         }
     }
 
@@ -157,7 +160,7 @@ impl NeighbourManager {
                     if this.leaving {
                         return;
                     }
-                    PeerSession::launch(est, Direction::Out, next_session_id(), this.router.clone(), ctx.address(), &this.log);
+                    PeerSession::launch(est, Direction::Out, next_session_id(), this.router.clone(), ctx.address(), &this.session_log);
                 }
                 Err(e) => {
                     slog::debug!(this.log, "dial failed"; "addr" => %addr, "error" => %e);

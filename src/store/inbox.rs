@@ -74,3 +74,56 @@ impl Store {
         self.inbox.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Identity;
+
+    fn msg(id: u8, text: &str) -> InboxMessage {
+        InboxMessage {
+            id: MessageId([id; 16]),
+            sender: "s".into(),
+            sender_ip: "127.0.0.2".into(),
+            sent: 1,
+            received: 2,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn delivered_once_even_after_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let me = Identity::generate();
+        let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000);
+        let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000);
+        assert!(s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
+        assert!(s.inbox_deliver(&msg(2, "b"), &r2, 10).unwrap());
+        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
+        let listed: Vec<String> = s.inbox_list(10).unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(listed, vec!["a", "b"], "oldest first");
+        assert_eq!(s.inbox_remove(&[MessageId([1; 16])]).unwrap(), 1);
+        assert_eq!(s.inbox_len(), 1);
+        // Pulled and confirmed, yet never delivered again while its entry lives.
+        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
+        assert_eq!(s.inbox_len(), 1);
+        // The stored receipt is what a late copy is answered with.
+        let entry = s.drop_get(&DropKey::Delivered(MessageId([1; 16])), 10).unwrap().unwrap();
+        assert_eq!(entry.receipt, Some(r1));
+    }
+
+    #[test]
+    fn inbox_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::generate();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let r = Receipt::sign(&me, MessageId([7; 16]), 1_000);
+            s.inbox_deliver(&msg(7, "kept"), &r, 10).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.inbox_list(10).unwrap()[0].text, "kept");
+    }
+}
