@@ -6,6 +6,7 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `outbox` | message id | [`OutboxEntry`]: sealed message, retry state |
+//! | `outbox_due` | `be_u64(due_ms) ‖ id` | due-time index of `outbox` |
 //! | `inbox` | `be_u64(seq) ‖ id` | a delivered [`InboxMessage`] |
 //! | `drop` | [`DropKey`] | [`DropEntry`]: expiry, the receipt if delivered |
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
@@ -79,6 +80,7 @@ impl Counter {
 pub struct Store {
     db: sled::Db,
     outbox: sled::Tree,
+    outbox_due: sled::Tree,
     inbox: sled::Tree,
     drop: sled::Tree,
     drop_exp: sled::Tree,
@@ -98,6 +100,7 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| classify_open_error(&path, e));
         Ok(Store {
             outbox: tree("outbox")?,
+            outbox_due: tree("outbox_due")?,
             inbox: tree("inbox")?,
             drop: tree("drop")?,
             drop_exp: tree("drop_exp")?,

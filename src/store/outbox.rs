@@ -5,11 +5,20 @@
 //! only when a verified receipt arrives, or when its time to live runs out.
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
 
 use super::{Counter, Store, StoreError};
 use crate::crypto::seal::Sealed;
 use crate::crypto::Address;
 use crate::wire::MessageId;
+
+fn due_key(due_ms: u64, id: &MessageId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&due_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -24,6 +33,14 @@ pub struct OutboxEntry {
     pub sealed: Sealed,
 }
 
+impl OutboxEntry {
+    /// When the entry next needs attention: its next try, or its expiry if
+    /// that comes first.
+    pub fn due_ms(&self) -> u64 {
+        self.next_try_ms.min(self.expires_at.saturating_mul(1000))
+    }
+}
+
 /// Counts of the outbox for `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
@@ -34,9 +51,33 @@ pub struct OutboxCounts {
 }
 
 impl Store {
+    /// Stores an entry and files it under its due time in the `outbox_due`
+    /// index (both in one transaction).
     pub fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), StoreError> {
-        self.outbox.insert(id.0, postcard::to_stdvec(entry)?)?;
+        let value = postcard::to_stdvec(entry)?;
+        (&self.outbox, &self.outbox_due).transaction(|(outbox, due)| {
+            if let Some(old) = outbox.insert(&id.0, value.as_slice())? {
+                if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
+                    due.remove(&due_key(old.due_ms(), id)[..])?;
+                }
+            }
+            due.insert(&due_key(entry.due_ms(), id)[..], &[])?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
         Ok(())
+    }
+
+    fn outbox_take(&self, id: &MessageId) -> Result<bool, StoreError> {
+        let removed = (&self.outbox, &self.outbox_due).transaction(|(outbox, due)| {
+            let Some(old) = outbox.remove(&id.0)? else {
+                return Ok::<_, ConflictableTransactionError<StoreError>>(false);
+            };
+            if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
+                due.remove(&due_key(old.due_ms(), id)[..])?;
+            }
+            Ok(true)
+        })?;
+        Ok(removed)
     }
 
     pub fn outbox_get(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
@@ -48,7 +89,7 @@ impl Store {
 
     /// Removes a delivered message and counts it; false if it was not there.
     pub fn outbox_delivered(&self, id: &MessageId) -> Result<bool, StoreError> {
-        let removed = self.outbox.remove(id.0)?.is_some();
+        let removed = self.outbox_take(id)?;
         if removed {
             self.bump(Counter::Delivered, 1)?;
         }
@@ -57,44 +98,44 @@ impl Store {
 
     /// Removes a message whose time to live ran out, and counts it failed.
     pub fn outbox_failed(&self, id: &MessageId) -> Result<(), StoreError> {
-        if self.outbox.remove(id.0)?.is_some() {
+        if self.outbox_take(id)? {
             self.bump(Counter::Failed, 1)?;
         }
         Ok(())
     }
 
-    /// Entries due at `now_ms` (or expired), at most `limit`.
-    ///
-    /// This reads the whole outbox; it is small on a healthy node (entries
-    /// leave it at the first receipt). A due-time index is the next step if
-    /// that stops being true.
+    /// Entries due at `now_ms` (expired ones are due too), at most `limit`,
+    /// earliest first, read through the due-time index.
     pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
+        let end = now_ms.saturating_add(1).to_be_bytes();
         let mut due = Vec::new();
-        for item in self.outbox.iter() {
-            let (k, v) = item?;
-            let entry: OutboxEntry = postcard::from_bytes(&v)?;
-            if entry.next_try_ms <= now_ms || entry.expires_at.saturating_mul(1000) <= now_ms {
-                let Ok(id) = <[u8; 16]>::try_from(k.as_ref()) else {
-                    continue;
-                };
-                due.push((MessageId(id), entry));
-                if due.len() >= limit {
-                    break;
-                }
+        for item in self.outbox_due.range(..end.as_slice()).take(limit) {
+            let (k, _) = item?;
+            let Some(id) = k.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                continue;
+            };
+            let id = MessageId(id);
+            if let Some(entry) = self.outbox_get(&id)? {
+                due.push((id, entry));
             }
         }
         Ok(due)
     }
 
-    /// Makes every waiting entry due now (a new neighbour came up).
+    /// Makes every waiting entry due now (a new neighbour came up); returns
+    /// how many were waiting.
     pub fn outbox_hurry(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let start = now_ms.saturating_add(1).to_be_bytes();
         let mut n = 0;
-        for item in self.outbox.iter() {
-            let (k, v) = item?;
-            let mut entry: OutboxEntry = postcard::from_bytes(&v)?;
-            if entry.next_try_ms > now_ms {
+        for item in self.outbox_due.range(start.as_slice()..) {
+            let (k, _) = item?;
+            let Some(id) = k.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                continue;
+            };
+            let id = MessageId(id);
+            if let Some(mut entry) = self.outbox_get(&id)? {
                 entry.next_try_ms = now_ms;
-                self.outbox.insert(k, postcard::to_stdvec(&entry)?)?;
+                self.outbox_put(&id, &entry)?;
                 n += 1;
             }
         }
@@ -148,5 +189,24 @@ mod tests {
         assert_eq!(s.counter(Counter::Delivered).unwrap(), 1);
         assert_eq!(s.counter(Counter::Failed).unwrap(), 1);
         assert_eq!(s.outbox_counts().unwrap(), OutboxCounts::default());
+        assert!(s.outbox_due(u64::MAX, 10).unwrap().is_empty(), "index emptied too");
+    }
+
+    #[test]
+    fn rescheduling_moves_the_index_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = MessageId([1; 16]);
+        s.outbox_put(&a, &entry(100)).unwrap();
+        let mut e = entry(100);
+        e.attempts = 1;
+        e.next_try_ms = 400;
+        s.outbox_put(&a, &e).unwrap();
+        assert!(s.outbox_due(399, 10).unwrap().is_empty());
+        assert_eq!(s.outbox_due(400, 10).unwrap(), vec![(a, e.clone())]);
+        // An entry past its expiry is due even if its next try is later.
+        e.next_try_ms = 5_000_000;
+        s.outbox_put(&a, &e).unwrap();
+        assert_eq!(s.outbox_due(1_000_000, 10).unwrap().len(), 1);
     }
 }
