@@ -34,13 +34,20 @@ pub const FAULT_INJECTION_ENV: &str = "HERMES_FAULT_INJECTION";
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{path}: cannot create the data dir: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Identity(#[from] IdentityError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {what} {addr}: {source}")]
-    Bind { what: &'static str, addr: String, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("a daemon already answers on {0}")]
     AlreadyRunning(PathBuf),
     #[error("cannot install signal handlers: {0}")]
@@ -61,17 +68,25 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     let identity = Arc::new(Identity::load_or_create(data_dir)?);
 
     let listen = config.node.listen;
-    let peer_listener = TcpListener::bind(listen).await.map_err(|source| NodeError::Bind {
-        what: "peer address",
-        addr: listen.to_string(),
-        source,
-    })?;
+    let peer_listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what: "peer address",
+            addr: listen.to_string(),
+            source,
+        })?;
     let advertised = advertise(&config);
     if advertised.ip().is_unspecified() {
-        slog::warn!(log, "no address to announce: set node.advertise (or listen on a specific IP)");
+        slog::warn!(
+            log,
+            "no address to announce: set node.advertise (or listen on a specific IP)"
+        );
     }
     let record = SignedRecord::sign(&identity, advertised, config.node.relay, unix_now());
-    let me = LinkIdentity { identity: identity.clone(), record: Arc::new(record) };
+    let me = LinkIdentity {
+        identity: identity.clone(),
+        record: Arc::new(record),
+    };
 
     let socket_path = config.client.socket.clone();
     let client_listener = bind_client_socket(&socket_path)?;
@@ -79,11 +94,15 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         0 => None,
         port => {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Bind {
-                what: "legacy port",
-                addr: addr.to_string(),
-                source,
-            })?)
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        what: "legacy port",
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            )
         }
     };
 
@@ -100,7 +119,15 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
         Supervisor::start(move |_| {
-            NeighbourManager::new(me, store, router, net.bootstrap, net.min_neighbours, net.max_neighbours, &log)
+            NeighbourManager::new(
+                me,
+                store,
+                router,
+                net.bootstrap,
+                net.min_neighbours,
+                net.max_neighbours,
+                &log,
+            )
         })
     };
     let deps = ClientDeps {
@@ -114,7 +141,9 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     };
     let listener = {
         let log = log.clone();
-        Supervisor::start(move |_| Listener::new(peer_listener, client_listener, legacy, deps, &log))
+        Supervisor::start(move |_| {
+            Listener::new(peer_listener, client_listener, legacy, deps, &log)
+        })
     };
     slog::info!(log, "node started";
         "address" => identity.address().to_string(),
@@ -150,7 +179,11 @@ fn advertise(config: &Config) -> SocketAddr {
         return listen;
     }
     let local = config.network.bootstrap.first().and_then(|b| {
-        let any: SocketAddr = if b.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { "[::]:0".parse().ok()? };
+        let any: SocketAddr = if b.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            "[::]:0".parse().ok()?
+        };
         let sock = UdpSocket::bind(any).ok()?;
         sock.connect(b).ok()?;
         sock.local_addr().ok()
@@ -162,7 +195,10 @@ fn advertise(config: &Config) -> SocketAddr {
 }
 
 fn create_private_dir(path: &Path) -> Result<(), NodeError> {
-    let err = |source| NodeError::DataDir { path: path.to_path_buf(), source };
+    let err = |source| NodeError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
     if !path.exists() {
         std::fs::create_dir_all(path).map_err(err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;

@@ -16,7 +16,9 @@ use super::peer_session::LinkIdentity;
 use super::router::{Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
 use crate::store::{Counter, Store};
-use crate::wire::client::{self, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME, MAX_PULL_BATCH};
+use crate::wire::client::{
+    self, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME, MAX_PULL_BATCH,
+};
 
 /// A client idle for this long between requests is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +46,12 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
-    pub fn new(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(
+        stream: UnixStream,
+        deps: ClientDeps,
+        listener: Addr<Listener>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         ClientSession {
             stream: Some(stream),
             deps,
@@ -63,12 +70,18 @@ impl Actor for ClientSession {
         };
         let deps = self.deps.clone();
         let listener = self.listener.clone();
-        ctx.spawn(serve(stream, deps, listener).into_actor(self).map(|_, _, ctx| ctx.stop()));
+        ctx.spawn(
+            serve(stream, deps, listener)
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.stop()),
+        );
     }
 }
 
 async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
-    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_CLIENT_FRAME).new_codec();
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_CLIENT_FRAME)
+        .new_codec();
     let mut framed = Framed::new(stream, codec);
     loop {
         let bytes = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
@@ -83,7 +96,10 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
             Ok(req) => answer(req, &deps, &listener).await,
             Err(e) => {
                 slog::info!(deps.log, "bad client request"; "error" => %e);
-                Response::Error { code: 1, message: format!("bad request: {e}") }
+                Response::Error {
+                    code: 1,
+                    message: format!("bad request: {e}"),
+                }
             }
         };
         let Ok(out) = client::encode(&response) else {
@@ -96,7 +112,10 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
 }
 
 fn refused(e: impl std::fmt::Display) -> Response {
-    Response::Error { code: 1, message: e.to_string() }
+    Response::Error {
+        code: 1,
+        message: e.to_string(),
+    }
 }
 
 async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> Response {
@@ -111,7 +130,9 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             match deps.router.send(WaitDelivered { id, timeout }).await {
                 Ok(Ok(true)) => Response::Delivered,
                 Ok(Ok(false)) => Response::TimedOut,
-                Ok(Err(PushError::Restarted)) | Err(_) => refused("the router restarted while waiting; wait again"),
+                Ok(Err(PushError::Restarted)) | Err(_) => {
+                    refused("the router restarted while waiting; wait again")
+                }
                 Ok(Err(e)) => refused(e),
             }
         }
@@ -140,7 +161,11 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
 }
 
 async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
-    let neighbours = deps.neighbours.send(GetNeighbours).await.map_err(|e| e.to_string())?;
+    let neighbours = deps
+        .neighbours
+        .send(GetNeighbours)
+        .await
+        .map_err(|e| e.to_string())?;
     let s = &deps.store;
     let counts = s.outbox_counts().map_err(|e| e.to_string())?;
     let c = |k| s.counter(k).map_err(|e| e.to_string());
@@ -178,7 +203,11 @@ fn fault(deps: &ClientDeps, listener: &Addr<Listener>, actor: &str, kind: &str) 
         "inbox" => deps.inbox.do_send(InjectFault(kind)),
         "neighbours" => deps.neighbours.do_send(InjectFault(kind)),
         "listener" => listener.do_send(InjectFault(kind)),
-        other => return refused(format!("unknown actor {other:?} (router | inbox | neighbours | listener)")),
+        other => {
+            return refused(format!(
+                "unknown actor {other:?} (router | inbox | neighbours | listener)"
+            ))
+        }
     }
     slog::warn!(deps.log, "fault injected"; "actor" => actor.to_string(), "kind" => kind_name(kind));
     Response::Done

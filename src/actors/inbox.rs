@@ -65,7 +65,9 @@ impl Handler<Deliver> for Inbox {
     type Result = ResponseFuture<Result<bool, InboxError>>;
     fn handle(&mut self, d: Deliver, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        let r = guard(self, ctx, &log, "inbox", |this, _| this.store.inbox_deliver(&d.msg, &d.receipt, unix_now()));
+        let r = guard(self, ctx, &log, "inbox", |this, _| {
+            this.store.inbox_deliver(&d.msg, &d.receipt, unix_now())
+        });
         let store = self.store.clone();
         Box::pin(async move {
             let new = r.ok_or(InboxError::Failed)??;
@@ -86,9 +88,11 @@ impl Handler<Pull> for Inbox {
     type Result = Result<Vec<InboxMessage>, InboxError>;
     fn handle(&mut self, p: Pull, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        guard(self, ctx, &log, "inbox", |this, _| this.store.inbox_list(p.max))
-            .ok_or(InboxError::Failed)?
-            .map_err(Into::into)
+        guard(self, ctx, &log, "inbox", |this, _| {
+            this.store.inbox_list(p.max)
+        })
+        .ok_or(InboxError::Failed)?
+        .map_err(Into::into)
     }
 }
 
@@ -103,7 +107,9 @@ impl Handler<Confirm> for Inbox {
     type Result = ResponseFuture<Result<u32, InboxError>>;
     fn handle(&mut self, c: Confirm, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        let r = guard(self, ctx, &log, "inbox", |this, _| this.store.inbox_remove(&c.ids));
+        let r = guard(self, ctx, &log, "inbox", |this, _| {
+            this.store.inbox_remove(&c.ids)
+        });
         let store = self.store.clone();
         Box::pin(async move {
             let n = r.ok_or(InboxError::Failed)??;
@@ -117,6 +123,8 @@ impl Handler<InjectFault> for Inbox {
     type Result = ();
     fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
         let log = self.log.clone();
-        guard(self, ctx, &log, "inbox", |_, ctx| inject(ctx, &log, "inbox", msg.0));
+        guard(self, ctx, &log, "inbox", |_, ctx| {
+            inject(ctx, &log, "inbox", msg.0)
+        });
     }
 }

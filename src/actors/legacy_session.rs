@@ -50,16 +50,24 @@ pub async fn serve_legacy(mut stream: TcpStream, deps: ClientDeps) {
         _ => return,
     };
     let answer = match parse(&buf[..n]) {
-        Some(LegacyRequest::Push { ip, text }) => match deps.router.send(Push { to: ip, text }).await {
-            Ok(Ok(_)) => "SUCCESS".to_string(),
-            Ok(Err(e)) => {
-                slog::info!(deps.log, "legacy push refused"; "reason" => %e);
-                "FAIL".to_string()
+        Some(LegacyRequest::Push { ip, text }) => {
+            match deps.router.send(Push { to: ip, text }).await {
+                Ok(Ok(_)) => "SUCCESS".to_string(),
+                Ok(Err(e)) => {
+                    slog::info!(deps.log, "legacy push refused"; "reason" => %e);
+                    "FAIL".to_string()
+                }
+                Err(_) => "FAIL".to_string(),
             }
-            Err(_) => "FAIL".to_string(),
-        },
+        }
         Some(LegacyRequest::Pull) => {
-            let msgs = match deps.inbox.send(Pull { max: MAX_LEGACY_PULL }).await {
+            let msgs = match deps
+                .inbox
+                .send(Pull {
+                    max: MAX_LEGACY_PULL,
+                })
+                .await
+            {
                 Ok(Ok(m)) => m,
                 _ => {
                     let _ = stream.write_all(b"FAIL").await;
@@ -92,11 +100,17 @@ mod tests {
         assert_eq!(parse(b"PULL"), Some(LegacyRequest::Pull));
         assert_eq!(
             parse(b"PUSH IP:127.0.0.4 MSG:hello there"),
-            Some(LegacyRequest::Push { ip: "127.0.0.4".into(), text: "hello there".into() })
+            Some(LegacyRequest::Push {
+                ip: "127.0.0.4".into(),
+                text: "hello there".into()
+            })
         );
         assert_eq!(
             parse(b"PUSH IP:1.2.3.4 MSG: MSG:x"),
-            Some(LegacyRequest::Push { ip: "1.2.3.4".into(), text: " MSG:x".into() })
+            Some(LegacyRequest::Push {
+                ip: "1.2.3.4".into(),
+                text: " MSG:x".into()
+            })
         );
         assert_eq!(parse(b"PUSH 1.2.3.4 hi"), None);
         assert_eq!(parse(&[0xff, 0xfe]), None);

@@ -67,7 +67,11 @@ struct PeerConn(std::io::Result<TcpStream>);
 struct ClientConn(std::io::Result<UnixStream>);
 struct LegacyConn(std::io::Result<TcpStream>);
 
-fn accepts<L, T, S, F>(listener: Arc<L>, accept: F, wrap: fn(std::io::Result<S>) -> T) -> impl futures::Stream<Item = T>
+fn accepts<L, T, S, F>(
+    listener: Arc<L>,
+    accept: F,
+    wrap: fn(std::io::Result<S>) -> T,
+) -> impl futures::Stream<Item = T>
 where
     L: 'static,
     F: Fn(Arc<L>) -> futures::future::BoxFuture<'static, std::io::Result<S>> + 'static,
@@ -127,7 +131,10 @@ impl StreamHandler<PeerConn> for Listener {
                 Ok(s) => s,
                 Err(e) => return slog::warn!(this.log, "accept failed"; "error" => %e),
             };
-            let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let remote = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             let Ok(permit) = this.handshakes.clone().try_acquire_owned() else {
                 return slog::warn!(this.log, "too many handshakes in progress; connection refused"; "remote" => remote);
             };
@@ -139,9 +146,18 @@ impl StreamHandler<PeerConn> for Listener {
                 drop(permit);
                 match r {
                     Ok(est) => {
-                        PeerSession::launch(est, Direction::In, next_session_id(), deps.router, deps.neighbours, &log);
+                        PeerSession::launch(
+                            est,
+                            Direction::In,
+                            next_session_id(),
+                            deps.router,
+                            deps.neighbours,
+                            &log,
+                        );
                     }
-                    Err(e) => slog::info!(log, "inbound link refused"; "remote" => remote, "reason" => %e),
+                    Err(e) => {
+                        slog::info!(log, "inbound link refused"; "remote" => remote, "reason" => %e)
+                    }
                 }
             });
         });
@@ -211,6 +227,8 @@ impl Handler<InjectFault> for Listener {
     type Result = ();
     fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
         let log = self.log.clone();
-        guard(self, ctx, &log, "listener", |_, ctx| inject(ctx, &log, "listener", msg.0));
+        guard(self, ctx, &log, "listener", |_, ctx| {
+            inject(ctx, &log, "listener", msg.0)
+        });
     }
 }

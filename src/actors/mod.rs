@@ -92,7 +92,11 @@ where
 /// The delay before try number `attempt` (1 = the first retry): exponential
 /// from `min` to `max`, with jitter so that many nodes retrying after the
 /// same event do not retry in step.
-pub fn backoff_delay(min: std::time::Duration, max: std::time::Duration, attempt: u32) -> std::time::Duration {
+pub fn backoff_delay(
+    min: std::time::Duration,
+    max: std::time::Duration,
+    attempt: u32,
+) -> std::time::Duration {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(min)

@@ -100,7 +100,10 @@ impl NeighbourManager {
     }
 
     fn ready(&self, addr: &SocketAddr, now: Instant) -> bool {
-        self.backoff.get(addr).and_then(|b| b.next_at).is_none_or(|at| at <= now)
+        self.backoff
+            .get(addr)
+            .and_then(|b| b.next_at)
+            .is_none_or(|at| at <= now)
     }
 
     fn failed(&mut self, addr: SocketAddr) {
@@ -113,7 +116,9 @@ impl NeighbourManager {
     }
 
     fn connected_to(&self, addr: &SocketAddr) -> bool {
-        self.neighbours.values().any(|n| n.record.record.listen == *addr)
+        self.neighbours
+            .values()
+            .any(|n| n.record.record.listen == *addr)
     }
 
     /// Dials lost neighbours, and more known nodes while below the minimum.
@@ -160,7 +165,14 @@ impl NeighbourManager {
                     if this.leaving {
                         return;
                     }
-                    PeerSession::launch(est, Direction::Out, next_session_id(), this.router.clone(), ctx.address(), &this.session_log);
+                    PeerSession::launch(
+                        est,
+                        Direction::Out,
+                        next_session_id(),
+                        this.router.clone(),
+                        ctx.address(),
+                        &this.session_log,
+                    );
                 }
                 Err(e) => {
                     slog::debug!(this.log, "dial failed"; "addr" => %addr, "error" => %e);
@@ -191,7 +203,10 @@ impl NeighbourManager {
                 return close(&msg.handle);
             }
             if let Some(old) = self.neighbours.remove(&addr) {
-                self.router.do_send(NeighbourDown { address: addr, session_id: old.handle.session_id });
+                self.router.do_send(NeighbourDown {
+                    address: addr,
+                    session_id: old.handle.session_id,
+                });
                 close(&old.handle);
             }
         } else if msg.direction == Direction::In && self.neighbours.len() >= self.max {
@@ -217,12 +232,18 @@ impl NeighbourManager {
     }
 
     fn down(&mut self, msg: SessionDown) {
-        let current = self.neighbours.get(&msg.address).is_some_and(|n| n.handle.session_id == msg.session_id);
+        let current = self
+            .neighbours
+            .get(&msg.address)
+            .is_some_and(|n| n.handle.session_id == msg.session_id);
         if !current {
             return;
         }
         self.neighbours.remove(&msg.address);
-        self.router.do_send(NeighbourDown { address: msg.address, session_id: msg.session_id });
+        self.router.do_send(NeighbourDown {
+            address: msg.address,
+            session_id: msg.session_id,
+        });
         slog::info!(self.log, "neighbour down"; "peer" => ?msg.address, "left" => msg.left, "neighbours" => self.neighbours.len());
         if !msg.left && !self.leaving {
             self.lost.insert(msg.listen);
@@ -238,7 +259,9 @@ impl Actor for NeighbourManager {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(256);
         ctx.run_interval(TICK, |this, ctx| {
-            guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| this.tick(ctx));
+            guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
+                this.tick(ctx)
+            });
         });
         self.tick(ctx);
     }
@@ -344,8 +367,11 @@ impl Handler<Leave> for NeighbourManager {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
         self.leaving = true;
-        let records: Vec<(Address, SignedRecord)> =
-            self.neighbours.iter().map(|(a, n)| (*a, n.record.clone())).collect();
+        let records: Vec<(Address, SignedRecord)> = self
+            .neighbours
+            .iter()
+            .map(|(a, n)| (*a, n.record.clone()))
+            .collect();
         let mut closes = Vec::new();
         for (addr, n) in self.neighbours.drain() {
             let others: Vec<SignedRecord> = records
@@ -354,7 +380,10 @@ impl Handler<Leave> for NeighbourManager {
                 .map(|(_, r)| r.clone())
                 .take(MAX_RECORDS_PER_FRAME)
                 .collect();
-            let farewell = LinkFrame::new(LinkBody::Leaving(others)).encode().ok().map(Into::into);
+            let farewell = LinkFrame::new(LinkBody::Leaving(others))
+                .encode()
+                .ok()
+                .map(Into::into);
             closes.push(n.handle.session.send(Close { farewell }));
         }
         slog::info!(self.log, "leaving the network"; "neighbours" => closes.len());
@@ -368,6 +397,8 @@ impl Handler<InjectFault> for NeighbourManager {
     type Result = ();
     fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
         let log = self.log.clone();
-        guard(self, ctx, &log, "neighbours", |_, ctx| inject(ctx, &log, "neighbours", msg.0));
+        guard(self, ctx, &log, "neighbours", |_, ctx| {
+            inject(ctx, &log, "neighbours", msg.0)
+        });
     }
 }

@@ -61,7 +61,10 @@ impl Direction {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {0}: timed out")]
     ConnectTimeout(SocketAddr),
     #[error("handshake: {0}")]
@@ -142,7 +145,11 @@ pub async fn dial(
 }
 
 /// Learns the signed record of whatever node listens at `addr`, then hangs up.
-pub async fn probe(addr: SocketAddr, identity: &Identity, my_record: &SignedRecord) -> Result<SignedRecord, LinkError> {
+pub async fn probe(
+    addr: SocketAddr,
+    identity: &Identity,
+    my_record: &SignedRecord,
+) -> Result<SignedRecord, LinkError> {
     let mut est = dial(addr, identity, my_record).await?;
     let _ = est.stream.shutdown().await;
     Ok(est.peer)
@@ -276,7 +283,12 @@ impl PeerSession {
     }
 }
 
-async fn write_loop(mut half: OwnedWriteHalf, mut cipher: SendCipher, mut rx: mpsc::Receiver<Outgoing>, log: slog::Logger) {
+async fn write_loop(
+    mut half: OwnedWriteHalf,
+    mut cipher: SendCipher,
+    mut rx: mpsc::Receiver<Outgoing>,
+    log: slog::Logger,
+) {
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Frame(bytes) => {

@@ -73,7 +73,14 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(me: LinkIdentity, store: Store, inbox: Addr<Inbox>, ttl: Duration, relay: bool, log: &slog::Logger) -> Router {
+    pub fn new(
+        me: LinkIdentity,
+        store: Store,
+        inbox: Addr<Inbox>,
+        ttl: Duration,
+        relay: bool,
+        log: &slog::Logger,
+    ) -> Router {
         Router {
             me,
             store,
@@ -143,7 +150,13 @@ impl Router {
         }
     }
 
-    fn send_entry(&mut self, id: MessageId, mut entry: OutboxEntry, now_ms: u64, ctx: &mut Context<Self>) {
+    fn send_entry(
+        &mut self,
+        id: MessageId,
+        mut entry: OutboxEntry,
+        now_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let packet = FloodPacket {
             id,
             attempt: entry.attempts,
@@ -165,14 +178,21 @@ impl Router {
             self.save_entry(&id, &entry);
             return;
         }
-        let seen = DropKey::Seen { id, attempt: entry.attempts };
-        let mark = DropEntry { expires_at: entry.expires_at, receipt: None };
+        let seen = DropKey::Seen {
+            id,
+            attempt: entry.attempts,
+        };
+        let mark = DropEntry {
+            expires_at: entry.expires_at,
+            receipt: None,
+        };
         if let Err(e) = self.store.drop_insert_new(&seen, &mark, unix_now()) {
             slog::warn!(self.log, "cannot update the drop list"; "error" => %e);
         }
         let sent = self.flood(&LinkFrame::new(LinkBody::Packet(packet)), None);
         entry.attempts = entry.attempts.saturating_add(1);
-        entry.next_try_ms = now_ms + backoff_delay(RETRY_MIN, RETRY_MAX, entry.attempts).as_millis() as u64;
+        entry.next_try_ms =
+            now_ms + backoff_delay(RETRY_MIN, RETRY_MAX, entry.attempts).as_millis() as u64;
         if entry.attempts > 1 {
             self.bump(Counter::Retried);
             slog::info!(self.log, "message retried"; "id" => %id, "attempt" => entry.attempts, "neighbours" => sent);
@@ -196,7 +216,12 @@ impl Router {
         }
     }
 
-    fn on_packet(&mut self, p: FloodPacket, from: Option<Address>, ctx: &mut Context<Self>) -> Option<ResponseActFuture<Self, ()>> {
+    fn on_packet(
+        &mut self,
+        p: FloodPacket,
+        from: Option<Address>,
+        ctx: &mut Context<Self>,
+    ) -> Option<ResponseActFuture<Self, ()>> {
         let now = unix_now();
         if p.expires_at <= now || p.expires_at > now + MAX_EXPIRY_AHEAD_SECS {
             slog::debug!(self.log, "packet dropped: expired or expiry too far ahead"; "id" => %p.id);
@@ -222,8 +247,18 @@ impl Router {
                 return None;
             }
         }
-        let seen = DropKey::Seen { id: p.id, attempt: p.attempt };
-        match self.store.drop_insert_new(&seen, &DropEntry { expires_at: p.expires_at, receipt: None }, now) {
+        let seen = DropKey::Seen {
+            id: p.id,
+            attempt: p.attempt,
+        };
+        match self.store.drop_insert_new(
+            &seen,
+            &DropEntry {
+                expires_at: p.expires_at,
+                receipt: None,
+            },
+            now,
+        ) {
             Ok(true) => {}
             Ok(false) => {
                 self.bump(Counter::Dropped);
@@ -252,7 +287,12 @@ impl Router {
 
     /// Opens a packet addressed to this node, stores it (flushed), then
     /// floods the receipt.
-    fn deliver(&mut self, p: FloodPacket, from: Option<Address>, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
+    fn deliver(
+        &mut self,
+        p: FloodPacket,
+        from: Option<Address>,
+        _ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let me = self.my_address();
         let inbox = self.inbox.clone();
@@ -263,7 +303,8 @@ impl Router {
         let sealed = p.sealed;
         let fut = async move {
             let opened = actix_rt::task::spawn_blocking(move || {
-                let plain = seal::open(&identity, &sealed, &seal_aad(&id, &me)).map_err(|e| e.to_string())?;
+                let plain = seal::open(&identity, &sealed, &seal_aad(&id, &me))
+                    .map_err(|e| e.to_string())?;
                 let letter = Letter::decode(&plain).map_err(|e| e.to_string())?;
                 check_letter(&letter, &sealed, id)?;
                 let receipt = Receipt::sign(&identity, id, expires_at);
@@ -292,7 +333,13 @@ impl Router {
                 received: unix_now_ms(),
                 text: letter.text,
             };
-            match inbox.send(Deliver { msg, receipt: receipt.clone() }).await {
+            match inbox
+                .send(Deliver {
+                    msg,
+                    receipt: receipt.clone(),
+                })
+                .await
+            {
                 Ok(Ok(new)) => {
                     if new {
                         slog::info!(log, "message delivered"; "id" => %id, "from" => ?letter.sender.record.address);
@@ -339,8 +386,14 @@ impl Router {
             self.bump(Counter::Dropped);
             return;
         }
-        let entry = DropEntry { expires_at: r.expires_at, receipt: Some(r.clone()) };
-        if let Err(e) = self.store.drop_insert_new(&DropKey::Delivered(r.id), &entry, now) {
+        let entry = DropEntry {
+            expires_at: r.expires_at,
+            receipt: Some(r.clone()),
+        };
+        if let Err(e) = self
+            .store
+            .drop_insert_new(&DropKey::Delivered(r.id), &entry, now)
+        {
             slog::error!(self.log, "cannot update the drop list"; "error" => %e);
             return;
         }
@@ -368,7 +421,10 @@ fn check_letter(letter: &Letter, sealed: &Sealed, id: MessageId) -> Result<(), S
     if letter.version != LETTER_VERSION || letter.id != id {
         return Err("letter does not match its header".into());
     }
-    letter.sender.verify(unix_now()).map_err(|e| format!("sender record: {e}"))?;
+    letter
+        .sender
+        .verify(unix_now())
+        .map_err(|e| format!("sender record: {e}"))?;
     if letter.sender.record.kem_key != sealed.sender_kem {
         return Err("sender record names another key than the one that sealed it".into());
     }
@@ -395,7 +451,9 @@ async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRec
             "--to {to:?}: expected an IP, IP:PORT or a node address (64 hex digits)"
         )));
     };
-    if me.record.record.listen.ip() == ip && port.is_none_or(|p| p == me.record.record.listen.port()) {
+    if me.record.record.listen.ip() == ip
+        && port.is_none_or(|p| p == me.record.record.listen.port())
+    {
         return Ok((*me.record).clone());
     }
     if let Some(rec) = store.peer_by_ip(ip, port)? {
@@ -404,7 +462,10 @@ async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRec
     let addr = SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT));
     let rec = probe(addr, &me.identity, &me.record)
         .await
-        .map_err(|e| PushError::Unreachable { addr, why: e.to_string() })?;
+        .map_err(|e| PushError::Unreachable {
+            addr,
+            why: e.to_string(),
+        })?;
     store.peer_put(&rec)?;
     Ok(rec)
 }
@@ -415,12 +476,16 @@ impl Actor for Router {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(RETRY_TICK, |this, ctx| {
-            guard(this, ctx, &this.log.clone(), "router", |this, ctx| this.send_due(ctx));
+            guard(this, ctx, &this.log.clone(), "router", |this, ctx| {
+                this.send_due(ctx)
+            });
         });
-        ctx.run_interval(SWEEP_INTERVAL, |this, _ctx| match this.store.drop_sweep(unix_now()) {
-            Ok(0) => {}
-            Ok(n) => slog::debug!(this.log, "drop list swept"; "removed" => n),
-            Err(e) => slog::warn!(this.log, "drop list sweep failed"; "error" => %e),
+        ctx.run_interval(SWEEP_INTERVAL, |this, _ctx| {
+            match this.store.drop_sweep(unix_now()) {
+                Ok(0) => {}
+                Ok(n) => slog::debug!(this.log, "drop list swept"; "removed" => n),
+                Err(e) => slog::warn!(this.log, "drop list sweep failed"; "error" => %e),
+            }
         });
     }
 }
@@ -470,14 +535,18 @@ impl Handler<Push> for Router {
                 sent_ms: now_ms,
                 text: msg.text,
             };
-            let plain = letter.encode().map_err(|e| PushError::BadInput(e.to_string()))?;
+            let plain = letter
+                .encode()
+                .map_err(|e| PushError::BadInput(e.to_string()))?;
             let to = recipient.record.address;
             let kem = recipient.record.kem_key;
             let identity: Arc<_> = me.identity.clone();
-            let sealed = actix_rt::task::spawn_blocking(move || seal::seal(&identity, &kem, &seal_aad(&id, &to), &plain))
-                .await
-                .map_err(|e| PushError::Seal(e.to_string()))?
-                .map_err(|e| PushError::Seal(e.to_string()))?;
+            let sealed = actix_rt::task::spawn_blocking(move || {
+                seal::seal(&identity, &kem, &seal_aad(&id, &to), &plain)
+            })
+            .await
+            .map_err(|e| PushError::Seal(e.to_string()))?
+            .map_err(|e| PushError::Seal(e.to_string()))?;
             let entry = OutboxEntry {
                 recipient: to,
                 created_ms: now_ms,
@@ -521,7 +590,8 @@ impl Handler<Inbound> for Router {
             }
             _ => None,
         });
-        fut.flatten().unwrap_or_else(|| Box::pin(actix::fut::ready(())))
+        fut.flatten()
+            .unwrap_or_else(|| Box::pin(actix::fut::ready(())))
     }
 }
 
@@ -552,7 +622,11 @@ pub struct NeighbourDown {
 impl Handler<NeighbourDown> for Router {
     type Result = ();
     fn handle(&mut self, msg: NeighbourDown, _ctx: &mut Context<Self>) {
-        if self.neighbours.get(&msg.address).is_some_and(|h| h.session_id == msg.session_id) {
+        if self
+            .neighbours
+            .get(&msg.address)
+            .is_some_and(|h| h.session_id == msg.session_id)
+        {
             self.neighbours.remove(&msg.address);
         }
     }
@@ -572,14 +646,21 @@ impl Handler<WaitDelivered> for Router {
 
     fn handle(&mut self, msg: WaitDelivered, _ctx: &mut Context<Self>) -> Self::Result {
         let now = unix_now();
-        let delivered = self.store.drop_get(&DropKey::Delivered(msg.id), now).map(|e| e.is_some());
+        let delivered = self
+            .store
+            .drop_get(&DropKey::Delivered(msg.id), now)
+            .map(|e| e.is_some());
         let queued = self.store.outbox_get(&msg.id).map(|e| e.is_some());
         match (delivered, queued) {
             (Err(e), _) | (_, Err(e)) => Box::pin(async move { Err(e.into()) }),
             (Ok(true), _) => Box::pin(async { Ok(true) }),
             (Ok(false), Ok(false)) => {
                 let id = msg.id;
-                Box::pin(async move { Err(PushError::BadInput(format!("no message {id} in the outbox"))) })
+                Box::pin(async move {
+                    Err(PushError::BadInput(format!(
+                        "no message {id} in the outbox"
+                    )))
+                })
             }
             (Ok(false), Ok(true)) => {
                 let (tx, rx) = oneshot::channel();
@@ -600,7 +681,9 @@ impl Handler<InjectFault> for Router {
     type Result = ();
     fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
         let log = self.log.clone();
-        guard(self, ctx, &log, "router", |_, ctx| inject(ctx, &log, "router", msg.0));
+        guard(self, ctx, &log, "router", |_, ctx| {
+            inject(ctx, &log, "router", msg.0)
+        });
     }
 }
 

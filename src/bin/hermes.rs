@@ -18,7 +18,11 @@ const EXIT_NO_DAEMON: u8 = 2;
 const EXIT_WAIT_TIMED_OUT: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "hermes", version, about = "Hermes: peer-to-peer messaging, sealed end to end")]
+#[command(
+    name = "hermes",
+    version,
+    about = "Hermes: peer-to-peer messaging, sealed end to end"
+)]
 struct Cli {
     /// Config file (else $HERMES_CONFIG, else ~/.config/hermes/node.toml if it exists, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -85,7 +89,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return if usage { ExitCode::from(EXIT_BAD_INPUT) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
@@ -114,10 +122,12 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
             other => Err(unexpected(other)),
         },
-        Command::DebugFault { actor, kind } => match connect(&config)?.call(&Request::Fault { actor, kind })? {
-            Response::Done => Ok(0),
-            other => Err(unexpected(other)),
-        },
+        Command::DebugFault { actor, kind } => {
+            match connect(&config)?.call(&Request::Fault { actor, kind })? {
+                Response::Done => Ok(0),
+                other => Err(unexpected(other)),
+            }
+        }
     }
 }
 
@@ -137,11 +147,19 @@ fn connect(config: &Config) -> Result<Client, Failure> {
 fn unexpected(r: Response) -> Failure {
     match r {
         Response::Error { code, message } => Failure(code.max(1), anyhow::anyhow!(message)),
-        other => Failure(EXIT_BAD_INPUT, anyhow::anyhow!("unexpected answer from the daemon: {other:?}")),
+        other => Failure(
+            EXIT_BAD_INPUT,
+            anyhow::anyhow!("unexpected answer from the daemon: {other:?}"),
+        ),
     }
 }
 
-fn push(config: &Config, to: String, msg: Option<String>, wait: Option<u64>) -> Result<u8, Failure> {
+fn push(
+    config: &Config,
+    to: String,
+    msg: Option<String>,
+    wait: Option<u64>,
+) -> Result<u8, Failure> {
     let text = match msg.as_deref() {
         Some("-") | None => {
             let mut s = String::new();
@@ -168,7 +186,10 @@ fn push(config: &Config, to: String, msg: Option<String>, wait: Option<u64>) -> 
     let _ = std::io::stdout().flush();
     let Some(secs) = wait else { return Ok(0) };
     let timeout = Duration::from_secs(secs);
-    let req = Request::Wait { id, timeout_ms: timeout.as_millis() as u64 };
+    let req = Request::Wait {
+        id,
+        timeout_ms: timeout.as_millis() as u64,
+    };
     match client.call_with(&req, timeout)? {
         Response::Delivered => Ok(0),
         Response::TimedOut => {
@@ -196,7 +217,9 @@ fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
     let mut client = connect(config)?;
     let stdout = std::io::stdout();
     loop {
-        let msgs: Vec<InboxMessage> = match client.call(&Request::Pull { max: MAX_PULL_BATCH as u32 })? {
+        let msgs: Vec<InboxMessage> = match client.call(&Request::Pull {
+            max: MAX_PULL_BATCH as u32,
+        })? {
             Response::Messages(m) => m,
             other => return Err(unexpected(other)),
         };

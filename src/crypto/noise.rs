@@ -88,8 +88,9 @@ impl RecvCipher {
 
 /// Writes one length-prefixed message.
 pub async fn write_prefixed<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(msg.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message over 65535 bytes"))?;
+    let len = u16::try_from(msg.len()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "message over 65535 bytes")
+    })?;
     let mut buf = Vec::with_capacity(2 + msg.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(msg);
@@ -111,9 +112,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     identity: &Identity,
     initiator: bool,
 ) -> Result<Link, NoiseError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, run_handshake(stream, identity, initiator))
-        .await
-        .map_err(|_| NoiseError::Timeout)?
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        run_handshake(stream, identity, initiator),
+    )
+    .await
+    .map_err(|_| NoiseError::Timeout)?
 }
 
 async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -168,7 +172,10 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let ida = Identity::generate();
         let idb = Identity::generate();
-        let (la, lb) = tokio::join!(handshake(&mut a, &ida, true), handshake(&mut b, &idb, false));
+        let (la, lb) = tokio::join!(
+            handshake(&mut a, &ida, true),
+            handshake(&mut b, &idb, false)
+        );
         let (mut la, mut lb) = (la.unwrap(), lb.unwrap());
         assert_eq!(la.remote_static, idb.kem_public());
         assert_eq!(lb.remote_static, ida.kem_public());

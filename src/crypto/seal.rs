@@ -63,9 +63,10 @@ pub fn seal(
     let pk = public_key(&sender.kem_public())?;
     let to = public_key(recipient_kem)?;
     let mode = OpModeS::<Kem>::Auth((sk, pk));
-    let (enc, ciphertext) =
-        hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(&mode, &to, SEAL_INFO, plaintext, aad)
-            .map_err(|_| SealError::Seal)?;
+    let (enc, ciphertext) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(
+        &mode, &to, SEAL_INFO, plaintext, aad,
+    )
+    .map_err(|_| SealError::Seal)?;
     let mut enc_bytes = [0u8; 32];
     enc_bytes.copy_from_slice(enc.to_bytes().as_slice());
     Ok(Sealed {
@@ -80,7 +81,8 @@ pub fn seal(
 pub fn open(recipient: &Identity, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, SealError> {
     let sk = private_key(recipient.kem_secret())?;
     let sender = public_key(&sealed.sender_kem).map_err(|_| SealError::Open)?;
-    let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&sealed.enc).map_err(|_| SealError::Open)?;
+    let enc =
+        <Kem as KemTrait>::EncappedKey::from_bytes(&sealed.enc).map_err(|_| SealError::Open)?;
     let mode = OpModeR::<Kem>::Auth(sender);
     hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &mode,

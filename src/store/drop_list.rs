@@ -66,7 +66,8 @@ pub(super) fn insert_in_tx(
     entry: &DropEntry,
 ) -> Result<bool, ConflictableTransactionError<StoreError>> {
     let k = key.bytes();
-    let value = postcard::to_stdvec(entry).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+    let value =
+        postcard::to_stdvec(entry).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
     let old = drop.insert(k.clone(), value)?;
     if let Some(old) = old {
         if let Ok(old) = postcard::from_bytes::<DropEntry>(&old) {
@@ -92,7 +93,12 @@ impl Store {
     }
 
     /// Records `key` unless a live entry exists; true if it was new.
-    pub fn drop_insert_new(&self, key: &DropKey, entry: &DropEntry, now: u64) -> Result<bool, StoreError> {
+    pub fn drop_insert_new(
+        &self,
+        key: &DropKey,
+        entry: &DropEntry,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         let k = key.bytes();
         let r = (&self.drop, &self.drop_exp).transaction(|(drop, drop_exp)| {
             if let Some(v) = drop.get(&k)? {
@@ -150,22 +156,37 @@ mod tests {
     #[test]
     fn seen_once_then_duplicate() {
         let (_d, s) = store();
-        let key = DropKey::Seen { id: MessageId([1; 16]), attempt: 0 };
-        let e = DropEntry { expires_at: 100, receipt: None };
+        let key = DropKey::Seen {
+            id: MessageId([1; 16]),
+            attempt: 0,
+        };
+        let e = DropEntry {
+            expires_at: 100,
+            receipt: None,
+        };
         assert!(s.drop_insert_new(&key, &e, 10).unwrap());
         assert!(!s.drop_insert_new(&key, &e, 10).unwrap());
         // Another attempt of the same message is a different copy.
-        let key2 = DropKey::Seen { id: MessageId([1; 16]), attempt: 1 };
+        let key2 = DropKey::Seen {
+            id: MessageId([1; 16]),
+            attempt: 1,
+        };
         assert!(s.drop_insert_new(&key2, &e, 10).unwrap());
         // Delivered is its own kind.
-        assert!(s.drop_get(&DropKey::Delivered(MessageId([1; 16])), 10).unwrap().is_none());
+        assert!(s
+            .drop_get(&DropKey::Delivered(MessageId([1; 16])), 10)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn expiry_on_read_and_by_sweep() {
         let (_d, s) = store();
         let key = DropKey::Delivered(MessageId([2; 16]));
-        let e = DropEntry { expires_at: 100, receipt: None };
+        let e = DropEntry {
+            expires_at: 100,
+            receipt: None,
+        };
         assert!(s.drop_insert_new(&key, &e, 10).unwrap());
         assert!(s.drop_get(&key, 99).unwrap().is_some());
         assert!(s.drop_get(&key, 100).unwrap().is_none());
@@ -174,7 +195,16 @@ mod tests {
         assert_eq!(s.drop_sweep(101).unwrap(), 1);
         assert_eq!(s.drop_len(), 0);
         // An expired entry may be recorded afresh.
-        assert!(s.drop_insert_new(&key, &DropEntry { expires_at: 300, receipt: None }, 200).unwrap());
+        assert!(s
+            .drop_insert_new(
+                &key,
+                &DropEntry {
+                    expires_at: 300,
+                    receipt: None
+                },
+                200
+            )
+            .unwrap());
     }
 
     #[test]
@@ -183,11 +213,28 @@ mod tests {
         let key = DropKey::Delivered(MessageId([3; 16]));
         {
             let s = Store::open(dir.path()).unwrap();
-            s.drop_insert_new(&key, &DropEntry { expires_at: 1000, receipt: None }, 0).unwrap();
+            s.drop_insert_new(
+                &key,
+                &DropEntry {
+                    expires_at: 1000,
+                    receipt: None,
+                },
+                0,
+            )
+            .unwrap();
             s.flush_blocking().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert!(!s.drop_insert_new(&key, &DropEntry { expires_at: 1000, receipt: None }, 0).unwrap());
+        assert!(!s
+            .drop_insert_new(
+                &key,
+                &DropEntry {
+                    expires_at: 1000,
+                    receipt: None
+                },
+                0
+            )
+            .unwrap());
     }
 
     proptest! {

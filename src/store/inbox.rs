@@ -18,7 +18,12 @@ use crate::wire::MessageId;
 impl Store {
     /// Stores a delivered message unless its id was delivered before.
     /// True if it is new. The caller flushes before sending the receipt.
-    pub fn inbox_deliver(&self, msg: &InboxMessage, receipt: &Receipt, now: u64) -> Result<bool, StoreError> {
+    pub fn inbox_deliver(
+        &self,
+        msg: &InboxMessage,
+        receipt: &Receipt,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         let seq = self.db.generate_id()?;
         let mut key = Vec::with_capacity(24);
         key.extend_from_slice(&seq.to_be_bytes());
@@ -30,18 +35,19 @@ impl Store {
             receipt: Some(receipt.clone()),
         };
         let delivered_key = delivered.bytes();
-        let r = (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
-            if let Some(v) = drop.get(delivered_key.as_slice())? {
-                let old: DropEntry =
-                    postcard::from_bytes(&v).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                if old.expires_at > now {
-                    return Ok(false);
+        let r =
+            (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
+                if let Some(v) = drop.get(delivered_key.as_slice())? {
+                    let old: DropEntry = postcard::from_bytes(&v)
+                        .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                    if old.expires_at > now {
+                        return Ok(false);
+                    }
                 }
-            }
-            inbox.insert(key.as_slice(), value.as_slice())?;
-            insert_in_tx(drop, drop_exp, &delivered, &entry)?;
-            Ok(true)
-        })?;
+                inbox.insert(key.as_slice(), value.as_slice())?;
+                insert_in_tx(drop, drop_exp, &delivered, &entry)?;
+                Ok(true)
+            })?;
         Ok(r)
     }
 
@@ -101,7 +107,12 @@ mod tests {
         assert!(s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
         assert!(s.inbox_deliver(&msg(2, "b"), &r2, 10).unwrap());
         assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
-        let listed: Vec<String> = s.inbox_list(10).unwrap().into_iter().map(|m| m.text).collect();
+        let listed: Vec<String> = s
+            .inbox_list(10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
         assert_eq!(listed, vec!["a", "b"], "oldest first");
         assert_eq!(s.inbox_remove(&[MessageId([1; 16])]).unwrap(), 1);
         assert_eq!(s.inbox_len(), 1);
@@ -109,7 +120,10 @@ mod tests {
         assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
         assert_eq!(s.inbox_len(), 1);
         // The stored receipt is what a late copy is answered with.
-        let entry = s.drop_get(&DropKey::Delivered(MessageId([1; 16])), 10).unwrap().unwrap();
+        let entry = s
+            .drop_get(&DropKey::Delivered(MessageId([1; 16])), 10)
+            .unwrap()
+            .unwrap();
         assert_eq!(entry.receipt, Some(r1));
     }
 

@@ -97,7 +97,10 @@ impl Store {
             .cache_capacity(CACHE_CAPACITY)
             .open()
             .map_err(|e| classify_open_error(&path, e))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| classify_open_error(&path, e));
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| classify_open_error(&path, e))
+        };
         Ok(Store {
             outbox: tree("outbox")?,
             outbox_due: tree("outbox_due")?,
@@ -132,19 +135,25 @@ impl Store {
     }
 
     pub fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
-        Ok(self.meta.get(counter.key())?.map(|v| be_u64(&v)).unwrap_or(0))
+        Ok(self
+            .meta
+            .get(counter.key())?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
     }
 }
 
 fn classify_open_error(path: &Path, e: sled::Error) -> StoreError {
     match &e {
-        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(path.to_path_buf()),
-        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => {
-            StoreError::Corrupt {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }
+        sled::Error::Io(io) if io.to_string().contains("lock") => {
+            StoreError::Locked(path.to_path_buf())
         }
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
         _ => StoreError::Sled(e),
     }
 }

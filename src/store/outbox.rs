@@ -106,7 +106,11 @@ impl Store {
 
     /// Entries due at `now_ms` (expired ones are due too), at most `limit`,
     /// earliest first, read through the due-time index.
-    pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
+    pub fn outbox_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
         let end = now_ms.saturating_add(1).to_be_bytes();
         let mut due = Vec::new();
         for item in self.outbox_due.range(..end.as_slice()).take(limit) {
@@ -168,7 +172,11 @@ mod tests {
             expires_at: 1_000,
             attempts: 0,
             next_try_ms,
-            sealed: Sealed { sender_kem: [1; 32], enc: [2; 32], ciphertext: vec![3; 40] },
+            sealed: Sealed {
+                sender_kem: [1; 32],
+                enc: [2; 32],
+                ciphertext: vec![3; 40],
+            },
         }
     }
 
@@ -179,7 +187,12 @@ mod tests {
         let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
         s.outbox_put(&a, &entry(100)).unwrap();
         s.outbox_put(&b, &entry(500)).unwrap();
-        let due: Vec<_> = s.outbox_due(200, 10).unwrap().into_iter().map(|(id, _)| id).collect();
+        let due: Vec<_> = s
+            .outbox_due(200, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(due, vec![a]);
         assert_eq!(s.outbox_hurry(200).unwrap(), 1);
         assert_eq!(s.outbox_due(200, 10).unwrap().len(), 2);
@@ -189,7 +202,10 @@ mod tests {
         assert_eq!(s.counter(Counter::Delivered).unwrap(), 1);
         assert_eq!(s.counter(Counter::Failed).unwrap(), 1);
         assert_eq!(s.outbox_counts().unwrap(), OutboxCounts::default());
-        assert!(s.outbox_due(u64::MAX, 10).unwrap().is_empty(), "index emptied too");
+        assert!(
+            s.outbox_due(u64::MAX, 10).unwrap().is_empty(),
+            "index emptied too"
+        );
     }
 
     #[test]

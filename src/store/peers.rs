@@ -37,11 +37,20 @@ impl Store {
     }
 
     /// The newest record whose listen address has this IP (and port, if given).
-    pub fn peer_by_ip(&self, ip: IpAddr, port: Option<u16>) -> Result<Option<SignedRecord>, StoreError> {
+    pub fn peer_by_ip(
+        &self,
+        ip: IpAddr,
+        port: Option<u16>,
+    ) -> Result<Option<SignedRecord>, StoreError> {
         let mut best: Option<SignedRecord> = None;
         for rec in self.peers_all()? {
             let l = rec.record.listen;
-            if l.ip() == ip && port.is_none_or(|p| p == l.port()) && best.as_ref().is_none_or(|b| b.record.time < rec.record.time) {
+            if l.ip() == ip
+                && port.is_none_or(|p| p == l.port())
+                && best
+                    .as_ref()
+                    .is_none_or(|b| b.record.time < rec.record.time)
+            {
                 best = Some(rec);
             }
         }

@@ -28,32 +28,54 @@ pub struct ClientFrame<T> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Queue a message; `to` is an IP, IP:PORT or node address.
-    Push { to: String, text: String },
+    Push {
+        to: String,
+        text: String,
+    },
     /// Wait until the message's receipt arrives, or the timeout passes.
-    Wait { id: MessageId, timeout_ms: u64 },
+    Wait {
+        id: MessageId,
+        timeout_ms: u64,
+    },
     /// Messages received and not yet confirmed, oldest first.
-    Pull { max: u32 },
+    Pull {
+        max: u32,
+    },
     /// The client has shown these; remove them from the inbox.
-    Confirm { ids: Vec<MessageId> },
+    Confirm {
+        ids: Vec<MessageId>,
+    },
     Status,
     Id,
     /// Test-only: make a supervised actor fail (honoured only when the
     /// daemon runs with `HERMES_FAULT_INJECTION=1`).
-    Fault { actor: String, kind: String },
+    Fault {
+        actor: String,
+        kind: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Pushed { id: MessageId },
+    Pushed {
+        id: MessageId,
+    },
     Delivered,
     TimedOut,
     Messages(Vec<InboxMessage>),
-    Confirmed { removed: u32 },
+    Confirmed {
+        removed: u32,
+    },
     Status(Box<StatusReport>),
-    Id { address: String },
+    Id {
+        address: String,
+    },
     Done,
     /// The request was refused: bad input (`code` 1) or a daemon fault.
-    Error { code: u8, message: String },
+    Error {
+        code: u8,
+        message: String,
+    },
 }
 
 /// A delivered message as `pull` shows it.
@@ -169,9 +191,14 @@ mod tests {
     #[test]
     fn requests_round_trip_through_a_stream() {
         let reqs = vec![
-            Request::Push { to: "127.0.0.4".into(), text: "hi".into() },
+            Request::Push {
+                to: "127.0.0.4".into(),
+                text: "hi".into(),
+            },
             Request::Pull { max: 3 },
-            Request::Confirm { ids: vec![MessageId::random()] },
+            Request::Confirm {
+                ids: vec![MessageId::random()],
+            },
             Request::Status,
         ];
         let mut buf = Vec::new();
@@ -190,7 +217,10 @@ mod tests {
         let mut bytes = (u32::MAX).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[1, 2, 3]);
         let r: Result<Request, _> = read_frame(&mut std::io::Cursor::new(bytes));
-        assert!(matches!(r, Err(FrameIoError::Wire(WireError::TooLarge { .. }))));
+        assert!(matches!(
+            r,
+            Err(FrameIoError::Wire(WireError::TooLarge { .. }))
+        ));
     }
 
     proptest! {

@@ -163,7 +163,8 @@ mod tests {
             text: "x".repeat(text_len),
         };
         let aad = seal_aad(&id, &bob.address());
-        let sealed = seal::seal(&alice, &bob.kem_public(), &aad, &letter.encode().unwrap()).unwrap();
+        let sealed =
+            seal::seal(&alice, &bob.kem_public(), &aad, &letter.encode().unwrap()).unwrap();
         FloodPacket {
             id,
             attempt: 0,
@@ -193,9 +194,15 @@ mod tests {
         assert_eq!(LinkFrame::decode(&bytes), Err(WireError::Version(9)));
         assert_eq!(LinkFrame::decode(&[]), Err(WireError::Malformed));
         let big = vec![LINK_VERSION; MAX_LINK_FRAME + 1];
-        assert!(matches!(LinkFrame::decode(&big), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            LinkFrame::decode(&big),
+            Err(WireError::TooLarge { .. })
+        ));
         let id = Identity::generate();
-        let many = LinkFrame::new(LinkBody::Records(vec![record(&id); MAX_RECORDS_PER_FRAME + 1]));
+        let many = LinkFrame::new(LinkBody::Records(vec![
+            record(&id);
+            MAX_RECORDS_PER_FRAME + 1
+        ]));
         assert_eq!(many.encode(), Err(WireError::Limit("too many records")));
         let mut p = packet(1);
         p.hops_left = MAX_HOPS + 1;
@@ -220,23 +227,49 @@ mod tests {
         prop_oneof![
             any::<u64>().prop_map(LinkBody::Ping),
             any::<u64>().prop_map(LinkBody::Pong),
-            (any::<[u8; 16]>(), any::<u32>(), 0..=MAX_HOPS, any::<[u8; 32]>(), any::<u64>(),
-             any::<[u8; 32]>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..2048))
-                .prop_map(|(id, attempt, hops_left, rcpt, expires_at, sk, enc, ciphertext)| {
-                    LinkBody::Packet(FloodPacket {
-                        id: MessageId(id),
-                        attempt,
-                        hops_left,
-                        recipient: Address(rcpt),
-                        expires_at,
-                        sealed: Sealed { sender_kem: sk, enc, ciphertext },
-                    })
-                }),
-            (any::<[u8; 16]>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 64), 0..=MAX_HOPS, any::<u64>())
+            (
+                any::<[u8; 16]>(),
+                any::<u32>(),
+                0..=MAX_HOPS,
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                proptest::collection::vec(any::<u8>(), 0..2048)
+            )
+                .prop_map(
+                    |(id, attempt, hops_left, rcpt, expires_at, sk, enc, ciphertext)| {
+                        LinkBody::Packet(FloodPacket {
+                            id: MessageId(id),
+                            attempt,
+                            hops_left,
+                            recipient: Address(rcpt),
+                            expires_at,
+                            sealed: Sealed {
+                                sender_kem: sk,
+                                enc,
+                                ciphertext,
+                            },
+                        })
+                    }
+                ),
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 32]>(),
+                proptest::collection::vec(any::<u8>(), 64),
+                0..=MAX_HOPS,
+                any::<u64>()
+            )
                 .prop_map(|(id, rcpt, sig, hops_left, expires_at)| {
                     let mut signature = [0u8; 64];
                     signature.copy_from_slice(&sig);
-                    LinkBody::Receipt(Receipt { id: MessageId(id), recipient: Address(rcpt), signature, hops_left, expires_at })
+                    LinkBody::Receipt(Receipt {
+                        id: MessageId(id),
+                        recipient: Address(rcpt),
+                        signature,
+                        hops_left,
+                        expires_at,
+                    })
                 }),
         ]
     }

@@ -73,7 +73,10 @@ pub(crate) fn encode_limited<T: Serialize>(value: &T, limit: usize) -> Result<Ve
 }
 
 /// Decodes exactly one `T` from `bytes`, after checking the size limit.
-pub(crate) fn decode_limited<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, WireError> {
+pub(crate) fn decode_limited<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    limit: usize,
+) -> Result<T, WireError> {
     if bytes.len() > limit {
         return Err(WireError::TooLarge {
             size: bytes.len(),

@@ -1,0 +1,186 @@
+//! End-to-end delivery on a line of three daemons `.2 - .3 - .4`
+//! (.3 bootstraps from .2, .4 from .3).
+
+mod common;
+
+use common::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[test]
+fn line_push_arrives_and_second_pull_is_empty() {
+    const N: u8 = 10;
+    let nodes = line(N, 3);
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let text = format!("hello over two hops {}", random_hex(8));
+
+    a.push(&ip(N, 4), &text);
+
+    let expected = pull_line(&ip(N, 2), &text);
+    let got = c.pull_until(DELIVERY_TIMEOUT, "the message from .2", |l| !l.is_empty());
+    assert_eq!(
+        got,
+        vec![expected],
+        "pull on .4 must print exactly the one message line"
+    );
+
+    let again = c.cli("pull", &[]);
+    assert!(again.ok(), "second pull failed: {again}");
+    assert_eq!(
+        again.stdout, "",
+        "a second pull must print nothing: {again}"
+    );
+}
+
+#[test]
+fn pull_json_has_all_fields() {
+    const N: u8 = 11;
+    let nodes = line(N, 3);
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let sender_addr = a.address();
+    let text = format!("json fields {}", random_hex(8));
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    let id = a.push(&ip(N, 4), &text);
+
+    let mut msgs = Vec::new();
+    wait_for(
+        DELIVERY_TIMEOUT,
+        "the message to show in `pull --json` on .4",
+        &[a, &nodes[1], c],
+        || {
+            msgs.extend(c.pull_json());
+            !msgs.is_empty()
+        },
+    );
+    assert_eq!(msgs.len(), 1, "exactly one message expected: {msgs:?}");
+    let m = &msgs[0];
+    for field in ["id", "sender", "sender_ip", "sent", "received", "text"] {
+        assert!(
+            m.get(field).is_some(),
+            "pull --json object lacks `{field}`: {m}"
+        );
+    }
+    assert_eq!(m["text"].as_str(), Some(text.as_str()), "text: {m}");
+    assert_eq!(
+        m["sender_ip"].as_str(),
+        Some(ip(N, 2).as_str()),
+        "sender_ip: {m}"
+    );
+    assert_eq!(
+        m["sender"].as_str(),
+        Some(sender_addr.as_str()),
+        "sender must be .2's address: {m}"
+    );
+    assert_eq!(
+        m["id"].as_str().map(str::to_ascii_lowercase),
+        Some(id.to_ascii_lowercase()),
+        "id must be the one push printed: {m}"
+    );
+    // `sent`/`received` are times; the format is not fixed by the contract (number or
+    // string), but they must not be null/empty.
+    for field in ["sent", "received"] {
+        let v = &m[field];
+        assert!(
+            v.is_number() || v.as_str().is_some_and(|s| !s.is_empty()),
+            "`{field}` should be a time (number or string): {m}"
+        );
+        if let Some(secs) = v.as_u64() {
+            // Unix seconds or milliseconds, not before the test began.
+            let secs = if secs > 10_000_000_000 {
+                secs / 1000
+            } else {
+                secs
+            };
+            assert!(
+                secs + 5 >= before,
+                "`{field}` = {v} predates the test start ({before}): {m}"
+            );
+        }
+    }
+
+    let again = c.pull_json();
+    assert!(
+        again.is_empty(),
+        "a second pull --json must print nothing: {again:?}"
+    );
+}
+
+#[test]
+fn push_wait_returns_0_once_delivered() {
+    const N: u8 = 12;
+    let nodes = line(N, 3);
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let text = format!("waited {}", random_hex(8));
+
+    let out = a.cli_timeout(
+        "push",
+        &["--to", &ip(N, 4), "--msg", &text, "--wait", "20"],
+        Duration::from_secs(40),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "push --wait 20 should exit 0 once delivered: {out}"
+    );
+    parse_id(&out);
+
+    // The receipt came back, so the message must already be in .4's inbox.
+    let st = c.status();
+    assert!(
+        st["inbox"].as_u64().unwrap_or(0) >= 1,
+        "push --wait returned before the recipient had it in its inbox: {st}"
+    );
+    let (_, _, delivered, _) = a.outbox();
+    assert!(
+        delivered >= 1,
+        "sender's outbox should count the message delivered: {}",
+        a.status()
+    );
+    assert_eq!(c.pull(), vec![pull_line(&ip(N, 2), &text)]);
+}
+
+/// Not in the brief's list: nodes started in another order than their bootstrap chain
+/// (.3 and .4 first, .2 last) must still join into one network, since .3's bootstrap
+/// .2 comes up later. A user starting nodes in any order would expect that.
+#[test]
+fn bootstrap_node_started_last_is_still_joined() {
+    const N: u8 = 13;
+    let c = Node::start(
+        N,
+        4,
+        NodeOpts {
+            bootstrap: vec![ip(N, 3)],
+            ..Default::default()
+        },
+    );
+    let b = Node::start(
+        N,
+        3,
+        NodeOpts {
+            bootstrap: vec![ip(N, 2)],
+            ..Default::default()
+        },
+    );
+    // .3 has tried its bootstrap .2 (down) and has the inbound .4.
+    wait_linked(&b, &c);
+    let a = Node::start(N, 2, NodeOpts::default());
+
+    wait_for(
+        Duration::from_secs(30),
+        "the late bootstrap node .2 to be linked to the network (a neighbour of .2)",
+        &[&a, &b, &c],
+        || {
+            a.try_status()
+                .is_some_and(|s| !neighbour_listens(&s).is_empty())
+        },
+    );
+    let text = format!("late bootstrap {}", random_hex(8));
+    a.push(&ip(N, 4), &text);
+    let got = c.pull_until(DELIVERY_TIMEOUT, "the message from the late node .2", |l| {
+        !l.is_empty()
+    });
+    assert_eq!(got, vec![pull_line(&ip(N, 2), &text)]);
+}
