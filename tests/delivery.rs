@@ -184,3 +184,31 @@ fn bootstrap_node_started_last_is_still_joined() {
     });
     assert_eq!(got, vec![pull_line(&ip(N, 2), &text)]);
 }
+
+/// The sender learns the recipient's key by a probe (a direct handshake, then goodbye).
+/// The probe must not turn into a link: if the recipient took it for a lost neighbour
+/// and redialled, the flood would bypass the relay from then on.
+#[test]
+fn probe_of_the_recipient_leaves_no_standing_link() {
+    const N: u8 = 14;
+    /// Longer than the first redial of a lost neighbour (at most 1 s with jitter).
+    const WATCH: Duration = Duration::from_secs(4);
+    let nodes = line(N, 3);
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let text = format!("probed {}", random_hex(8));
+    a.push(&ip(N, 4), &text);
+    let got = c.pull_until(DELIVERY_TIMEOUT, "the message from .2", |l| !l.is_empty());
+    assert_eq!(got, vec![pull_line(&ip(N, 2), &text)]);
+
+    let start = std::time::Instant::now();
+    while start.elapsed() < WATCH {
+        assert!(
+            !a.has_neighbour(&c.listen()) && !c.has_neighbour(&a.listen()),
+            "the probe .2 -> .4 became a link: .2 {:?}, .4 {:?}",
+            a.neighbour_listens(),
+            c.neighbour_listens()
+        );
+    }
+    // The relay still carries everything between the ends.
+    assert!(a.has_neighbour(&nodes[1].listen()) && c.has_neighbour(&nodes[1].listen()));
+}

@@ -119,7 +119,11 @@ impl Actor for Listener {
 
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        slog::warn!(self.log, "listener restarting");
+        // Stopping is how [`StopAccepting`] drops the accept loops; the
+        // supervisor's restart after it is expected and arms nothing.
+        if !self.closing {
+            slog::warn!(self.log, "listener restarting");
+        }
     }
 }
 

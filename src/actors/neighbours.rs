@@ -64,7 +64,10 @@ pub struct NeighbourManager {
     neighbours: HashMap<Address, Neighbour>,
     dialing: HashSet<SocketAddr>,
     backoff: HashMap<SocketAddr, Backoff>,
-    /// Listen addresses of neighbours whose link broke.
+    /// Addresses redialled even above `min_neighbours` (until
+    /// [`LOST_GIVE_UP`] failures): neighbours whose link broke, and the
+    /// bootstrap addresses until each has been linked once, so a bootstrap
+    /// node that starts after this one still joins it.
     lost: HashSet<SocketAddr>,
     leaving: bool,
     log: slog::Logger,
@@ -82,6 +85,7 @@ impl NeighbourManager {
         max: usize,
         log: &slog::Logger,
     ) -> NeighbourManager {
+        let lost = bootstrap.iter().copied().collect();
         NeighbourManager {
             me,
             store,
@@ -92,7 +96,7 @@ impl NeighbourManager {
             neighbours: HashMap::new(),
             dialing: HashSet::new(),
             backoff: HashMap::new(),
-            lost: HashSet::new(),
+            lost,
             leaving: false,
             log: log.new(slog::o!("actor" => "neighbours")),
             session_log: log.new(slog::o!("actor" => "session")),
@@ -165,6 +169,9 @@ impl NeighbourManager {
                     if this.leaving {
                         return;
                     }
+                    // Reached, whatever listen address its record names.
+                    this.lost.remove(&addr);
+                    this.backoff.remove(&addr);
                     PeerSession::launch(
                         est,
                         Direction::Out,

@@ -145,12 +145,19 @@ pub async fn dial(
 }
 
 /// Learns the signed record of whatever node listens at `addr`, then hangs up.
+///
+/// The probe says goodbye with an empty `Leaving` frame, so the probed node
+/// takes it for a visitor that left, not a neighbour to redial: a probe must
+/// not turn into a standing link between sender and recipient.
 pub async fn probe(
     addr: SocketAddr,
     identity: &Identity,
     my_record: &SignedRecord,
 ) -> Result<SignedRecord, LinkError> {
     let mut est = dial(addr, identity, my_record).await?;
+    let bye = LinkFrame::new(LinkBody::Leaving(Vec::new())).encode()?;
+    let sealed = est.link.send.encrypt(&bye)?;
+    noise::write_prefixed(&mut est.stream, &sealed).await?;
     let _ = est.stream.shutdown().await;
     Ok(est.peer)
 }

@@ -12,6 +12,7 @@
 //! | 11 | delivery.rs        | pull_json_has_all_fields                          |
 //! | 12 | delivery.rs        | push_wait_returns_0_once_delivered                |
 //! | 13 | delivery.rs        | bootstrap_node_started_last_is_still_joined       |
+//! | 14 | delivery.rs        | probe_of_the_recipient_leaves_no_standing_link    |
 //! | 20 | restarts.rs        | recipient_killed_before_push_gets_it_once         |
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
@@ -45,7 +46,7 @@
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
 //!
-//! Free for new tests: 14-19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
+//! Free for new tests: 15-19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -788,9 +789,9 @@ pub fn line_with(n: u8, count: u8, mut tweak: impl FnMut(usize, &mut NodeOpts)) 
             opts.bootstrap = vec![ip(n, host - 1)];
         }
         tweak(i as usize, &mut opts);
-        // Start in order, each node once its predecessor is up and linked: spawning all at
-        // once races (.3 dials .2 before .2 listens, then settles for the inbound .4 with
-        // min_neighbours = 1 and never retries .2: a partition).
+        // Start in order, each node once its predecessor is up and linked, so that a test
+        // begins on a known topology (a node keeps redialling a bootstrap address that is
+        // not up yet, but the test would then wait on its backoff).
         let node = Node::start(n, host, opts);
         if let Some(prev) = nodes.last() {
             wait_linked(prev, &node);
