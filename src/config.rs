@@ -182,7 +182,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The address announced in this node's signed record (`node.advertise`).
     /// None: the daemon uses `listen` when it names an IP, else the local
-    /// address of its first outbound link. Never an unspecified IP or port 0.
+    /// address on the route to the first bootstrap node (or the default route). Never an unspecified IP or port 0.
     pub advertise: Option<SocketAddr>,
     /// Whether this node carries other people's messages (`node.relay`, default true).
     pub relay: bool,

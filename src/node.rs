@@ -169,7 +169,8 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
 
 /// The address announced in the signed record: `advertise`, else `listen`
 /// when it names an IP, else the local address this host would use to reach
-/// the first bootstrap node (a UDP "connect" sends nothing).
+/// the first bootstrap node, or (for a first node) any outside address (a
+/// UDP "connect" only looks up the route and sends nothing).
 fn advertise(config: &Config) -> SocketAddr {
     if let Some(a) = config.node.advertise {
         return a;
@@ -178,20 +179,26 @@ fn advertise(config: &Config) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }
-    let local = config.network.bootstrap.first().and_then(|b| {
-        let any: SocketAddr = if b.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            "[::]:0".parse().ok()?
-        };
-        let sock = UdpSocket::bind(any).ok()?;
-        sock.connect(b).ok()?;
-        sock.local_addr().ok()
-    });
-    match local {
-        Some(l) => SocketAddr::new(l.ip(), listen.port()),
+    // TEST-NET-1 (RFC 5737): never routed to anyone, but it picks the
+    // interface of the default route.
+    let outside = SocketAddr::from(([192, 0, 2, 1], listen.port()));
+    let target = config.network.bootstrap.first().copied().unwrap_or(outside);
+    match local_ip_towards(target) {
+        Some(ip) => SocketAddr::new(ip, listen.port()),
         None => listen,
     }
+}
+
+/// The local IP the kernel would use to send to `target`.
+fn local_ip_towards(target: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let sock = UdpSocket::bind(any).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip())
 }
 
 fn create_private_dir(path: &Path) -> Result<(), NodeError> {
