@@ -13,6 +13,9 @@
 //! | 12 | delivery.rs        | push_wait_returns_0_once_delivered                |
 //! | 13 | delivery.rs        | bootstrap_node_started_last_is_still_joined       |
 //! | 14 | delivery.rs        | probe_of_the_recipient_leaves_no_standing_link    |
+//! | 15 | client.rs          | push_reads_stdin_and_takes_a_node_address         |
+//! | 16 | client.rs          | config_found_through_env_and_xdg                  |
+//! | 17 | client.rs          | json_logs_are_json_and_never_hold_the_text        |
 //! | 20 | restarts.rs        | recipient_killed_before_push_gets_it_once         |
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
@@ -46,7 +49,7 @@
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
 //!
-//! Free for new tests: 15-19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
+//! Free for new tests: 18-19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -171,19 +174,39 @@ pub fn run_hermes(
     envs: &[(&str, &str)],
     timeout: Duration,
 ) -> CmdOutput {
+    run_hermes_with_input(args, home, envs, None, timeout)
+}
+
+/// [`run_hermes`] with `input` written to the command's standard input (then closed).
+pub fn run_hermes_with_input(
+    args: &[&str],
+    home: &Path,
+    envs: &[(&str, &str)],
+    input: Option<&str>,
+    timeout: Duration,
+) -> CmdOutput {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut cmd = Command::new(BIN);
     cmd.args(&args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     clean_env(&mut cmd, home);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write to hermes stdin");
+    }
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -232,6 +255,8 @@ pub struct NodeOpts {
     pub legacy_port: Option<u16>,
     /// Run the daemon with `HERMES_FAULT_INJECTION=1`.
     pub fault_injection: bool,
+    /// `[log] format = "json"` instead of text.
+    pub log_json: bool,
     /// Extra TOML appended verbatim to the config (whole sections only).
     pub extra_toml: String,
 }
@@ -244,6 +269,7 @@ impl Default for NodeOpts {
             max_neighbours: 8,
             legacy_port: None,
             fault_injection: false,
+            log_json: false,
             extra_toml: String::new(),
         }
     }
@@ -307,11 +333,12 @@ impl Node {
         let mut text = format!(
             "[node]\nlisten = \"{listen}\"\ndata_dir = {data:?}\n\n\
              [network]\nbootstrap = [{bootstrap}]\nmin_neighbours = {min}\nmax_neighbours = {max}\n\n\
-             [log]\nlevel = \"debug\"\n",
+             [log]\nlevel = \"debug\"\nformat = \"{format}\"\n",
             listen = self.listen(),
             data = self.data_dir().to_str().expect("utf-8 temp path"),
             min = self.opts.min_neighbours,
             max = self.opts.max_neighbours,
+            format = if self.opts.log_json { "json" } else { "text" },
         );
         if let Some(port) = self.opts.legacy_port {
             text.push_str(&format!("\n[client]\nlegacy_port = {port}\n"));
@@ -463,6 +490,20 @@ impl Node {
         let mut all = vec![sub, "--config", cfg.as_str()];
         all.extend_from_slice(args);
         run_hermes(&all, self.tmp.path(), &[], timeout)
+    }
+
+    /// Runs a client command with `input` on its standard input.
+    pub fn cli_input(&self, sub: &str, args: &[&str], input: &str) -> CmdOutput {
+        let cfg = self.config_str();
+        let mut all = vec![sub, "--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        run_hermes_with_input(&all, self.tmp.path(), &[], Some(input), CMD_TIMEOUT)
+    }
+
+    /// Runs `hermes ARGS` exactly as given (no `--config` added) in this node's
+    /// environment, plus `envs`.
+    pub fn cli_env(&self, args: &[&str], envs: &[(&str, &str)]) -> CmdOutput {
+        run_hermes(args, self.tmp.path(), envs, CMD_TIMEOUT)
     }
 
     /// `hermes status --json`, if it exits 0 with one JSON object.

@@ -1,0 +1,106 @@
+//! The local client as a user drives it: standard input, node addresses as
+//! destinations, config lookup without `--config`, and JSON logs.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+#[test]
+fn push_reads_stdin_and_takes_a_node_address() {
+    const N: u8 = 15;
+    let nodes = line(N, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let to = b.address();
+
+    let dash = format!("from stdin with a dash {}", random_hex(8));
+    let out = a.cli_input("push", &["--to", &to, "--msg", "-"], &format!("{dash}\n"));
+    assert!(out.ok(), "push --msg - failed: {out}");
+    parse_id(&out);
+    let bare = format!("from stdin, no --msg {}", random_hex(8));
+    let out = a.cli_input("push", &["--to", &to], &bare);
+    assert!(out.ok(), "push without --msg failed: {out}");
+    parse_id(&out);
+
+    let mut got = Vec::new();
+    wait_for(
+        DELIVERY_TIMEOUT,
+        "both stdin messages on .3",
+        &[a, b],
+        || {
+            got.extend(b.pull());
+            got.len() >= 2
+        },
+    );
+    assert_eq!(
+        got,
+        vec![pull_line(&ip(N, 2), &dash), pull_line(&ip(N, 2), &bare)],
+        "the trailing newline of stdin is not part of the message"
+    );
+
+    let unknown = "ab".repeat(32);
+    let out = a.cli("push", &["--to", &unknown, "--msg", "x"]);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "an unknown node address is bad input: {out}"
+    );
+    assert!(out.stderr.contains(&unknown), "the error names it: {out}");
+}
+
+#[test]
+fn config_found_through_env_and_xdg() {
+    const N: u8 = 16;
+    let node = Node::start(N, 2, NodeOpts::default());
+    let address = node.address();
+    let cfg = node.config_str();
+
+    let out = node.cli_env(&["id"], &[("HERMES_CONFIG", &cfg)]);
+    assert!(out.ok(), "id with HERMES_CONFIG failed: {out}");
+    assert_eq!(out.stdout.trim(), address);
+
+    // Without --config or HERMES_CONFIG: $XDG_CONFIG_HOME/hermes/node.toml.
+    let xdg = node.dir().join("xdg-config").join("hermes");
+    fs::create_dir_all(&xdg).expect("create xdg config dir");
+    fs::copy(node.config_path(), xdg.join("node.toml")).expect("copy config");
+    let out = node.cli_env(&["id"], &[]);
+    assert!(out.ok(), "id with the XDG config failed: {out}");
+    assert_eq!(out.stdout.trim(), address);
+
+    // --config wins over HERMES_CONFIG.
+    let missing = node.dir().join("nowhere.toml");
+    let out = node.cli_env(
+        &["id", "--config", &cfg],
+        &[("HERMES_CONFIG", missing.to_str().expect("utf-8 path"))],
+    );
+    assert!(out.ok(), "--config must win over HERMES_CONFIG: {out}");
+    assert_eq!(out.stdout.trim(), address);
+}
+
+#[test]
+fn json_logs_are_json_and_never_hold_the_text() {
+    const N: u8 = 17;
+    let nodes = line_with(N, 2, |_, o| o.log_json = true);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let text = format!("secret words {}", random_hex(8));
+    a.push(&ip(N, 3), &text);
+    let got = b.pull_until(DELIVERY_TIMEOUT, "the message on .3", |l| !l.is_empty());
+    assert_eq!(got, vec![pull_line(&ip(N, 2), &text)]);
+
+    for node in &nodes {
+        let log = node.log();
+        let mut events = 0;
+        for line in log.lines().filter(|l| !l.starts_with("===== hermes-it")) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            assert!(v.get("msg").is_some() && v.get("level").is_some(), "{line}");
+            events += 1;
+        }
+        assert!(events > 0, "no log lines from {}", node.listen());
+        assert!(!log.contains(&text), "the message text is in a log");
+    }
+    assert!(
+        a.log().contains("message accepted") && b.log().contains("delivered"),
+        "the sender logs the push and the recipient the delivery"
+    );
+}
