@@ -59,7 +59,7 @@ const DEFAULTS_LABEL: &str = "built-in defaults";
 /// What errors about command-line bootstrap addresses name as their "file".
 const COMMAND_LINE_LABEL: &str = "command line";
 
-const MAX_HOPS: i64 = 8;
+const MAX_ONION_HOPS: i64 = 8;
 const MAX_NEIGHBOURS: i64 = 64;
 const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -789,7 +789,12 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
             ))
         }
     };
-    let hops = in_range("routing.hops", raw.routing.hops.unwrap_or(3), 1, MAX_HOPS)?;
+    let hops = in_range(
+        "routing.hops",
+        raw.routing.hops.unwrap_or(3),
+        1,
+        MAX_ONION_HOPS,
+    )?;
     let ttl = match raw.routing.ttl.as_deref() {
         None => Duration::from_secs(7 * 24 * 60 * 60),
         Some(s) => {

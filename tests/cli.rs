@@ -27,6 +27,22 @@ fn assert_no_panic(out: &CmdOutput) {
     );
 }
 
+/// The daemon must refuse its config: exit 1, a stderr naming each of `names`, no panic.
+fn assert_config_refused(out: &CmdOutput, why: &str, names: &[&str]) {
+    assert_eq!(
+        out.code,
+        Some(1),
+        "{why} must make the daemon exit 1: {out}"
+    );
+    for name in names {
+        assert!(
+            out.stderr.contains(name),
+            "stderr must name {name:?}: {out}"
+        );
+    }
+    assert_no_panic(out);
+}
+
 fn non_empty_lines(s: &str) -> Vec<&str> {
     s.lines().filter(|l| !l.trim().is_empty()).collect()
 }
@@ -86,20 +102,11 @@ fn bad_config_value_exits_1_naming_the_key() {
     fs::write(node.config_path(), text).unwrap();
 
     let out = daemon_run_to_exit(&node);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "a bad config value must make the daemon exit 1: {out}"
+    assert_config_refused(
+        &out,
+        "a bad config value",
+        &["network.min_neighbours", &node.config_str()],
     );
-    assert!(
-        out.stderr.contains("network.min_neighbours"),
-        "stderr must name the key: {out}"
-    );
-    assert!(
-        out.stderr.contains(&node.config_str()),
-        "stderr must name the config file: {out}"
-    );
-    assert_no_panic(&out);
 }
 
 #[test]
@@ -110,16 +117,7 @@ fn bad_listen_value_exits_1_naming_the_key() {
     fs::write(node.config_path(), text).unwrap();
 
     let out = daemon_run_to_exit(&node);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "a bad listen address must make the daemon exit 1: {out}"
-    );
-    assert!(
-        out.stderr.contains("node.listen"),
-        "stderr must name the key: {out}"
-    );
-    assert_no_panic(&out);
+    assert_config_refused(&out, "a bad listen address", &["node.listen"]);
 }
 
 #[test]
@@ -134,16 +132,7 @@ fn unknown_config_key_exits_1_naming_it() {
         },
     );
     let out = daemon_run_to_exit(&node);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "an unknown config key must make the daemon exit 1: {out}"
-    );
-    assert!(
-        out.stderr.contains("favourite_colour"),
-        "stderr must name the unknown key: {out}"
-    );
-    assert_no_panic(&out);
+    assert_config_refused(&out, "an unknown config key", &["favourite_colour"]);
 }
 
 #[test]
@@ -158,16 +147,7 @@ fn missing_explicit_config_exits_1() {
         &[],
         Duration::from_secs(15),
     );
-    assert_eq!(
-        out.code,
-        Some(1),
-        "daemon with a missing explicit --config must exit 1: {out}"
-    );
-    assert!(
-        out.stderr.contains(missing),
-        "stderr should name the missing file: {out}"
-    );
-    assert_no_panic(&out);
+    assert_config_refused(&out, "a missing explicit --config", &[missing]);
 
     let out = run_hermes(
         &[

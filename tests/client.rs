@@ -104,3 +104,15 @@ fn json_logs_are_json_and_never_hold_the_text() {
         "the sender logs the push and the recipient the delivery"
     );
 }
+
+#[test]
+fn push_to_own_ip_lands_in_own_inbox() {
+    const N: u8 = 18;
+    let node = Node::start(N, 2, NodeOpts::default());
+    let text = format!("note to self {}", random_hex(8));
+    let out = node.cli("push", &["--to", &ip(N, 2), "--msg", &text, "--wait", "20"]);
+    assert_eq!(out.code, Some(0), "push --wait to itself: {out}");
+    assert_eq!(node.pull(), vec![pull_line(&ip(N, 2), &text)]);
+    let (_, _, delivered, _) = node.outbox();
+    assert_eq!(delivered, 1, "{}", node.status());
+}

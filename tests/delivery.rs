@@ -209,6 +209,13 @@ fn probe_of_the_recipient_leaves_no_standing_link() {
             c.neighbour_listens()
         );
     }
+    // The probe was never even a session on .4, so it cost no resends there.
+    assert!(
+        !c.log()
+            .lines()
+            .any(|l| l.contains("neighbour up") && l.contains(&a.listen())),
+        "the probe from .2 was taken as a neighbour by .4"
+    );
     // The relay still carries everything between the ends.
     assert!(a.has_neighbour(&nodes[1].listen()) && c.has_neighbour(&nodes[1].listen()));
 }

@@ -50,10 +50,7 @@ fn recipient_killed_before_push_gets_it_once() {
     let from = ip(N, 2);
 
     // One exchange first so that .2 knows .4's signed record.
-    let warmup = format!("warm-up {}", random_hex(8));
-    nodes[0].push(&to, &warmup);
-    let got = nodes[2].pull_until(DELIVERY_TIMEOUT, "the warm-up message", |l| !l.is_empty());
-    assert_eq!(got, vec![pull_line(&from, &warmup)]);
+    warm_up(&nodes[0], &nodes[2]);
     wait_outbox_settled(&nodes[0], &[&nodes[1], &nodes[2]], DELIVERY_TIMEOUT);
 
     nodes[2].kill();
@@ -214,12 +211,7 @@ fn sender_killed_right_after_push_still_delivers() {
     let to = ip(N, 3);
     let from = ip(N, 2);
 
-    let warmup = format!("warm-up {}", random_hex(8));
-    nodes[0].push(&to, &warmup);
-    assert_eq!(
-        nodes[1].pull_until(DELIVERY_TIMEOUT, "the warm-up message", |l| !l.is_empty()),
-        vec![pull_line(&from, &warmup)]
-    );
+    warm_up(&nodes[0], &nodes[1]);
     wait_outbox_settled(&nodes[0], &[&nodes[1]], DELIVERY_TIMEOUT);
 
     nodes[1].kill();

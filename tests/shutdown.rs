@@ -53,12 +53,7 @@ fn queued_message_survives_restart() {
     let from = ip(N, 2);
 
     // One exchange so that .2 knows .3's record, then stop .3.
-    let warmup = format!("warm-up {}", random_hex(8));
-    nodes[0].push(&to, &warmup);
-    assert_eq!(
-        nodes[1].pull_until(DELIVERY_TIMEOUT, "the warm-up message", |l| !l.is_empty()),
-        vec![pull_line(&from, &warmup)]
-    );
+    warm_up(&nodes[0], &nodes[1]);
     let st = nodes[1].term(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "SIGTERM exit status of .3: {st}");
 

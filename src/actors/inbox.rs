@@ -7,7 +7,7 @@
 
 use actix::prelude::*;
 
-use super::{guard, inject, InjectFault};
+use super::{fault_handler, guard};
 use crate::crypto::unix_now;
 use crate::store::{Store, StoreError};
 use crate::wire::client::InboxMessage;
@@ -119,12 +119,4 @@ impl Handler<Confirm> for Inbox {
     }
 }
 
-impl Handler<InjectFault> for Inbox {
-    type Result = ();
-    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
-        let log = self.log.clone();
-        guard(self, ctx, &log, "inbox", |_, ctx| {
-            inject(ctx, &log, "inbox", msg.0)
-        });
-    }
-}
+fault_handler!(Inbox, "inbox");

@@ -2,7 +2,8 @@
 //!
 //! One request per connection: `PUSH IP:<ip> MSG:<text>` answers `SUCCESS` or
 //! `FAIL`; `PULL` answers `SUCCESS <n>` and n lines `IP: <ip> MSG:<text>`, or
-//! `FAIL`. The seed's client sends no newline and never closes its side, so
+//! `FAIL` (control characters in a text are escaped, as `hermes pull` does,
+//! so the count of lines holds). The seed's client sends no newline and never closes its side, so
 //! the answer follows the first read (of at most [`MAX_REQUEST`] bytes).
 
 use std::time::Duration;
@@ -76,7 +77,8 @@ pub async fn serve_legacy(mut stream: TcpStream, deps: ClientDeps) {
             };
             let mut out = format!("SUCCESS {}\n", msgs.len());
             for m in &msgs {
-                out.push_str(&format!("IP: {} MSG:{}\n", m.sender_ip, m.text));
+                out.push_str(&m.pull_line());
+                out.push('\n');
             }
             if stream.write_all(out.as_bytes()).await.is_ok() && stream.flush().await.is_ok() {
                 let ids = msgs.iter().map(|m| m.id).collect();

@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use super::client_session::{ClientDeps, ClientSession};
 use super::legacy_session::serve_legacy;
 use super::neighbours::next_session_id;
-use super::peer_session::{establish, Direction, PeerSession};
-use super::{guard, inject, InjectFault};
+use super::peer_session::{establish, Direction, LinkError, PeerSession};
+use super::{fault_handler, guard};
 
 /// Most inbound handshakes in progress at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -159,6 +159,9 @@ impl StreamHandler<PeerConn> for Listener {
                             &log,
                         );
                     }
+                    Err(LinkError::HungUp) => {
+                        slog::debug!(log, "probed by a peer"; "remote" => remote)
+                    }
                     Err(e) => {
                         slog::info!(log, "inbound link refused"; "remote" => remote, "reason" => %e)
                     }
@@ -227,12 +230,4 @@ impl Handler<StopAccepting> for Listener {
     }
 }
 
-impl Handler<InjectFault> for Listener {
-    type Result = ();
-    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
-        let log = self.log.clone();
-        guard(self, ctx, &log, "listener", |_, ctx| {
-            inject(ctx, &log, "listener", msg.0)
-        });
-    }
-}
+fault_handler!(Listener, "listener");

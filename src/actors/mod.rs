@@ -75,6 +75,23 @@ where
     }
 }
 
+/// Implements the [`InjectFault`] handler of a supervised actor (one with a
+/// `log` field): the fault happens inside [`guard`], as a real one would.
+macro_rules! fault_handler {
+    ($actor:ty, $name:literal) => {
+        impl actix::Handler<$crate::actors::InjectFault> for $actor {
+            type Result = ();
+            fn handle(&mut self, msg: $crate::actors::InjectFault, ctx: &mut actix::Context<Self>) {
+                let log = self.log.clone();
+                $crate::actors::guard(self, ctx, &log, $name, |_, ctx| {
+                    $crate::actors::inject(ctx, &log, $name, msg.0)
+                });
+            }
+        }
+    };
+}
+pub(crate) use fault_handler;
+
 /// Acts on an injected fault: panics (caught by [`guard`]) or stops.
 pub fn inject<A>(ctx: &mut Context<A>, log: &slog::Logger, name: &'static str, kind: FaultKind)
 where

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 
 use super::peer_session::{dial, Close, Direction, LinkIdentity, PeerHandle, PeerSession};
 use super::router::{NeighbourDown, NeighbourUp, Router};
-use super::{backoff_delay, guard, inject, InjectFault};
+use super::{backoff_delay, fault_handler, guard};
 use crate::crypto::{unix_now, Address, SignedRecord};
 use crate::store::Store;
 use crate::wire::client::NeighbourStatus;
@@ -400,12 +400,4 @@ impl Handler<Leave> for NeighbourManager {
     }
 }
 
-impl Handler<InjectFault> for NeighbourManager {
-    type Result = ();
-    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
-        let log = self.log.clone();
-        guard(self, ctx, &log, "neighbours", |_, ctx| {
-            inject(ctx, &log, "neighbours", msg.0)
-        });
-    }
-}
+fault_handler!(NeighbourManager, "neighbours");

@@ -85,6 +85,8 @@ pub enum LinkError {
     Io(#[from] std::io::Error),
     #[error("no record in time")]
     Timeout,
+    #[error("peer hung up before sending its record (a probe)")]
+    HungUp,
 }
 
 /// A link whose handshake and record exchange succeeded.
@@ -103,22 +105,10 @@ pub async fn establish(
     expected: Option<Address>,
 ) -> Result<Established, LinkError> {
     let mut link = noise::handshake(&mut stream, identity, initiator).await?;
+    // Both sides write before they read, so neither waits on the other.
     let first = LinkFrame::new(LinkBody::Record(my_record.clone())).encode()?;
     noise::write_prefixed(&mut stream, &link.send.encrypt(&first)?).await?;
-    let msg = tokio::time::timeout(RECORD_TIMEOUT, noise::read_prefixed(&mut stream))
-        .await
-        .map_err(|_| LinkError::Timeout)??;
-    let frame = LinkFrame::decode(&link.recv.decrypt(&msg)?)?;
-    let LinkBody::Record(peer) = frame.body else {
-        return Err(LinkError::NoRecord);
-    };
-    peer.verify(unix_now())?;
-    if peer.record.kem_key != link.remote_static {
-        return Err(LinkError::KeyMismatch);
-    }
-    if peer.record.address == identity.address() {
-        return Err(LinkError::SelfLink);
-    }
+    let peer = read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await?;
     if let Some(expected) = expected {
         if expected != peer.record.address {
             return Err(LinkError::WrongPeer {
@@ -130,36 +120,64 @@ pub async fn establish(
     Ok(Established { stream, link, peer })
 }
 
+/// Reads and checks the peer's first frame, its signed record.
+async fn read_record(
+    stream: &mut TcpStream,
+    recv: &mut RecvCipher,
+    remote_static: &[u8; 32],
+    identity: &Identity,
+) -> Result<SignedRecord, LinkError> {
+    let msg = match tokio::time::timeout(RECORD_TIMEOUT, noise::read_prefixed(stream)).await {
+        Err(_) => return Err(LinkError::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(LinkError::HungUp)
+        }
+        Ok(r) => r?,
+    };
+    let frame = LinkFrame::decode(&recv.decrypt(&msg)?)?;
+    let LinkBody::Record(peer) = frame.body else {
+        return Err(LinkError::NoRecord);
+    };
+    peer.verify(unix_now())?;
+    if peer.record.kem_key != *remote_static {
+        return Err(LinkError::KeyMismatch);
+    }
+    if peer.record.address == identity.address() {
+        return Err(LinkError::SelfLink);
+    }
+    Ok(peer)
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, LinkError> {
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::ConnectTimeout(addr))?
+        .map_err(|source| LinkError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// Connects to `addr` and sets up a link as the initiator.
 pub async fn dial(
     addr: SocketAddr,
     identity: &Identity,
     my_record: &SignedRecord,
 ) -> Result<Established, LinkError> {
-    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| LinkError::ConnectTimeout(addr))?
-        .map_err(|source| LinkError::Connect { addr, source })?;
-    let _ = stream.set_nodelay(true);
-    establish(stream, identity, my_record, true, None).await
+    establish(connect(addr).await?, identity, my_record, true, None).await
 }
 
 /// Learns the signed record of whatever node listens at `addr`, then hangs up.
 ///
-/// The probe says goodbye with an empty `Leaving` frame, so the probed node
-/// takes it for a visitor that left, not a neighbour to redial: a probe must
-/// not turn into a standing link between sender and recipient.
-pub async fn probe(
-    addr: SocketAddr,
-    identity: &Identity,
-    my_record: &SignedRecord,
-) -> Result<SignedRecord, LinkError> {
-    let mut est = dial(addr, identity, my_record).await?;
-    let bye = LinkFrame::new(LinkBody::Leaving(Vec::new())).encode()?;
-    let sealed = est.link.send.encrypt(&bye)?;
-    noise::write_prefixed(&mut est.stream, &sealed).await?;
-    let _ = est.stream.shutdown().await;
-    Ok(est.peer)
+/// A probe completes the handshake and reads the peer's record but sends
+/// none of its own: the probed node sees the connection end before a record
+/// ([`LinkError::HungUp`]), so it never becomes a session, a neighbour, or a
+/// link to redial.
+pub async fn probe(addr: SocketAddr, identity: &Identity) -> Result<SignedRecord, LinkError> {
+    let mut stream = connect(addr).await?;
+    let mut link = noise::handshake(&mut stream, identity, true).await?;
+    let peer = read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await;
+    let _ = stream.shutdown().await;
+    peer
 }
 
 /// What the writer task is asked to do.
@@ -197,8 +215,6 @@ pub struct PeerSession {
     router: Addr<Router>,
     neighbours: Addr<NeighbourManager>,
     last_heard: Instant,
-    ping_sent: Option<(u64, Instant)>,
-    rtt: Option<Duration>,
     log: slog::Logger,
     graceful: bool,
     /// The peer announced it is leaving: do not redial it.
@@ -236,8 +252,6 @@ impl PeerSession {
                 router,
                 neighbours,
                 last_heard: Instant::now(),
-                ping_sent: None,
-                rtt: None,
                 log,
                 graceful: false,
                 peer_left: false,
@@ -260,14 +274,8 @@ impl PeerSession {
         match frame.body {
             LinkBody::Record(_) => self.cut(ctx, "second record on a link"),
             LinkBody::Ping(n) => self.send_frame(LinkBody::Pong(n)),
-            LinkBody::Pong(n) => {
-                if let Some((sent, at)) = self.ping_sent {
-                    if sent == n {
-                        self.rtt = Some(at.elapsed());
-                        self.ping_sent = None;
-                    }
-                }
-            }
+            // Any frame counts as heard; the round trip is not shown yet.
+            LinkBody::Pong(_) => {}
             LinkBody::Leaving(records) => {
                 slog::info!(self.log, "peer is leaving");
                 let _ = self.neighbours.try_send(super::neighbours::Learn(records));
@@ -339,9 +347,7 @@ impl Actor for PeerSession {
                 this.cut(ctx, "keepalive timeout");
                 return;
             }
-            let n = rand::random();
-            this.ping_sent = Some((n, Instant::now()));
-            this.send_frame(LinkBody::Ping(n));
+            this.send_frame(LinkBody::Ping(rand::random()));
         });
     }
 
@@ -412,18 +418,6 @@ impl Handler<Close> for PeerSession {
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
         )
-    }
-}
-
-/// Round-trip time of the last answered keepalive.
-#[derive(Message)]
-#[rtype(result = "Option<Duration>")]
-pub struct GetRtt;
-
-impl Handler<GetRtt> for PeerSession {
-    type Result = Option<Duration>;
-    fn handle(&mut self, _: GetRtt, _: &mut Context<Self>) -> Option<Duration> {
-        self.rtt
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::inbox::{Deliver, Inbox};
 use super::peer_session::{probe, LinkIdentity, PeerHandle};
-use super::{backoff_delay, guard, inject, InjectFault};
+use super::{backoff_delay, fault_handler, guard};
 use crate::config::DEFAULT_PORT;
 use crate::crypto::seal::{self, Sealed};
 use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
@@ -169,7 +169,7 @@ impl Router {
             // A message to ourselves goes straight to delivery.
             entry.next_try_ms = now_ms + RETRY_MAX.as_millis() as u64;
             self.save_entry(&id, &entry);
-            self.deliver(packet, None, ctx);
+            ctx.spawn(self.deliver(packet));
             return;
         }
         if self.neighbours.is_empty() {
@@ -220,7 +220,6 @@ impl Router {
         &mut self,
         p: FloodPacket,
         from: Option<Address>,
-        ctx: &mut Context<Self>,
     ) -> Option<ResponseActFuture<Self, ()>> {
         let now = unix_now();
         if p.expires_at <= now || p.expires_at > now + MAX_EXPIRY_AHEAD_SECS {
@@ -270,7 +269,7 @@ impl Router {
             }
         }
         if p.recipient == self.my_address() {
-            return Some(self.deliver(p, from, ctx));
+            return Some(self.deliver(p));
         }
         if self.relay && p.hops_left > 0 {
             let mut fwd = p;
@@ -287,12 +286,7 @@ impl Router {
 
     /// Opens a packet addressed to this node, stores it (flushed), then
     /// floods the receipt.
-    fn deliver(
-        &mut self,
-        p: FloodPacket,
-        from: Option<Address>,
-        _ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, ()> {
+    fn deliver(&mut self, p: FloodPacket) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let me = self.my_address();
         let inbox = self.inbox.clone();
@@ -362,7 +356,6 @@ impl Router {
             if this.store.outbox_delivered(&id).unwrap_or(false) {
                 this.notify(&id, true);
             }
-            let _ = from;
             this.flood(&LinkFrame::new(LinkBody::Receipt(receipt)), None);
         }))
     }
@@ -460,7 +453,7 @@ async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRec
         return Ok(rec);
     }
     let addr = SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT));
-    let rec = probe(addr, &me.identity, &me.record)
+    let rec = probe(addr, &me.identity)
         .await
         .map_err(|e| PushError::Unreachable {
             addr,
@@ -582,8 +575,8 @@ impl Handler<Inbound> for Router {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        let fut = guard(self, ctx, &log, "router", |this, ctx| match msg.body {
-            LinkBody::Packet(p) => this.on_packet(p, msg.from, ctx),
+        let fut = guard(self, ctx, &log, "router", |this, _| match msg.body {
+            LinkBody::Packet(p) => this.on_packet(p, msg.from),
             LinkBody::Receipt(r) => {
                 this.on_receipt(r, msg.from);
                 None
@@ -664,7 +657,10 @@ impl Handler<WaitDelivered> for Router {
             }
             (Ok(false), Ok(true)) => {
                 let (tx, rx) = oneshot::channel();
-                self.waiters.entry(msg.id).or_default().push(tx);
+                let waiting = self.waiters.entry(msg.id).or_default();
+                // Clients that gave up (timed out) leave closed senders.
+                waiting.retain(|w| !w.is_closed());
+                waiting.push(tx);
                 Box::pin(async move {
                     match tokio::time::timeout(msg.timeout, rx).await {
                         Ok(Ok(delivered)) => Ok(delivered),
@@ -677,24 +673,4 @@ impl Handler<WaitDelivered> for Router {
     }
 }
 
-impl Handler<InjectFault> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) {
-        let log = self.log.clone();
-        guard(self, ctx, &log, "router", |_, ctx| {
-            inject(ctx, &log, "router", msg.0)
-        });
-    }
-}
-
-/// This node's neighbour count and links, for status.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct NeighbourCount;
-
-impl Handler<NeighbourCount> for Router {
-    type Result = usize;
-    fn handle(&mut self, _: NeighbourCount, _: &mut Context<Self>) -> usize {
-        self.neighbours.len()
-    }
-}
+fault_handler!(Router, "router");

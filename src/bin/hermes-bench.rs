@@ -703,9 +703,6 @@ fn measure(
     // ---- report ----
     let push_rate = lib_accepted as f64 / push_s;
     let cli_rate = (total - lib_accepted) as f64 / cli_s;
-    let row = |figure: &str, value: String, bound: String, ratio: String| {
-        println!("{figure:<46} {value:>16} {bound:>16} {ratio:>20}");
-    };
     println!();
     println!(
         "hermes-bench: line of 3 daemons {}.2 <- .3 <- .4, flood routing (the daemon's default)",
@@ -772,21 +769,7 @@ fn measure(
         "idle network ({} messages, one at a time):",
         args.latency_messages
     );
-    for (label, p, rtt_us) in [("p50", 50.0, rtt.p50_us), ("p99", 99.0, rtt.p99_us)] {
-        let c = pct(&idle_client_us, p) as f64;
-        row(
-            &format!("  latency {label}, push call -> pulled"),
-            format!("{:.2} ms", c / 1000.0),
-            format!("{rtt_us:.0} µs RTT"),
-            format!("{:.0} x RTT {label}", c / rtt_us),
-        );
-        row(
-            &format!("  latency {label}, daemon stamps (1 ms steps)"),
-            format!("{} ms", pct(&idle_daemon_ms, p)),
-            String::new(),
-            String::new(),
-        );
-    }
+    latency_rows(&idle_client_us, &idle_daemon_ms, &rtt);
     row(
         "  delivered / sent",
         format!("{} / {}", idle_client_us.len(), args.latency_messages),
@@ -794,21 +777,7 @@ fn measure(
         String::new(),
     );
     println!("under load ({total} pushed back to back, pulled concurrently):");
-    for (label, p, rtt_us) in [("p50", 50.0, rtt.p50_us), ("p99", 99.0, rtt.p99_us)] {
-        let c = pct(&lat_client_us, p) as f64;
-        row(
-            &format!("  latency {label}, push call -> pulled"),
-            format!("{:.2} ms", c / 1000.0),
-            format!("{rtt_us:.0} µs RTT"),
-            format!("{:.0} x RTT {label}", c / rtt_us),
-        );
-        row(
-            &format!("  latency {label}, daemon stamps (1 ms steps)"),
-            format!("{} ms", pct(&lat_daemon_ms, p)),
-            String::new(),
-            String::new(),
-        );
-    }
+    latency_rows(&lat_client_us, &lat_daemon_ms, &rtt);
     row(
         "  delivered (unique) / pushed",
         format!("{delivered_unique} / {total}"),
@@ -1042,6 +1011,31 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One line of the report table.
+fn row(figure: &str, value: String, bound: String, ratio: String) {
+    println!("{figure:<46} {value:>16} {bound:>16} {ratio:>20}");
+}
+
+/// p50 and p99 latency, as the pulling client saw it (against the loopback
+/// round trip) and by the daemons' own stamps.
+fn latency_rows(client_us: &[u64], daemon_ms: &[u64], rtt: &Rtt) {
+    for (label, p, rtt_us) in [("p50", 50.0, rtt.p50_us), ("p99", 99.0, rtt.p99_us)] {
+        let c = pct(client_us, p) as f64;
+        row(
+            &format!("  latency {label}, push call -> pulled"),
+            format!("{:.2} ms", c / 1000.0),
+            format!("{rtt_us:.0} µs RTT"),
+            format!("{:.0} x RTT {label}", c / rtt_us),
+        );
+        row(
+            &format!("  latency {label}, daemon stamps (1 ms steps)"),
+            format!("{} ms", pct(daemon_ms, p)),
+            String::new(),
+            String::new(),
+        );
+    }
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {

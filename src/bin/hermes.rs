@@ -200,19 +200,6 @@ fn push(
     }
 }
 
-/// Control characters would break the one-message-per-line format.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
     let mut client = connect(config)?;
     let stdout = std::io::stdout();
@@ -240,7 +227,7 @@ fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
                     });
                     writeln!(out, "{v}")?;
                 } else {
-                    writeln!(out, "IP: {} MSG:{}", m.sender_ip, one_line(&m.text))?;
+                    writeln!(out, "{}", m.pull_line())?;
                 }
             }
             // Confirm only what has really been written out.

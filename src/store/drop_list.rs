@@ -59,12 +59,19 @@ fn exp_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// True if `stored` (a value of the `drop` tree) is an entry still live at
+/// `now`. One that does not decode counts as expired, so it gets replaced.
+pub(super) fn is_live(stored: &[u8], now: u64) -> bool {
+    postcard::from_bytes::<DropEntry>(stored).is_ok_and(|e| e.expires_at > now)
+}
+
+/// Writes `entry` and its expiry index inside a transaction.
 pub(super) fn insert_in_tx(
     drop: &TransactionalTree,
     drop_exp: &TransactionalTree,
     key: &DropKey,
     entry: &DropEntry,
-) -> Result<bool, ConflictableTransactionError<StoreError>> {
+) -> Result<(), ConflictableTransactionError<StoreError>> {
     let k = key.bytes();
     let value =
         postcard::to_stdvec(entry).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
@@ -77,7 +84,7 @@ pub(super) fn insert_in_tx(
         }
     }
     drop_exp.insert(exp_key(entry.expires_at, &k), &[])?;
-    Ok(true)
+    Ok(())
 }
 
 impl Store {
@@ -101,14 +108,11 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let k = key.bytes();
         let r = (&self.drop, &self.drop_exp).transaction(|(drop, drop_exp)| {
-            if let Some(v) = drop.get(&k)? {
-                if let Ok(old) = postcard::from_bytes::<DropEntry>(&v) {
-                    if old.expires_at > now {
-                        return Ok(false);
-                    }
-                }
+            if drop.get(&k)?.is_some_and(|v| is_live(&v, now)) {
+                return Ok(false);
             }
-            insert_in_tx(drop, drop_exp, key, entry)
+            insert_in_tx(drop, drop_exp, key, entry)?;
+            Ok(true)
         })?;
         Ok(r)
     }
@@ -122,13 +126,8 @@ impl Store {
             let drop_key = &k[8..];
             // Remove the entry only if it still has this expiry (it may have
             // been renewed with a later one).
-            if let Some(v) = self.drop.get(drop_key)? {
-                let live = postcard::from_bytes::<DropEntry>(&v)
-                    .map(|e| e.expires_at > now)
-                    .unwrap_or(false);
-                if !live {
-                    self.drop.remove(drop_key)?;
-                }
+            if self.drop.get(drop_key)?.is_some_and(|v| !is_live(&v, now)) {
+                self.drop.remove(drop_key)?;
             }
             self.drop_exp.remove(&k)?;
             removed += 1;

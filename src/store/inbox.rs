@@ -6,10 +6,9 @@
 //! a pull has removed it from the inbox. Keys start with a sequence number
 //! from sled's monotonic id generator, so iteration is oldest first.
 
-use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::drop_list::{insert_in_tx, DropEntry, DropKey};
+use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
 use super::{Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::Receipt;
@@ -37,12 +36,11 @@ impl Store {
         let delivered_key = delivered.bytes();
         let r =
             (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
-                if let Some(v) = drop.get(delivered_key.as_slice())? {
-                    let old: DropEntry = postcard::from_bytes(&v)
-                        .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                    if old.expires_at > now {
-                        return Ok(false);
-                    }
+                if drop
+                    .get(delivered_key.as_slice())?
+                    .is_some_and(|v| is_live(&v, now))
+                {
+                    return Ok(false);
                 }
                 inbox.insert(key.as_slice(), value.as_slice())?;
                 insert_in_tx(drop, drop_exp, &delivered, &entry)?;

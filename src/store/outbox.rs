@@ -20,6 +20,13 @@ fn due_key(due_ms: u64, id: &MessageId) -> [u8; 24] {
     k
 }
 
+/// The message id of an `outbox_due` key.
+fn due_key_id(key: &[u8]) -> Option<MessageId> {
+    key.get(8..)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(MessageId)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub recipient: Address,
@@ -115,10 +122,7 @@ impl Store {
         let mut due = Vec::new();
         for item in self.outbox_due.range(..end.as_slice()).take(limit) {
             let (k, _) = item?;
-            let Some(id) = k.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
-                continue;
-            };
-            let id = MessageId(id);
+            let Some(id) = due_key_id(&k) else { continue };
             if let Some(entry) = self.outbox_get(&id)? {
                 due.push((id, entry));
             }
@@ -133,10 +137,7 @@ impl Store {
         let mut n = 0;
         for item in self.outbox_due.range(start.as_slice()..) {
             let (k, _) = item?;
-            let Some(id) = k.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
-                continue;
-            };
-            let id = MessageId(id);
+            let Some(id) = due_key_id(&k) else { continue };
             if let Some(mut entry) = self.outbox_get(&id)? {
                 entry.next_try_ms = now_ms;
                 self.outbox_put(&id, &entry)?;

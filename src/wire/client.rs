@@ -91,6 +91,22 @@ pub struct InboxMessage {
     pub text: String,
 }
 
+impl InboxMessage {
+    /// The seed's pull line, `IP: <sender-ip> MSG:<text>`, with control
+    /// characters escaped so that one message stays one line.
+    pub fn pull_line(&self) -> String {
+        let mut line = format!("IP: {} MSG:", self.sender_ip);
+        for c in self.text.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+        line
+    }
+}
+
 /// `hermes status`: also printed as JSON, so field names are part of the contract.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -187,6 +203,19 @@ pub fn read_frame<R: Read, T: for<'a> Deserialize<'a>>(r: &mut R) -> Result<T, F
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pull_line_keeps_one_message_on_one_line() {
+        let m = InboxMessage {
+            id: MessageId([0; 16]),
+            sender: String::new(),
+            sender_ip: "127.0.0.2".into(),
+            sent: 0,
+            received: 0,
+            text: "two\nlines\tand é".into(),
+        };
+        assert_eq!(m.pull_line(), "IP: 127.0.0.2 MSG:two\\nlines\\tand é");
+    }
 
     #[test]
     fn requests_round_trip_through_a_stream() {

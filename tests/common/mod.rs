@@ -16,6 +16,7 @@
 //! | 15 | client.rs          | push_reads_stdin_and_takes_a_node_address         |
 //! | 16 | client.rs          | config_found_through_env_and_xdg                  |
 //! | 17 | client.rs          | json_logs_are_json_and_never_hold_the_text        |
+//! | 18 | client.rs          | push_to_own_ip_lands_in_own_inbox                 |
 //! | 20 | restarts.rs        | recipient_killed_before_push_gets_it_once         |
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
@@ -49,7 +50,7 @@
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
 //!
-//! Free for new tests: 18-19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
+//! Free for new tests: 19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -812,6 +813,15 @@ pub fn wait_linked(a: &Node, b: &Node) {
         &[a, b],
         || a.has_neighbour(&b.listen()) && b.has_neighbour(&a.listen()),
     );
+}
+
+/// Sends one message `from` → `to` and waits until `to` pulls exactly it, so that
+/// `from` has `to`'s signed record in its address book from then on.
+pub fn warm_up(from: &Node, to: &Node) {
+    let text = format!("warm-up {}", random_hex(8));
+    from.push(&to.ip(), &text);
+    let got = to.pull_until(DELIVERY_TIMEOUT, "the warm-up message", |l| !l.is_empty());
+    assert_eq!(got, vec![pull_line(&from.ip(), &text)]);
 }
 
 /// Starts `count` nodes `127.0.N.2 ..` one after the other, node i bootstrapping from
