@@ -3,8 +3,9 @@
 //! One request per connection: `PUSH IP:<ip> MSG:<text>` answers `SUCCESS` or
 //! `FAIL`; `PULL` answers `SUCCESS <n>` and n lines `IP: <ip> MSG:<text>`, or
 //! `FAIL` (control characters in a text are escaped, as `hermes pull` does,
-//! so the count of lines holds). The seed's client sends no newline and never closes its side, so
-//! the answer follows the first read (of at most [`MAX_REQUEST`] bytes).
+//! so the count of lines holds). The seed's client sends no newline and never
+//! closes its side, so the answer follows the first read (of at most
+//! [`MAX_REQUEST`] bytes).
 
 use std::time::Duration;
 
