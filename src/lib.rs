@@ -7,10 +7,12 @@
 //! use to talk to it.
 
 pub mod actors;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod logging;
 pub mod node;
+pub mod overlay;
 pub mod store;
 pub mod wire;

@@ -11,7 +11,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::inbox::{Confirm, Inbox, Pull};
 use super::listener::Listener;
-use super::neighbours::{GetNeighbours, NeighbourManager};
+use super::neighbours::{GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
 use super::router::{Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
@@ -157,6 +157,10 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             address: deps.me.record.record.address.to_string(),
         },
         Request::Fault { actor, kind } => fault(deps, listener, &actor, &kind),
+        Request::Peers => match deps.neighbours.send(GetPeers).await {
+            Ok(peers) => Response::Peers(peers),
+            Err(e) => refused(format!("neighbour manager unavailable: {e}")),
+        },
     }
 }
 

@@ -23,10 +23,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::neighbours::{NeighbourManager, SessionDown, SessionUp};
+use super::neighbours::{FromPeer, LinkRtt, NeighbourManager, SessionDown, SessionUp};
 use super::router::{Inbound, Router};
 use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE};
 use crate::crypto::{unix_now, Address, Identity, RecordError, SignedRecord};
+pub use crate::overlay::Direction;
 use crate::wire::link::{LinkBody, LinkFrame};
 use crate::wire::WireError;
 
@@ -42,21 +43,6 @@ pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a graceful close waits for queued frames to be written.
 pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -193,6 +179,8 @@ pub enum Outgoing {
 #[derive(Clone)]
 pub struct PeerHandle {
     pub address: Address,
+    /// Where the peer listens, as its record says.
+    pub listen: SocketAddr,
     pub session_id: u64,
     pub tx: mpsc::Sender<Outgoing>,
     pub session: Addr<PeerSession>,
@@ -217,8 +205,8 @@ pub struct PeerSession {
     last_heard: Instant,
     log: slog::Logger,
     graceful: bool,
-    /// The peer announced it is leaving: do not redial it.
-    peer_left: bool,
+    /// The keepalive ping in flight, and when it was sent.
+    ping: Option<(u64, Instant)>,
 }
 
 impl PeerSession {
@@ -254,7 +242,7 @@ impl PeerSession {
                 last_heard: Instant::now(),
                 log,
                 graceful: false,
-                peer_left: false,
+                ping: None,
             }
         })
     }
@@ -274,17 +262,33 @@ impl PeerSession {
         match frame.body {
             LinkBody::Record(_) => self.cut(ctx, "second record on a link"),
             LinkBody::Ping(n) => self.send_frame(LinkBody::Pong(n)),
-            // Any frame counts as heard; the round trip is not shown yet.
-            LinkBody::Pong(_) => {}
-            LinkBody::Leaving(records) => {
-                slog::info!(self.log, "peer is leaving");
-                let _ = self.neighbours.try_send(super::neighbours::Learn(records));
+            LinkBody::Pong(n) => {
+                if let Some((sent, at)) = self.ping {
+                    if sent == n {
+                        self.ping = None;
+                        let _ = self.neighbours.try_send(LinkRtt {
+                            session_id: self.session_id,
+                            rtt: at.elapsed(),
+                        });
+                    }
+                }
+            }
+            body @ (LinkBody::Leaving(_) | LinkBody::Full(_)) => {
+                // Sent before the stop, so the manager hears it before the
+                // session's end and knows not to redial.
+                self.neighbours.do_send(FromPeer {
+                    session_id: self.session_id,
+                    body,
+                });
                 self.graceful = true;
-                self.peer_left = true;
                 ctx.stop();
             }
-            LinkBody::Records(records) => {
-                let _ = self.neighbours.try_send(super::neighbours::Learn(records));
+            body @ (LinkBody::Records(_) | LinkBody::Gossip(_)) => {
+                // Membership traffic is dropped, not queued, under pressure.
+                let _ = self.neighbours.try_send(FromPeer {
+                    session_id: self.session_id,
+                    body,
+                });
             }
             body @ (LinkBody::Packet(_) | LinkBody::Receipt(_)) => {
                 // Wait for the router to take it before reading on.
@@ -333,6 +337,7 @@ impl Actor for PeerSession {
         slog::info!(self.log, "peer up"; "direction" => self.direction.as_str());
         let handle = PeerHandle {
             address: self.peer.record.address,
+            listen: self.peer.record.listen,
             session_id: self.session_id,
             tx: self.tx.clone(),
             session: ctx.address(),
@@ -342,12 +347,18 @@ impl Actor for PeerSession {
             direction: self.direction,
             handle,
         });
+        // A first ping at once, so the round trip is known early.
+        let nonce = rand::random();
+        self.ping = Some((nonce, Instant::now()));
+        self.send_frame(LinkBody::Ping(nonce));
         ctx.run_interval(KEEPALIVE_INTERVAL, |this, ctx| {
             if this.last_heard.elapsed() > KEEPALIVE_TIMEOUT {
                 this.cut(ctx, "keepalive timeout");
                 return;
             }
-            this.send_frame(LinkBody::Ping(rand::random()));
+            let nonce = rand::random();
+            this.ping = Some((nonce, Instant::now()));
+            this.send_frame(LinkBody::Ping(nonce));
         });
     }
 
@@ -359,10 +370,7 @@ impl Actor for PeerSession {
         }
         slog::info!(self.log, "peer down");
         self.neighbours.do_send(SessionDown {
-            address: self.peer.record.address,
             session_id: self.session_id,
-            listen: self.peer.record.listen,
-            left: self.peer_left,
         });
     }
 }

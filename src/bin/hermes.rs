@@ -9,7 +9,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hermes::client::{Client, ClientError};
 use hermes::config::Config;
-use hermes::wire::client::{InboxMessage, Request, Response, StatusReport, MAX_PULL_BATCH};
+use hermes::crypto::unix_now;
+use hermes::wire::client::{
+    InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
+};
 use hermes::wire::message::MAX_TEXT_BYTES;
 
 /// Exit codes of the external contract.
@@ -64,6 +67,12 @@ enum Command {
     },
     /// Print this node's address.
     Id,
+    /// List the address book: the nodes this node knows of.
+    Peers {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Test-only: make a supervised actor fail (daemon needs HERMES_FAULT_INJECTION=1).
     #[command(hide = true)]
     DebugFault { actor: String, kind: String },
@@ -115,6 +124,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Push { to, msg, wait } => push(&config, to, msg, wait),
         Command::Pull { json } => pull(&config, json),
         Command::Status { json } => status(&config, json),
+        Command::Peers { json } => peers(&config, json),
         Command::Id => match connect(&config)?.call(&Request::Id)? {
             Response::Id { address } => {
                 println!("{address}");
@@ -254,7 +264,13 @@ fn status(config: &Config, json: bool) -> Result<u8, Failure> {
     println!("listen     {}", s.listen);
     println!("neighbours {}", s.neighbours.len());
     for n in &s.neighbours {
-        println!("  {:<3} {:<22} {}", n.direction, n.listen, n.address);
+        let rtt = n.rtt_us.map_or("-".to_string(), |us| {
+            format!("{:.2} ms", us as f64 / 1000.0)
+        });
+        println!(
+            "  {:<3} {:<22} up {:>6} s  rtt {:>9}  {}",
+            n.direction, n.listen, n.age_secs, rtt, n.address
+        );
     }
     let o = &s.outbox;
     println!(
@@ -268,5 +284,35 @@ fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         "counters   relayed {} / dropped {} / retried {} / replays {}",
         c.relayed, c.dropped, c.retried, c.replays
     );
+    Ok(0)
+}
+
+fn peers(config: &Config, json: bool) -> Result<u8, Failure> {
+    let peers: Vec<PeerStatus> = match connect(config)?.call(&Request::Peers)? {
+        Response::Peers(p) => p,
+        other => return Err(unexpected(other)),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for p in &peers {
+            writeln!(out, "{}", serde_json::to_string(p)?)?;
+        }
+        return Ok(0);
+    }
+    let now = unix_now();
+    let ago = |t: u64| format!("{} s ago", now.saturating_sub(t));
+    for p in &peers {
+        writeln!(
+            out,
+            "{:<22} {:<9} seen {:<12} linked {:<12} failures {:<2} {}{}",
+            p.listen,
+            if p.neighbour { "neighbour" } else { "" },
+            ago(p.last_seen),
+            p.last_success.map_or("never".to_string(), ago),
+            p.failures,
+            p.address,
+            if p.relay { "" } else { " (no relay)" },
+        )?;
+    }
     Ok(0)
 }

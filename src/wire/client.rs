@@ -53,6 +53,8 @@ pub enum Request {
         actor: String,
         kind: String,
     },
+    /// The address book.
+    Peers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,7 @@ pub enum Response {
         code: u8,
         message: String,
     },
+    Peers(Vec<PeerStatus>),
 }
 
 /// A delivered message as `pull` shows it.
@@ -125,6 +128,26 @@ pub struct NeighbourStatus {
     pub listen: String,
     /// "in" or "out": who dialled.
     pub direction: String,
+    /// Seconds since the link came up.
+    pub age_secs: u64,
+    /// The last measured round trip, in microseconds (none before the first pong).
+    pub rtt_us: Option<u64>,
+}
+
+/// One address-book entry as `hermes peers` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub address: String,
+    pub listen: String,
+    pub relay: bool,
+    /// Linked with this node right now.
+    pub neighbour: bool,
+    /// Seconds since the epoch when the node was last known alive.
+    pub last_seen: u64,
+    /// Seconds since the epoch of the last link with it.
+    pub last_success: Option<u64>,
+    /// Dials that failed since the last success.
+    pub failures: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

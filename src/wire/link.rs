@@ -19,6 +19,8 @@ pub const LINK_VERSION: u8 = 1;
 pub const MAX_LINK_FRAME: usize = MAX_PLAINTEXT;
 /// Most records one peer-exchange frame may carry.
 pub const MAX_RECORDS_PER_FRAME: usize = 32;
+/// Most neighbours one gossip frame may name (the most a node may have).
+pub const MAX_GOSSIP_NEIGHBOURS: usize = 64;
 /// Most hops a flooded packet or receipt may travel.
 pub const MAX_HOPS: u8 = 32;
 
@@ -44,8 +46,23 @@ pub enum LinkBody {
     /// The sender is leaving the network; the records are of its other
     /// neighbours, so the receiver can connect to them instead.
     Leaving(Vec<SignedRecord>),
-    /// A sample of known records (peer exchange).
+    /// A sample of known records.
     Records(Vec<SignedRecord>),
+    /// Peer exchange: the sender's neighbours and a sample of records.
+    Gossip(Gossip),
+    /// The sender is at `max_neighbours` and closes this link; the records
+    /// are other nodes to dial instead.
+    Full(Vec<SignedRecord>),
+}
+
+/// What neighbours tell each other about the overlay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gossip {
+    /// The sender's current neighbours: lets the receiver prefer dialling
+    /// nodes two hops away, and judge which of its links is least useful.
+    pub neighbours: Vec<Address>,
+    /// A random sample of nodes the sender saw alive recently.
+    pub records: Vec<SignedRecord>,
 }
 
 /// A message on its way, as every relay sees it in flood mode.
@@ -129,10 +146,16 @@ impl LinkFrame {
             LinkBody::Receipt(r) if r.hops_left > MAX_HOPS => {
                 return Err(WireError::Limit("hop count over the maximum"));
             }
-            LinkBody::Leaving(records) | LinkBody::Records(records)
+            LinkBody::Leaving(records)
+            | LinkBody::Records(records)
+            | LinkBody::Full(records)
+            | LinkBody::Gossip(Gossip { records, .. })
                 if records.len() > MAX_RECORDS_PER_FRAME =>
             {
                 return Err(WireError::Limit("too many records"));
+            }
+            LinkBody::Gossip(g) if g.neighbours.len() > MAX_GOSSIP_NEIGHBOURS => {
+                return Err(WireError::Limit("too many neighbours"));
             }
             _ => {}
         }
@@ -204,6 +227,11 @@ mod tests {
             MAX_RECORDS_PER_FRAME + 1
         ]));
         assert_eq!(many.encode(), Err(WireError::Limit("too many records")));
+        let many = LinkFrame::new(LinkBody::Gossip(Gossip {
+            neighbours: vec![id.address(); MAX_GOSSIP_NEIGHBOURS + 1],
+            records: Vec::new(),
+        }));
+        assert_eq!(many.encode(), Err(WireError::Limit("too many neighbours")));
         let mut p = packet(1);
         p.hops_left = MAX_HOPS + 1;
         assert!(LinkFrame::new(LinkBody::Packet(p)).encode().is_err());
@@ -271,6 +299,18 @@ mod tests {
                         expires_at,
                     })
                 }),
+            (
+                proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_GOSSIP_NEIGHBOURS),
+                0..4usize
+            )
+                .prop_map(|(neighbours, n)| {
+                    let id = Identity::generate();
+                    LinkBody::Gossip(Gossip {
+                        neighbours: neighbours.into_iter().map(Address).collect(),
+                        records: vec![record(&id); n],
+                    })
+                }),
+            (0..4usize).prop_map(|n| LinkBody::Full(vec![record(&Identity::generate()); n])),
         ]
     }
 
