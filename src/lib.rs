@@ -1,8 +1,9 @@
 //! Hermes: a peer-to-peer messaging network.
 //!
 //! Layers, bottom up: [`crypto`] (keys, handshakes, sealing) and [`wire`]
-//! (frames and limits) know nothing of the rest; [`store`] is the only code
-//! that touches sled; [`actors`] are the running node; [`node`] wires the
+//! (frames and limits) know nothing of the rest; [`overlay`] is the
+//! membership policy (who links to whom) as pure logic; [`store`] is the only
+//! code that touches sled; [`actors`] are the running node; [`node`] wires the
 //! actors together and runs the daemon; [`client`] is what `hermes push/pull`
 //! use to talk to it.
 

@@ -793,3 +793,262 @@ impl Membership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::unix_now;
+
+    struct Peer {
+        id: Identity,
+        record: SignedRecord,
+    }
+
+    fn peer(host: u8) -> Peer {
+        let id = Identity::generate();
+        let listen = format!("10.0.0.{host}:58008").parse().unwrap();
+        let record = SignedRecord::sign(&id, listen, true, unix_now());
+        Peer { id, record }
+    }
+
+    fn node(min: usize, max: usize, bootstrap: Vec<SocketAddr>) -> (Membership, u64) {
+        let me = peer(1);
+        let now_ms = unix_now() * 1000;
+        let m = Membership::new(
+            Arc::new(me.id),
+            me.record,
+            bootstrap,
+            MembershipConfig::new(min, max),
+            Vec::new(),
+            Some(7),
+            now_ms,
+        );
+        (m, now_ms)
+    }
+
+    fn gossip(neighbours: &[&Peer], records: &[&Peer]) -> LinkBody {
+        LinkBody::Gossip(Gossip {
+            neighbours: neighbours.iter().map(|p| p.id.address()).collect(),
+            records: records.iter().map(|p| p.record.clone()).collect(),
+        })
+    }
+
+    fn dials(actions: &[Action]) -> Vec<SocketAddr> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dial(addr) => Some(*addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(actions: &[Action]) -> Vec<(LinkId, Option<LinkBody>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Close { link, farewell } => Some((*link, farewell.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn below_min_dials_the_bootstrap_then_nodes_two_hops_away_last() {
+        let boot = peer(2);
+        let (mut m, now) = node(3, 6, vec![boot.record.record.listen]);
+        m.tick(now);
+        assert_eq!(dials(&m.take_actions()), vec![boot.record.record.listen]);
+        m.dial_succeeded(boot.record.record.listen);
+        m.link_up(LinkId(1), boot.record.clone(), Direction::Out, now);
+        let (near, far1, far2) = (peer(3), peer(4), peer(5));
+        // `near` is already a neighbour of our neighbour.
+        m.on_frame(LinkId(1), gossip(&[&near], &[&near, &far1, &far2]), now);
+        m.take_actions();
+        m.tick(now + 1000);
+        let mut got = dials(&m.take_actions());
+        got.sort();
+        let mut want = vec![far1.record.record.listen, far2.record.record.listen];
+        want.sort();
+        assert_eq!(got, want);
+        // With no better choice left, the two-hop node is dialled too.
+        m.dial_failed(far1.record.record.listen, now + 1500);
+        m.tick(now + 2000);
+        assert_eq!(dials(&m.take_actions()), vec![near.record.record.listen]);
+    }
+
+    #[test]
+    fn full_node_refers_a_newcomer_when_no_neighbour_can_spare_its_link() {
+        let (mut m, now) = node(2, 2, vec![]);
+        let (a, b, newcomer) = (peer(2), peer(3), peer(4));
+        m.link_up(LinkId(1), a.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), b.record.clone(), Direction::In, now);
+        m.take_actions();
+        m.link_up(LinkId(3), newcomer.record.clone(), Direction::In, now);
+        let acts = m.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 1, "{acts:?}");
+        assert_eq!(c[0].0, LinkId(3));
+        let Some(LinkBody::Full(records)) = &c[0].1 else {
+            panic!("no referral: {acts:?}");
+        };
+        let referred: Vec<Address> = records.iter().map(|r| r.record.address).collect();
+        assert!(referred.contains(&a.id.address()) && referred.contains(&b.id.address()));
+        assert!(!referred.contains(&newcomer.id.address()));
+        assert_eq!(m.neighbour_count(), 2);
+        assert_eq!(m.stats().refusals, 1);
+    }
+
+    #[test]
+    fn full_node_evicts_a_neighbour_that_can_spare_its_link() {
+        let (mut m, now) = node(2, 2, vec![]);
+        let (a, b, newcomer) = (peer(2), peer(3), peer(4));
+        let (x, y, z) = (peer(5), peer(6), peer(7));
+        m.link_up(LinkId(1), a.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), b.record.clone(), Direction::In, now);
+        // `b` has three other neighbours: it stays above min without us.
+        m.on_frame(LinkId(2), gossip(&[&x, &y, &z], &[]), now);
+        m.take_actions();
+        m.link_up(LinkId(3), newcomer.record.clone(), Direction::In, now);
+        let acts = m.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 1, "{acts:?}");
+        assert_eq!(c[0].0, LinkId(2));
+        assert!(matches!(c[0].1, Some(LinkBody::Full(_))));
+        assert!(acts.contains(&Action::Down(LinkId(2))));
+        assert!(acts.contains(&Action::Up(LinkId(3))));
+        assert_eq!(m.stats().evictions, 1);
+    }
+
+    #[test]
+    fn above_max_closes_the_link_most_shared_with_others() {
+        let (mut m, now) = node(1, 2, vec![]);
+        let (a, b, c) = (peer(2), peer(3), peer(4));
+        for (i, p) in [&a, &b, &c].iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
+        }
+        // `c` is linked with both `a` and `b`: the most redundant link.
+        m.on_frame(LinkId(2), gossip(&[&a, &b], &[]), now + 600);
+        m.on_frame(LinkId(0), gossip(&[&c], &[]), now + 600);
+        m.take_actions();
+        m.tick(now + 1000);
+        let acts = m.take_actions();
+        let c_closes = closes(&acts);
+        assert_eq!(c_closes.len(), 1, "{acts:?}");
+        assert_eq!(c_closes[0].0, LinkId(2));
+        assert_eq!(m.neighbour_count(), 2);
+    }
+
+    #[test]
+    fn forged_and_future_records_are_refused() {
+        let (mut m, now) = node(1, 4, vec![]);
+        let a = peer(2);
+        m.link_up(LinkId(1), a.record.clone(), Direction::Out, now);
+        let mut forged = peer(3).record;
+        forged.record.listen = "10.0.0.99:58008".parse().unwrap();
+        let liar = peer(4);
+        let future =
+            SignedRecord::sign(&liar.id, liar.record.record.listen, true, now / 1000 + 3600);
+        let good = peer(5);
+        let body = LinkBody::Gossip(Gossip {
+            neighbours: vec![],
+            records: vec![forged.clone(), future, good.record.clone()],
+        });
+        m.on_frame(LinkId(1), body, now);
+        assert!(m.book().get(&forged.record.address).is_none());
+        assert!(m.book().get(&liar.id.address()).is_none());
+        assert!(m.book().get(&good.id.address()).is_some());
+        assert_eq!(m.stats().records_refused, 2);
+    }
+
+    #[test]
+    fn gossip_is_bounded_in_size_and_rate() {
+        let (mut m, now) = node(1, 8, vec![]);
+        let peers: Vec<Peer> = (2..40).map(peer).collect();
+        for (i, p) in peers.iter().enumerate().take(3) {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
+        }
+        let refs: Vec<&Peer> = peers.iter().skip(3).take(MAX_RECORDS_PER_FRAME).collect();
+        m.on_frame(LinkId(0), gossip(&[], &refs), now);
+        // A second frame at once from the same link is ignored.
+        m.on_frame(LinkId(0), gossip(&[], &refs), now + 10);
+        assert_eq!(m.stats().gossip_ignored, 1);
+        m.take_actions();
+        let minutes = 10;
+        let mut samples = 0;
+        for s in 1..=minutes * 60 {
+            m.tick(now + s * 1000);
+            for a in m.take_actions() {
+                if let Action::Send {
+                    body: LinkBody::Gossip(g),
+                    ..
+                } = a
+                {
+                    assert!(g.records.len() <= EXCHANGE_SAMPLE);
+                    if !g.records.is_empty() {
+                        samples += 1;
+                    }
+                }
+            }
+        }
+        // One sample per EXCHANGE_INTERVAL on average (0.5..1.5 intervals apart),
+        // whatever the number of neighbours or known nodes.
+        let per_interval = minutes * 60 / EXCHANGE_INTERVAL.as_secs();
+        assert!(samples >= per_interval * 2 / 3, "{samples} samples");
+        assert!(samples <= per_interval * 2, "{samples} samples");
+    }
+
+    #[test]
+    fn broken_links_are_redialled_with_growing_delays_full_ones_wait() {
+        let (mut m, now) = node(0, 4, vec![]);
+        let (a, b) = (peer(2), peer(3));
+        m.link_up(LinkId(1), a.record.clone(), Direction::Out, now);
+        m.link_up(LinkId(2), b.record.clone(), Direction::Out, now);
+        m.on_frame(LinkId(2), LinkBody::Full(vec![]), now);
+        m.link_down(LinkId(1), now);
+        m.link_down(LinkId(2), now);
+        let a_listen = a.record.record.listen;
+        let mut dial_times = Vec::new();
+        for t in (0..120_000).step_by(100) {
+            m.tick(now + t);
+            for d in dials(&m.take_actions()) {
+                assert_eq!(d, a_listen, "the full node was redialled");
+                dial_times.push(t);
+                m.dial_failed(d, now + t);
+            }
+        }
+        assert!(dial_times.len() >= 4, "{dial_times:?}");
+        let gaps: Vec<u64> = dial_times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.last() > gaps.first(), "{gaps:?}");
+        assert!(
+            gaps.iter()
+                .all(|g| *g <= 2 * REDIAL_MAX.as_millis() as u64 + 1000),
+            "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn leaving_hands_each_neighbour_the_others() {
+        let (mut m, now) = node(1, 4, vec![]);
+        let peers: Vec<Peer> = (2..5).map(peer).collect();
+        for (i, p) in peers.iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::In, now);
+        }
+        m.take_actions();
+        m.leave();
+        let acts = m.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 3);
+        for (link, farewell) in c {
+            let Some(LinkBody::Leaving(records)) = farewell else {
+                panic!("no farewell");
+            };
+            let me = peers[link.0 as usize].id.address();
+            assert_eq!(records.len(), 2);
+            assert!(records.iter().all(|r| r.record.address != me));
+        }
+        assert_eq!(m.neighbour_count(), 0);
+        m.tick(now + 1000);
+        assert!(m.take_actions().is_empty());
+    }
+}
