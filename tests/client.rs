@@ -116,3 +116,74 @@ fn push_to_own_ip_lands_in_own_inbox() {
     let (_, _, delivered, _) = node.outbox();
     assert_eq!(delivered, 1, "{}", node.status());
 }
+
+/// `status` shows each link's age and round trip; `peers` lists the address
+/// book, and records a dead neighbour's failed redials.
+#[test]
+fn status_and_peers_show_links_and_the_address_book() {
+    const N: u8 = 19;
+    let mut nodes = line(N, 3);
+    let a = &nodes[0];
+    let b_listen = nodes[1].listen();
+    let c_listen = nodes[2].listen();
+
+    let mut st = a.status();
+    wait_for(
+        LINK_TIMEOUT,
+        ".2 measures the round trip to .3",
+        &[a],
+        || {
+            st = a.status();
+            st["neighbours"][0]["rtt_us"].is_u64()
+        },
+    );
+    let n = &st["neighbours"][0];
+    assert_eq!(n["listen"], b_listen.as_str());
+    assert!(n["age_secs"].is_u64(), "{n}");
+
+    // .2 hears of .4 through .3's gossip, though it never linked with it.
+    let peers = |node: &Node| -> Vec<serde_json::Value> {
+        let out = node.cli("peers", &["--json"]);
+        assert!(out.ok(), "peers --json failed: {out}");
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("peers --json prints JSON lines"))
+            .collect()
+    };
+    let find = |list: &[serde_json::Value], listen: &str| {
+        list.iter().find(|p| p["listen"] == listen).cloned()
+    };
+    let mut book = Vec::new();
+    wait_for(
+        LINK_TIMEOUT,
+        ".2's address book holds .3 and .4",
+        &[a],
+        || {
+            book = peers(a);
+            find(&book, &b_listen).is_some() && find(&book, &c_listen).is_some()
+        },
+    );
+    let b = find(&book, &b_listen).expect("checked above");
+    assert_eq!(b["neighbour"], true, "{b}");
+    assert_eq!(b["failures"], 0, "{b}");
+    assert!(b["last_success"].is_u64() && b["last_seen"].is_u64(), "{b}");
+    let c = find(&book, &c_listen).expect("checked above");
+    assert_eq!(c["neighbour"], false, "{c}");
+    assert!(c["last_success"].is_null(), "{c}");
+    let text = a.cli("peers", &[]);
+    assert!(text.ok() && text.stdout.contains(&c_listen), "{text}");
+
+    // .3 dies: .2 redials it and counts the failures.
+    nodes[1].kill();
+    let a = &nodes[0];
+    wait_for(
+        LINK_TIMEOUT,
+        ".2 counts failed dials to the dead .3",
+        &[a],
+        || {
+            book = peers(a);
+            find(&book, &b_listen)
+                .is_some_and(|b| b["neighbour"] == false && b["failures"].as_u64() >= Some(1))
+        },
+    );
+}

@@ -17,6 +17,7 @@
 //! | 16 | client.rs          | config_found_through_env_and_xdg                  |
 //! | 17 | client.rs          | json_logs_are_json_and_never_hold_the_text        |
 //! | 18 | client.rs          | push_to_own_ip_lands_in_own_inbox                 |
+//! | 19 | client.rs          | status_and_peers_show_links_and_the_address_book  |
 //! | 20 | restarts.rs        | recipient_killed_before_push_gets_it_once         |
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
@@ -50,7 +51,7 @@
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
 //!
-//! Free for new tests: 19, 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
+//! Free for new tests: 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
