@@ -50,8 +50,12 @@
 //! | 80 | shutdown.rs        | sigterm_exits_0_and_neighbour_forgets_it          |
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
+//! | 83 | overlay.rs         | thirty_nodes_converge_survive_churn_and_rejoin    |
+//! | 84 | overlay.rs         | full_network_lets_a_newcomer_in                   |
+//! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
+//! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //!
-//! Free for new tests: 24-29, 36-39, 47-49, 51-59, 69, 71-79, 83-255.
+//! Free for new tests: 24-29, 36-39, 47-49, 51-59, 69, 71-79, 87-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -63,6 +67,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -721,6 +726,13 @@ impl Node {
         self.spawn_process();
     }
 
+    /// Replaces the bootstrap addresses and rewrites the config file, so that the next
+    /// (re)start uses them (a running daemon does not reread its config).
+    pub fn set_bootstrap(&mut self, bootstrap: Vec<String>) {
+        self.opts.bootstrap = bootstrap;
+        fs::write(self.config_path(), self.config_text()).expect("rewrite config");
+    }
+
     /// The outbox counters `(queued, in_flight, delivered, failed)`.
     pub fn outbox(&self) -> (u64, u64, u64, u64) {
         outbox_counts(&self.status())
@@ -865,4 +877,259 @@ pub fn random_hex(len: usize) -> String {
     (0..len)
         .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
         .collect()
+}
+
+/// Starts `count` nodes `127.0.N.2 ..` with `opts`: node `.2` first, with no bootstrap
+/// address, then all the others at once, each with `.2` as its only bootstrap address,
+/// and waits until every daemon answers `status`.
+///
+/// `.2` is up before the others dial it, so that none of them begins on a redial
+/// backoff. The others are spawned together: that is faster than waiting for each in
+/// turn, and has them all knock on `.2` at once, the hard case for a membership layer.
+pub fn start_network(n: u8, count: u8, opts: NodeOpts) -> Vec<Node> {
+    let first = NodeOpts {
+        bootstrap: Vec::new(),
+        ..opts.clone()
+    };
+    let mut nodes = vec![Node::start(n, 2, first)];
+    for host in 3..2 + count {
+        let others = NodeOpts {
+            bootstrap: vec![ip(n, 2)],
+            ..opts.clone()
+        };
+        nodes.push(Node::spawn(n, host, others));
+    }
+    for node in &nodes[1..] {
+        node.wait_ready();
+    }
+    nodes
+}
+
+/// One poll of the `status --json` neighbours of a set of nodes, seen as an undirected
+/// graph over their listen addresses.
+///
+/// Only links between polled nodes are edges and count towards a node's degree: a
+/// status may still list a neighbour that was just killed, and such a link connects
+/// nobody. How many neighbours a status lists in all is kept apart, for the upper bound.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// Each polled node's listen address with the `listen` of every neighbour its status
+    /// lists (`None` if its status did not answer), in the order the nodes were given.
+    listed: Vec<(String, Option<Vec<String>>)>,
+}
+
+impl Overlay {
+    /// Polls the status of each of `nodes`, one after the other.
+    pub fn poll(nodes: &[&Node]) -> Overlay {
+        let listed = nodes
+            .iter()
+            .map(|node| {
+                let neighbours = node.try_status().map(|st| neighbour_listens(&st));
+                (node.listen(), neighbours)
+            })
+            .collect();
+        Overlay { listed }
+    }
+
+    /// The listen addresses of the polled nodes, in the order they were given.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        self.listed.iter().map(|(listen, _)| listen.as_str())
+    }
+
+    /// The distinct polled nodes that `listen`'s status lists as neighbours.
+    fn neighbours_within(&self, listen: &str) -> BTreeSet<&str> {
+        let members: BTreeSet<&str> = self.members().collect();
+        self.listed
+            .iter()
+            .filter(|(l, _)| l == listen)
+            .flat_map(|(_, neighbours)| neighbours.iter().flatten())
+            .map(String::as_str)
+            .filter(|n| *n != listen && members.contains(n))
+            .collect()
+    }
+
+    /// How many of the polled nodes `listen`'s status lists as neighbours.
+    pub fn degree(&self, listen: &str) -> usize {
+        self.neighbours_within(listen).len()
+    }
+
+    /// How many neighbours `listen`'s status lists in all, polled or not (0 if its
+    /// status did not answer).
+    pub fn listed_count(&self, listen: &str) -> usize {
+        self.listed
+            .iter()
+            .find(|(l, _)| l == listen)
+            .and_then(|(_, neighbours)| neighbours.as_ref())
+            .map_or(0, Vec::len)
+    }
+
+    /// The undirected graph over the polled nodes: `a`–`b` is an edge when either
+    /// status lists the other (a link may show on one side a moment before the other).
+    pub fn graph(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut graph: BTreeMap<&str, BTreeSet<&str>> =
+            self.members().map(|m| (m, BTreeSet::new())).collect();
+        for a in self.members() {
+            for b in self.neighbours_within(a) {
+                graph.entry(a).or_default().insert(b);
+                graph.entry(b).or_default().insert(a);
+            }
+        }
+        graph
+    }
+
+    /// The connected components of [`Overlay::graph`], largest first.
+    pub fn components(&self) -> Vec<Vec<&str>> {
+        let graph = self.graph();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut components = Vec::new();
+        for &start in graph.keys() {
+            if !seen.insert(start) {
+                continue;
+            }
+            let mut component = vec![start];
+            let mut queue = VecDeque::from([start]);
+            while let Some(node) = queue.pop_front() {
+                for &next in &graph[node] {
+                    if seen.insert(next) {
+                        component.push(next);
+                        queue.push_back(next);
+                    }
+                }
+            }
+            component.sort_unstable();
+            components.push(component);
+        }
+        components.sort_by_key(|c| std::cmp::Reverse(c.len()));
+        components
+    }
+
+    /// Ok if every polled node has at least `min` neighbours among the polled nodes;
+    /// else names those that have fewer.
+    pub fn check_min(&self, min: usize) -> Result<(), String> {
+        let short: Vec<String> = self
+            .members()
+            .filter(|m| self.degree(m) < min)
+            .map(|m| format!("{m} ({})", self.degree(m)))
+            .collect();
+        if short.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("fewer than {min} neighbours: {}", short.join(", ")))
+        }
+    }
+
+    /// Ok if no polled node's status lists more than `max` neighbours; else names those
+    /// that list more.
+    pub fn check_max(&self, max: usize) -> Result<(), String> {
+        let over: Vec<String> = self
+            .members()
+            .filter(|m| self.listed_count(m) > max)
+            .map(|m| format!("{m} ({})", self.listed_count(m)))
+            .collect();
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("more than {max} neighbours: {}", over.join(", ")))
+        }
+    }
+
+    /// Ok if the graph is connected; else says how it falls apart.
+    pub fn check_connected(&self) -> Result<(), String> {
+        let components = self.components();
+        match components.len() {
+            0 | 1 => Ok(()),
+            k => Err(format!(
+                "not connected: {k} components of sizes {:?}",
+                components.iter().map(Vec::len).collect::<Vec<_>>()
+            )),
+        }
+    }
+
+    /// The listen addresses of the nodes whose logs best explain the failed check
+    /// `why`: of the nodes it names (all, if it names none), the one with the fewest
+    /// neighbours and the one whose status lists the most.
+    fn suspects(&self, why: &str) -> Vec<&str> {
+        let named: Vec<&str> = self.members().filter(|m| why.contains(m)).collect();
+        let candidates = if named.is_empty() {
+            self.members().collect()
+        } else {
+            named
+        };
+        let fewest = candidates.iter().copied().min_by_key(|m| self.degree(m));
+        let most = candidates
+            .iter()
+            .copied()
+            .max_by_key(|m| self.listed_count(m));
+        let mut suspects: Vec<&str> = fewest.into_iter().chain(most).collect();
+        suspects.dedup();
+        suspects
+    }
+}
+
+impl Display for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "neighbours (degree among the polled nodes / count listed in status):"
+        )?;
+        for (listen, neighbours) in &self.listed {
+            match neighbours {
+                Some(list) => writeln!(
+                    f,
+                    "  {listen}  {}/{}  {}",
+                    self.degree(listen),
+                    list.len(),
+                    list.join(" ")
+                )?,
+                None => writeln!(f, "  {listen}  status did not answer")?,
+            }
+        }
+        let components = self.components();
+        writeln!(f, "components ({}):", components.len())?;
+        for component in components {
+            writeln!(f, "  [{}] {}", component.len(), component.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls the overlay of `nodes` until `check` accepts it and returns that poll. After
+/// `timeout` it panics with `what`, the last verdict and poll (every node's degree and
+/// the components), and the log tails of the two nodes that best explain it (not all:
+/// with 30 nodes that would bury the message).
+pub fn wait_for_overlay(
+    timeout: Duration,
+    what: impl Display,
+    nodes: &[&Node],
+    mut check: impl FnMut(&Overlay) -> Result<(), String>,
+) -> Overlay {
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        let overlay = Overlay::poll(nodes);
+        polls += 1;
+        let why = match check(&overlay) {
+            Ok(()) => {
+                eprintln!(
+                    "overlay ok after {:.1?} ({polls} polls of {} nodes): {what}",
+                    start.elapsed(),
+                    nodes.len()
+                );
+                return overlay;
+            }
+            Err(why) => why,
+        };
+        if start.elapsed() >= timeout {
+            let mut msg = format!(
+                "timed out after {timeout:?} waiting for: {what}\nlast poll ({polls} in all): {why}\n{overlay}"
+            );
+            for suspect in overlay.suspects(&why) {
+                if let Some(node) = nodes.iter().find(|n| n.listen() == suspect) {
+                    msg.push_str(&node.describe_for_failure());
+                }
+            }
+            panic!("{msg}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
