@@ -88,6 +88,7 @@ impl NeighbourManager {
 
     /// Carries out what the membership decided, and saves book changes.
     fn apply(&mut self, ctx: &mut Context<Self>) {
+        let mut linked = false;
         for action in self.membership.take_actions() {
             match action {
                 Action::Dial(addr) => self.dial(addr, ctx),
@@ -106,6 +107,7 @@ impl NeighbourManager {
                     }
                 }
                 Action::Up(link) => {
+                    linked = true;
                     if let Some(h) = self.sessions.get(&link) {
                         self.router.do_send(NeighbourUp(h.clone()));
                         slog::info!(self.log, "neighbour up"; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
@@ -123,6 +125,20 @@ impl NeighbourManager {
             }
         }
         self.save_book();
+        if linked {
+            // A node killed soon after it first linked must still find its
+            // way back from the book: do not wait for sled's own flush.
+            let store = self.store.clone();
+            let log = self.log.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(e) = store.flush().await {
+                        slog::warn!(log, "cannot flush the address book"; "error" => %e);
+                    }
+                }
+                .into_actor(self),
+            );
+        }
     }
 
     fn save_book(&mut self) {
