@@ -443,7 +443,7 @@ impl Membership {
     fn dial_more(&mut self, now_ms: u64) {
         let max = self.cfg.max_neighbours;
         let min = self.cfg.min_neighbours;
-        let mut active = self.links.len() + self.dialing.len();
+        let active = self.links.len() + self.dialing.len();
         let mut targets: Vec<SocketAddr> = Vec::new();
         if active < max {
             let mut lost: Vec<SocketAddr> = self
@@ -454,10 +454,19 @@ impl Membership {
                 .collect();
             lost.sort();
             lost.truncate(max - active);
-            active += lost.len();
             targets.extend(lost);
         }
-        if active < min {
+        // Redials of lost neighbours do not count towards `min`: a crashed
+        // host holds each one for the whole dial timeout, and a node that
+        // lost most of its neighbours at once would otherwise wait on them
+        // instead of replacing them from the book meanwhile.
+        let hopeful = self.links.len()
+            + self
+                .dialing
+                .iter()
+                .filter(|a| !self.lost.contains(a))
+                .count();
+        if hopeful < min {
             let two_hop: HashSet<&Address> = self
                 .links
                 .values()
@@ -492,7 +501,7 @@ impl Membership {
             }
             candidates.shuffle(&mut self.rng);
             candidates.sort_by_key(|(class, _)| *class);
-            targets.extend(candidates.into_iter().take(min - active).map(|(_, a)| a));
+            targets.extend(candidates.into_iter().take(min - hopeful).map(|(_, a)| a));
         }
         for addr in targets {
             self.dialing.insert(addr);
@@ -1050,5 +1059,45 @@ mod tests {
         assert_eq!(m.neighbour_count(), 0);
         m.tick(now + 1000);
         assert!(m.take_actions().is_empty());
+    }
+
+    /// A node that lost most of its neighbours at once dials replacements
+    /// from the book while its redials of the lost ones are in flight.
+    #[test]
+    fn lost_redials_do_not_hold_off_replacements() {
+        let (mut m, mut t) = node(3, 6, vec![]);
+        let neighbours: Vec<Peer> = (2..8).map(peer).collect();
+        let others: Vec<Peer> = (8..12).map(peer).collect();
+        for (i, p) in neighbours.iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::In, t);
+        }
+        m.on_frame(
+            LinkId(0),
+            gossip(&[], &others.iter().collect::<Vec<_>>()),
+            t,
+        );
+        // Five neighbours vanish without a word.
+        for i in 1..6 {
+            m.link_down(LinkId(i), t);
+        }
+        m.take_actions();
+        // Past the first redial delay the lost ones are redialled...
+        t += 2 * ms(REDIAL_MIN) + 1;
+        m.tick(t);
+        let lost: Vec<SocketAddr> = neighbours[1..]
+            .iter()
+            .map(|p| p.record.record.listen)
+            .collect();
+        let first = dials(&m.take_actions());
+        assert!(lost.iter().all(|a| first.contains(a)), "{first:?}");
+        // ... and, while they hang, two replacements bring the node back to min.
+        let fresh: Vec<SocketAddr> = first.into_iter().filter(|a| !lost.contains(a)).collect();
+        assert_eq!(fresh.len(), 2, "{fresh:?}");
+        assert!(fresh
+            .iter()
+            .all(|a| others.iter().any(|p| p.record.record.listen == *a)));
+        // Nothing more is dialled while all those are in flight.
+        m.tick(t + ms(TICK));
+        assert!(dials(&m.take_actions()).is_empty());
     }
 }

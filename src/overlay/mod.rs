@@ -7,6 +7,7 @@
 
 pub mod book;
 pub mod membership;
+pub mod sim;
 
 pub use book::{AddressBook, PeerEntry};
 pub use membership::{
