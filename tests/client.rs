@@ -122,7 +122,18 @@ fn push_to_own_ip_lands_in_own_inbox() {
 #[test]
 fn status_and_peers_show_links_and_the_address_book() {
     const N: u8 = 19;
-    let mut nodes = line(N, 3);
+    // .3 first, then .4 and .2 each bootstrapping from it: .3 already knows
+    // .4 when .2 links, and a new link gets a sample of records at once.
+    let with_bootstrap = |b: Vec<String>| NodeOpts {
+        bootstrap: b,
+        ..NodeOpts::default()
+    };
+    let hub = Node::start(N, 3, with_bootstrap(vec![]));
+    let c = Node::start(N, 4, with_bootstrap(vec![ip(N, 3)]));
+    wait_linked(&hub, &c);
+    let a = Node::start(N, 2, with_bootstrap(vec![ip(N, 3)]));
+    wait_linked(&a, &hub);
+    let mut nodes = vec![a, hub, c];
     let a = &nodes[0];
     let b_listen = nodes[1].listen();
     let c_listen = nodes[2].listen();
