@@ -53,6 +53,12 @@ pub const EXCHANGE_INTERVAL: Duration = Duration::from_secs(10);
 pub const EXCHANGE_SAMPLE: usize = 8;
 /// Records handed over when refusing a newcomer or leaving.
 pub const FAREWELL_SAMPLE: usize = 8;
+/// A dial not answered within this long no longer holds off a dial to
+/// another candidate: a handshake takes a few round trips, while a host that
+/// is gone holds a dial for the whole dial timeout.
+pub const DIAL_PATIENCE: Duration = Duration::from_secs(2);
+/// Most dials in flight at once.
+pub const MAX_DIALS_IN_FLIGHT: usize = 16;
 /// At most one gossip frame per link this often, from this side...
 pub const GOSSIP_MIN_GAP: Duration = Duration::from_secs(1);
 /// ... and gossip arriving faster than this from one link is ignored.
@@ -188,7 +194,8 @@ pub struct Membership {
     bootstrap: Vec<SocketAddr>,
     links: HashMap<Address, Link>,
     by_id: HashMap<LinkId, Address>,
-    dialing: HashSet<SocketAddr>,
+    /// Dials in flight, and when each started.
+    dialing: HashMap<SocketAddr, u64>,
     backoff: HashMap<SocketAddr, Backoff>,
     /// Redialled even above `min` (until [`LOST_GIVE_UP`] failures):
     /// neighbours whose link broke, and bootstrap addresses until each has
@@ -231,7 +238,7 @@ impl Membership {
             book,
             links: HashMap::new(),
             by_id: HashMap::new(),
-            dialing: HashSet::new(),
+            dialing: HashMap::new(),
             backoff: HashMap::new(),
             leaving: false,
             next_exchange_ms: first_exchange,
@@ -307,7 +314,7 @@ impl Membership {
 
     fn usable(&self, addr: &SocketAddr, now_ms: u64) -> bool {
         *addr != self.own.record.listen
-            && !self.dialing.contains(addr)
+            && !self.dialing.contains_key(addr)
             && !self.connected_to(addr)
             && self.ready(addr, now_ms)
     }
@@ -453,20 +460,24 @@ impl Membership {
                 .copied()
                 .collect();
             lost.sort();
-            lost.truncate(max - active);
+            lost.truncate(
+                (max - active).min(MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialing.len())),
+            );
             targets.extend(lost);
         }
-        // Redials of lost neighbours do not count towards `min`: a crashed
-        // host holds each one for the whole dial timeout, and a node that
-        // lost most of its neighbours at once would otherwise wait on them
-        // instead of replacing them from the book meanwhile.
+        // Redials of lost neighbours, and dials unanswered for longer than
+        // DIAL_PATIENCE, do not count towards `min`: a crashed host holds a
+        // dial for the whole dial timeout, and a node that lost most of its
+        // neighbours at once would otherwise wait on dead hosts instead of
+        // trying the next candidates meanwhile.
         let hopeful = self.links.len()
             + self
                 .dialing
                 .iter()
-                .filter(|a| !self.lost.contains(a))
+                .filter(|(a, t)| !self.lost.contains(*a) && **t + ms(DIAL_PATIENCE) > now_ms)
                 .count();
-        if hopeful < min {
+        let room = MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialing.len() + targets.len());
+        if hopeful < min && room > 0 {
             let two_hop: HashSet<&Address> = self
                 .links
                 .values()
@@ -501,10 +512,11 @@ impl Membership {
             }
             candidates.shuffle(&mut self.rng);
             candidates.sort_by_key(|(class, _)| *class);
-            targets.extend(candidates.into_iter().take(min - hopeful).map(|(_, a)| a));
+            let want = (min - hopeful).min(room);
+            targets.extend(candidates.into_iter().take(want).map(|(_, a)| a));
         }
         for addr in targets {
-            self.dialing.insert(addr);
+            self.dialing.insert(addr, now_ms);
             self.actions.push(Action::Dial(addr));
         }
     }
@@ -1099,5 +1111,37 @@ mod tests {
         // Nothing more is dialled while all those are in flight.
         m.tick(t + ms(TICK));
         assert!(dials(&m.take_actions()).is_empty());
+    }
+
+    /// A dial left unanswered (a host that is gone) stops holding off the
+    /// next candidate after DIAL_PATIENCE; dials in flight stay bounded.
+    #[test]
+    fn unanswered_dials_make_way_for_the_next_candidate() {
+        let me = peer(1);
+        let now = unix_now() * 1000;
+        let stored: Vec<PeerEntry> = (2..60)
+            .map(|h| PeerEntry::new(peer(h).record, now / 1000))
+            .collect();
+        let mut m = Membership::new(
+            Arc::new(me.id),
+            me.record,
+            vec![],
+            MembershipConfig::new(1, 4),
+            stored,
+            Some(3),
+            now,
+        );
+        m.tick(now);
+        assert_eq!(dials(&m.take_actions()).len(), 1);
+        m.tick(now + ms(DIAL_PATIENCE) - 1);
+        assert!(dials(&m.take_actions()).is_empty());
+        m.tick(now + ms(DIAL_PATIENCE));
+        assert_eq!(dials(&m.take_actions()).len(), 1);
+        let mut in_flight = 2;
+        for s in 3..120 {
+            m.tick(now + s * 1000);
+            in_flight += dials(&m.take_actions()).len();
+        }
+        assert_eq!(in_flight, MAX_DIALS_IN_FLIGHT);
     }
 }
