@@ -133,7 +133,7 @@ fn status_and_peers_show_links_and_the_address_book() {
     wait_linked(&hub, &c);
     let a = Node::start(N, 2, with_bootstrap(vec![ip(N, 3)]));
     wait_linked(&a, &hub);
-    let mut nodes = vec![a, hub, c];
+    let mut nodes = [a, hub, c];
     let a = &nodes[0];
     let b_listen = nodes[1].listen();
     let c_listen = nodes[2].listen();
