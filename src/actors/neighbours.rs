@@ -331,10 +331,14 @@ impl Handler<GetPeers> for NeighbourManager {
             .into_iter()
             .map(|n| n.address)
             .collect();
-        let mut v: Vec<PeerStatus> = self
-            .membership
-            .book()
-            .entries()
+        // The store holds the book as this actor saved it, plus the records
+        // the Router learned from letters and probes.
+        let entries = self.store.peers_all().unwrap_or_else(|e| {
+            slog::warn!(self.log, "cannot read the address book"; "error" => %e);
+            self.membership.book().entries().cloned().collect()
+        });
+        let mut v: Vec<PeerStatus> = entries
+            .iter()
             .map(|e| PeerStatus {
                 address: e.address().to_string(),
                 listen: e.listen().to_string(),
