@@ -210,3 +210,80 @@ fn garbage_after_noise_handshake_is_cut_off() {
         },
     );
 }
+
+/// A peer that gossips a forged record and one dated in the future gets
+/// neither into the address book; a valid record in the same frame gets in.
+#[test]
+fn forged_and_future_records_stay_out_of_the_book() {
+    use hermes::actors::peer_session::dial;
+    use hermes::crypto::{noise, unix_now, Identity, SignedRecord};
+    use hermes::wire::link::{Gossip, LinkBody, LinkFrame};
+
+    const N: u8 = 36;
+    let node = Node::start(N, 2, NodeOpts::default());
+    let at = |host: u8| -> std::net::SocketAddr {
+        listen_addr(N, host).parse().expect("a socket address")
+    };
+    let me = Identity::generate();
+    let my_record = SignedRecord::sign(&me, at(40), true, unix_now());
+    let honest = SignedRecord::sign(&Identity::generate(), at(41), true, unix_now());
+    let mut forged = SignedRecord::sign(&Identity::generate(), at(42), true, unix_now());
+    forged.record.listen = at(43);
+    let future = SignedRecord::sign(&Identity::generate(), at(44), true, unix_now() + 3600);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    // Keep the link open until the checks are done.
+    let _link = runtime.block_on(async {
+        let mut est = dial(at(2), &me, &my_record)
+            .await
+            .expect("dial the node as a peer");
+        let frame = LinkFrame::new(LinkBody::Gossip(Gossip {
+            neighbours: vec![],
+            records: vec![forged, future, honest],
+        }))
+        .encode()
+        .expect("a gossip frame encodes");
+        let sealed = est.link.send.encrypt(&frame).expect("encrypt");
+        noise::write_prefixed(&mut est.stream, &sealed)
+            .await
+            .expect("send the gossip");
+        est
+    });
+
+    let listens = || -> Vec<String> {
+        let out = node.cli("peers", &["--json"]);
+        assert!(out.ok(), "peers --json failed: {out}");
+        out.stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON lines");
+                v["listen"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let mut book = Vec::new();
+    // Frames are handled in order: once the honest record is in, the other
+    // two have been judged.
+    wait_for(
+        LINK_TIMEOUT,
+        "the honest gossiped record in the book",
+        &[&node],
+        || {
+            book = listens();
+            book.contains(&listen_addr(N, 41))
+        },
+    );
+    assert!(
+        book.contains(&listen_addr(N, 40)),
+        "the peer itself: {book:?}"
+    );
+    for bad in [42, 43, 44] {
+        assert!(
+            !book.contains(&listen_addr(N, bad)),
+            "{bad} got in: {book:?}"
+        );
+    }
+}

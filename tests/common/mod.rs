@@ -28,6 +28,7 @@
 //! | 33 | hostile_peers.rs   | silent_connection_is_cut_off                      |
 //! | 34 | hostile_peers.rs   | stall_mid_noise_handshake_is_cut_off              |
 //! | 35 | hostile_peers.rs   | garbage_after_noise_handshake_is_cut_off          |
+//! | 36 | hostile_peers.rs   | forged_and_future_records_stay_out_of_the_book    |
 //! | 40 | cli.rs             | push_without_daemon_exits_2_with_one_line         |
 //! | 41 | cli.rs             | bad_config_value_exits_1_naming_the_key           |
 //! | 42 | cli.rs             | unknown_config_key_exits_1_naming_it              |
@@ -55,7 +56,7 @@
 //! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //!
-//! Free for new tests: 24-29, 36-39, 47-49, 51-59, 69, 71-79, 87-255.
+//! Free for new tests: 24-29, 37-39, 47-49, 51-59, 69, 71-79, 87-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
