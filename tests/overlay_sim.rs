@@ -34,10 +34,10 @@ const CONVERGE_BOUND: Duration = Duration::from_secs(2 * FULL_BACKOFF.as_secs())
 /// Recovery, counted from the crash. Survivors notice a crashed neighbour
 /// only by keepalive: at worst KEEPALIVE_TIMEOUT + KEEPALIVE_INTERVAL
 /// (25 s). Each then replaces the lost links from its book, about 30 % of
-/// which is now dead; a dial to a dead host costs DIAL_TIMEOUT (5 s) and up
-/// to a TICK before the next candidate, so k dead candidates in a row cost
-/// about 6 s each, with probability 0.3^k. Measured: 44-67 s (seeds 1-5,
-/// steady windows of 120 and 300 s).
+/// which is now dead; a dial to a dead host holds its slot for at most
+/// DIAL_TIMEOUT (5 s; since DIAL_PATIENCE the next candidate is tried after
+/// 2 s) and up to a TICK more, so k dead candidates in a row cost at most
+/// 6 s each, with probability 0.3^k. Measured: 31-42 s (release, seeds 1-5).
 /// The bound allows 15 in a row (0.3^15 ~ 1e-8 per survivor): 115 s.
 const DEAD_DIALS_IN_A_ROW: u32 = 15;
 
