@@ -485,12 +485,15 @@ impl Membership {
                 .collect();
             // (class, address): lower classes are dialled first.
             let mut candidates: Vec<(u8, SocketAddr)> = Vec::new();
+            // Two entries may name one listen address (a node that came back
+            // with a new key): dial it once.
+            let mut seen: HashSet<SocketAddr> = targets.iter().copied().collect();
             for e in self.book.entries() {
                 let a = e.address();
                 let listen = e.listen();
                 if self.links.contains_key(&a)
-                    || targets.contains(&listen)
                     || !self.usable(&listen, now_ms)
+                    || !seen.insert(listen)
                 {
                     continue;
                 }
@@ -503,10 +506,7 @@ impl Membership {
                 candidates.push((class, listen));
             }
             for b in &self.bootstrap {
-                if !targets.contains(b)
-                    && self.usable(b, now_ms)
-                    && !candidates.iter().any(|(_, a)| a == b)
-                {
+                if self.usable(b, now_ms) && seen.insert(*b) {
                     candidates.push((1, *b));
                 }
             }
@@ -1143,5 +1143,35 @@ mod tests {
             in_flight += dials(&m.take_actions()).len();
         }
         assert_eq!(in_flight, MAX_DIALS_IN_FLIGHT);
+    }
+
+    /// A node that came back with a new key leaves two entries naming one
+    /// listen address: it is dialled once.
+    #[test]
+    fn one_listen_address_is_dialled_once() {
+        let me = peer(1);
+        let now = unix_now() * 1000;
+        let old = peer(2);
+        let new = SignedRecord::sign(
+            &Identity::generate(),
+            old.record.record.listen,
+            true,
+            now / 1000,
+        );
+        let stored = vec![
+            PeerEntry::new(old.record.clone(), now / 1000),
+            PeerEntry::new(new, now / 1000),
+        ];
+        let mut m = Membership::new(
+            Arc::new(me.id),
+            me.record,
+            vec![],
+            MembershipConfig::new(3, 4),
+            stored,
+            Some(5),
+            now,
+        );
+        m.tick(now);
+        assert_eq!(dials(&m.take_actions()), vec![old.record.record.listen]);
     }
 }
