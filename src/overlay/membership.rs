@@ -20,7 +20,8 @@
 //!   [`EXCHANGE_INTERVAL`] a bounded random sample of fresh records to one
 //!   neighbour, so membership traffic per node does not grow with the network;
 //! - a broken link is redialled with exponential backoff and jitter per
-//!   address, and replaced from the book meanwhile;
+//!   address, and replaced from the book meanwhile, even above `min` (the
+//!   random replacements bridge the cuts that a wave of crashes leaves);
 //! - leaving, the node hands each neighbour records of the others.
 
 use std::collections::{HashMap, HashSet};
@@ -201,6 +202,10 @@ pub struct Membership {
     /// neighbours whose link broke, and bootstrap addresses until each has
     /// been linked once, so a bootstrap node that starts later still joins.
     lost: HashSet<SocketAddr>,
+    /// Links lost against our will and not yet replaced: replaced even
+    /// above `min` (up to `max`), so that a partition cut by crashes is
+    /// bridged by random links from the book. One is forgiven per sweep.
+    owed: usize,
     leaving: bool,
     next_exchange_ms: u64,
     next_sweep_ms: u64,
@@ -240,6 +245,7 @@ impl Membership {
             by_id: HashMap::new(),
             dialing: HashMap::new(),
             backoff: HashMap::new(),
+            owed: 0,
             leaving: false,
             next_exchange_ms: first_exchange,
             next_sweep_ms: now_ms + ms(SWEEP_INTERVAL),
@@ -355,6 +361,7 @@ impl Membership {
         self.gossip(now_ms);
         if now_ms >= self.next_sweep_ms {
             self.next_sweep_ms = now_ms + ms(SWEEP_INTERVAL);
+            self.owed = self.owed.saturating_sub(1);
             let keep: HashSet<Address> = self.links.keys().copied().collect();
             for a in &keep {
                 if self
@@ -477,7 +484,8 @@ impl Membership {
                 .filter(|(a, t)| !self.lost.contains(*a) && **t + ms(DIAL_PATIENCE) > now_ms)
                 .count();
         let room = MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialing.len() + targets.len());
-        if hopeful < min && room > 0 {
+        let target = min.max(self.links.len() + self.owed).min(max);
+        if hopeful < target && room > 0 {
             let two_hop: HashSet<&Address> = self
                 .links
                 .values()
@@ -512,7 +520,7 @@ impl Membership {
             }
             candidates.shuffle(&mut self.rng);
             candidates.sort_by_key(|(class, _)| *class);
-            let want = (min - hopeful).min(room);
+            let want = (target - hopeful).min(room);
             targets.extend(candidates.into_iter().take(want).map(|(_, a)| a));
         }
         for addr in targets {
@@ -673,6 +681,7 @@ impl Membership {
             },
         );
         self.by_id.insert(id, addr);
+        self.owed = self.owed.saturating_sub(1);
         self.actions.push(Action::Up(id));
         // A newcomer learns where else to go at once.
         self.send_gossip(addr, true, now_ms);
@@ -693,12 +702,15 @@ impl Membership {
         }
         let listen = link.listen();
         match link.farewell {
-            Farewell::Leaving => {}
+            Farewell::Leaving => {
+                self.owed = (self.owed + 1).min(self.cfg.max_neighbours);
+            }
             Farewell::Full => {
                 let b = self.backoff.entry(listen).or_default();
                 b.next_ms = now_ms + ms(FULL_BACKOFF);
             }
             Farewell::None => {
+                self.owed = (self.owed + 1).min(self.cfg.max_neighbours);
                 self.lost.insert(listen);
                 // The first redial comes after a short, jittered delay.
                 self.back_off(listen, now_ms);
@@ -1033,8 +1045,16 @@ mod tests {
         for t in (0..120_000).step_by(100) {
             m.tick(now + t);
             for d in dials(&m.take_actions()) {
-                assert_eq!(d, a_listen, "the full node was redialled");
-                dial_times.push(t);
+                if d == a_listen {
+                    dial_times.push(t);
+                } else {
+                    // Only as a replacement, once its backoff is over.
+                    assert_eq!(d, b.record.record.listen);
+                    assert!(
+                        t >= FULL_BACKOFF.as_millis() as u64,
+                        "the full node was redialled at {t} ms"
+                    );
+                }
                 m.dial_failed(d, now + t);
             }
         }
@@ -1102,9 +1122,10 @@ mod tests {
             .collect();
         let first = dials(&m.take_actions());
         assert!(lost.iter().all(|a| first.contains(a)), "{first:?}");
-        // ... and, while they hang, two replacements bring the node back to min.
+        // ... and, while they hang, the other known nodes are dialled to
+        // replace them (up to the five lost, as far as the book allows).
         let fresh: Vec<SocketAddr> = first.into_iter().filter(|a| !lost.contains(a)).collect();
-        assert_eq!(fresh.len(), 2, "{fresh:?}");
+        assert_eq!(fresh.len(), others.len(), "{fresh:?}");
         assert!(fresh
             .iter()
             .all(|a| others.iter().any(|p| p.record.record.listen == *a)));
@@ -1173,5 +1194,61 @@ mod tests {
         );
         m.tick(now);
         assert_eq!(dials(&m.take_actions()), vec![old.record.record.listen]);
+    }
+
+    /// A link lost without a word is replaced even above `min`, so the cut
+    /// that crashes leave is bridged; a link the peer closed as full is not.
+    #[test]
+    fn lost_links_are_replaced_even_above_min() {
+        let (mut m, now) = node(2, 6, vec![]);
+        let peers: Vec<Peer> = (2..6).map(peer).collect();
+        let spare: Vec<Peer> = (10..14).map(peer).collect();
+        for (i, p) in peers.iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
+        }
+        m.on_frame(
+            LinkId(0),
+            gossip(&[], &spare.iter().collect::<Vec<_>>()),
+            now,
+        );
+        m.take_actions();
+        m.tick(now + 1000);
+        assert!(
+            dials(&m.take_actions()).is_empty(),
+            "4 links, min 2: no dial"
+        );
+        // One peer answers Full and goes: nothing owed.
+        m.on_frame(LinkId(3), LinkBody::Full(vec![]), now + 1000);
+        m.link_down(LinkId(3), now + 1000);
+        m.tick(now + 2000);
+        assert!(
+            dials(&m.take_actions()).is_empty(),
+            "a full peer is not replaced"
+        );
+        // One crashes: replaced from the book, though 2 links remain.
+        m.link_down(LinkId(2), now + 2000);
+        m.tick(now + 5000);
+        let d = dials(&m.take_actions());
+        let lost = peers[2].record.record.listen;
+        let fresh: Vec<&SocketAddr> = d.iter().filter(|a| **a != lost).collect();
+        assert_eq!(fresh.len(), 1, "{d:?}");
+        let replacement = spare
+            .iter()
+            .find(|p| p.record.record.listen == *fresh[0])
+            .expect("a replacement from the book");
+        m.dial_succeeded(*fresh[0]);
+        m.link_up(
+            LinkId(9),
+            replacement.record.clone(),
+            Direction::Out,
+            now + 5100,
+        );
+        m.take_actions();
+        m.tick(now + 8000);
+        let again: Vec<SocketAddr> = dials(&m.take_actions())
+            .into_iter()
+            .filter(|a| *a != lost)
+            .collect();
+        assert!(again.is_empty(), "replaced once only: {again:?}");
     }
 }
