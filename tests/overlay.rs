@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use hermes::actors::peer_session::KEEPALIVE_TIMEOUT;
 use std::time::{Duration, Instant};
 
 /// How long a network may take to converge after its last node is up, or to heal
@@ -311,6 +312,86 @@ fn restart_without_bootstrap_uses_the_address_book() {
         format!("{fifth_listen}, restarted without bootstrap addresses, with >= 2 neighbours"),
         &refs(&nodes),
         node_has_at_least(fifth_listen.clone(), MIN),
+    );
+    eprintln!("test took {:.1?}", started.elapsed());
+}
+
+/// A neighbour that stops answering without closing anything (here: a process stopped
+/// with SIGSTOP, whose kernel still holds its connections open and acknowledges what is
+/// sent to it) is cut once it misses keepalives for `KEEPALIVE_TIMEOUT`, and replaced:
+/// nothing but the keepalive can notice it. Woken up with SIGCONT, it finds its own
+/// links dead the same way and joins again.
+#[test]
+fn frozen_neighbour_is_cut_and_replaced() {
+    const N: u8 = 87;
+    const MIN: usize = 2;
+    const MAX: usize = 4;
+    let started = Instant::now();
+    let nodes = start_network(N, 6, opts(MIN, MAX));
+    let converged = wait_for_overlay(
+        SETTLE_TIMEOUT,
+        "6 nodes with >= 2 neighbours, connected",
+        &refs(&nodes),
+        connected_with_at_least(MIN),
+    );
+
+    let frozen = (0..nodes.len())
+        .max_by_key(|&i| converged.degree(&nodes[i].listen()))
+        .expect("six nodes");
+    let frozen_listen = nodes[frozen].listen();
+    let rest: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != frozen)
+        .map(|(_, node)| node)
+        .collect();
+    let pid = nodes[frozen].pid().expect("the frozen node runs");
+    // SAFETY: kill(2) of our own, not yet reaped, child. A stopped child is still
+    // SIGKILLed by `Node`'s drop if the test fails.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let stopped = Instant::now();
+
+    let cut = wait_for_overlay(
+        KEEPALIVE_TIMEOUT + SETTLE_TIMEOUT,
+        format!(
+            "the 5 nodes other than the stopped {frozen_listen} no longer listing it, with \
+             >= 2 neighbours among themselves, connected"
+        ),
+        &rest,
+        |overlay| {
+            let listers = overlay.listers(&frozen_listen);
+            if !listers.is_empty() {
+                return Err(format!("{listers:?} still list {frozen_listen}"));
+            }
+            overlay.check_min(MIN)?;
+            overlay.check_connected()
+        },
+    );
+    // No connection closed: each node that had a link to it cut it for silence.
+    for listen in converged.listers(&frozen_listen) {
+        let node = rest
+            .iter()
+            .find(|node| node.listen() == listen)
+            .expect("a lister is one of the others");
+        assert!(
+            node.log().contains("keepalive timeout"),
+            "{listen} dropped the stopped {frozen_listen} but logged no keepalive timeout \
+             ({:.1?} after the stop):\n{cut}{}",
+            stopped.elapsed(),
+            node.describe_for_failure()
+        );
+    }
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    wait_for_overlay(
+        KEEPALIVE_TIMEOUT + SETTLE_TIMEOUT,
+        format!("{frozen_listen}, woken up, with >= 2 neighbours again, all connected"),
+        &refs(&nodes),
+        |overlay| {
+            node_has_at_least(frozen_listen.clone(), MIN)(overlay)?;
+            overlay.check_connected()
+        },
     );
     eprintln!("test took {:.1?}", started.elapsed());
 }

@@ -55,8 +55,9 @@
 //! | 84 | overlay.rs         | full_network_lets_a_newcomer_in                   |
 //! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
+//! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
 //!
-//! Free for new tests: 24-29, 37-39, 47-49, 51-59, 69, 71-79, 87-255.
+//! Free for new tests: 24-29, 37-39, 47-49, 51-59, 69, 71-79, 88-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -446,7 +447,7 @@ impl Node {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    fn describe_for_failure(&self) -> String {
+    pub fn describe_for_failure(&self) -> String {
         let state = match &self.child {
             Some(c) if process_alive(c.id()) => format!("running, pid {}", c.id()),
             Some(c) => format!("exited, pid {}", c.id()),
@@ -962,6 +963,15 @@ impl Overlay {
             .find(|(l, _)| l == listen)
             .and_then(|(_, neighbours)| neighbours.as_ref())
             .map_or(0, Vec::len)
+    }
+
+    /// The polled nodes whose status lists `listen` as a neighbour (polled or not).
+    pub fn listers(&self, listen: &str) -> Vec<&str> {
+        self.listed
+            .iter()
+            .filter(|(_, neighbours)| neighbours.iter().flatten().any(|n| n == listen))
+            .map(|(l, _)| l.as_str())
+            .collect()
     }
 
     /// The undirected graph over the polled nodes: `a`–`b` is an edge when either
