@@ -244,12 +244,12 @@ fn traffic_line(label: &str, t: &Traffic) {
     );
 }
 
-/// One point every `every` seconds: seconds, nodes below min, components.
-fn trace_line(label: &str, trace: &[TracePoint], every: u64) {
+/// One point every [`TRACE_EVERY_SECS`]: seconds, nodes below min, components.
+fn trace_line(label: &str, trace: &[TracePoint]) {
     let points: Vec<String> = trace
         .iter()
-        .filter(|p| p.secs as u64 % every == 0)
-        .map(trace_point)
+        .filter(|p| p.secs as u64 % TRACE_EVERY_SECS == 0)
+        .map(|p| format!("{:.0}s:{}/{}", p.secs, p.below_min, p.components))
         .collect();
     println!(
         "  {label:<16} (t: nodes below min / components) {}",
@@ -257,24 +257,39 @@ fn trace_line(label: &str, trace: &[TracePoint], every: u64) {
     );
 }
 
-fn trace_point(p: &TracePoint) -> String {
-    format!("{:.0}s:{}/{}", p.secs, p.below_min, p.components)
-}
-
-/// Like [`trace_line`], with the components' sizes where they matter, and
-/// the last point too (the moment of reunion, or the limit).
+/// Like [`trace_line`], every [`SPLIT_TRACE_EVERY_SECS`], with the last point
+/// too (the moment of reunion, or the limit), the largest component's size
+/// while there are several, and runs of equal points shown once as
+/// `first-last` (a split that does not heal is one long run).
 fn split_trace_line(label: &str, trace: &[TracePoint]) {
     let last = trace.len().saturating_sub(1);
-    let points: Vec<String> = trace
+    let key = |p: &TracePoint| {
+        let largest = (p.components > 1).then_some(p.largest_component);
+        (p.below_min, p.components, largest)
+    };
+    let mut runs: Vec<(&TracePoint, &TracePoint)> = Vec::new();
+    for (i, p) in trace.iter().enumerate() {
+        if p.secs as u64 % SPLIT_TRACE_EVERY_SECS != 0 && i != last {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, end)) if key(first) == key(p) => *end = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let points: Vec<String> = runs
         .iter()
-        .enumerate()
-        .filter(|(i, p)| p.secs as u64 % SPLIT_TRACE_EVERY_SECS == 0 || *i == last)
-        .map(|(_, p)| {
-            if p.components > 1 {
-                format!("{} (largest {})", trace_point(p), p.largest_component)
+        .map(|(first, end)| {
+            let when = if first.secs == end.secs {
+                format!("{:.0}s", first.secs)
             } else {
-                trace_point(p)
-            }
+                format!("{:.0}s-{:.0}s", first.secs, end.secs)
+            };
+            let largest = match key(first).2 {
+                Some(n) => format!(" (largest {n})"),
+                None => String::new(),
+            };
+            format!("{when}:{}/{}{largest}", first.below_min, first.components)
         })
         .collect();
     println!(
@@ -373,7 +388,7 @@ fn print_report(r: &SimReport, wall_secs: f64, peak_rss_kib: Option<u64>) {
         graph_line("at recovery", g);
     }
     traffic_line("recovery", &r.recovery_traffic);
-    trace_line("recovery trace", &r.recovery_trace, TRACE_EVERY_SECS);
+    trace_line("recovery trace", &r.recovery_trace);
     graph_line("end", &r.end);
     traffic_line("after", &r.end_traffic);
     println!(
