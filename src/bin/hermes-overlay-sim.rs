@@ -3,14 +3,18 @@
 //! `hermes::overlay::sim`), and prints degree distribution, connectivity,
 //! time to converge, membership bytes per node per minute, and how the
 //! survivors reconnect after a fraction of the nodes is removed at once.
+//! With `--partition-secs N`, the network is first split in two for N
+//! virtual seconds, then healed, and the report says whether and when the
+//! two groups became one connected graph again.
 //!
 //! The real session constants (dial timeout, keepalive interval and timeout)
 //! are passed in from `hermes::actors::peer_session`, so the simulation
 //! times out and detects dead peers exactly as the daemon would.
 //!
 //! Usage: `cargo run --release --bin hermes-overlay-sim -- --nodes 10000`
-//! (`--json` for one JSON object). Exit code 0 if the network converged and
-//! recovered, 4 if it did not, 1 on bad arguments.
+//! (`--json` for one JSON object). Exit code 0 if the network converged,
+//! reunited after the split (if any) and recovered, 4 if it did not, 1 on bad
+//! arguments.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,14 +22,17 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hermes::actors::peer_session::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use hermes::overlay::sim::{
-    Bootstrap, GraphSummary, Removal, SessionTimings, Sim, SimConfig, SimReport, TracePoint,
-    Traffic,
+    Bootstrap, GraphSummary, PartitionReport, Removal, SessionTimings, Sim, SimConfig, SimReport,
+    TracePoint, Traffic, DEFAULT_HEAL_LIMIT, DEFAULT_PARTITION_SHARE,
 };
 
 /// Exit code when the network did not converge or did not recover in time.
 const EXIT_UNHEALTHY: u8 = 4;
 /// The readable report shows the recovery trace at this step, in seconds.
 const TRACE_EVERY_SECS: u64 = 5;
+/// The split and heal traces are longer (up to the heal limit, 30 minutes by
+/// default): they are shown at this coarser step, in seconds.
+const SPLIT_TRACE_EVERY_SECS: u64 = 30;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BootstrapArg {
@@ -90,6 +97,18 @@ struct Args {
     /// Virtual seconds run after recovery before the final figures.
     #[arg(long, default_value_t = 120)]
     after_secs: u64,
+    /// Split the live network in two for this many virtual seconds after the
+    /// steady window, then heal it, before the removal (0: no split).
+    #[arg(long, default_value_t = 0)]
+    partition_secs: u64,
+    /// Fraction of the live nodes in the second group of the split, chosen
+    /// at random (seeded).
+    #[arg(long, default_value_t = DEFAULT_PARTITION_SHARE)]
+    partition_share: f64,
+    /// Virtual seconds after the heal the groups get to reunite (one
+    /// component, every node at min or more).
+    #[arg(long, default_value_t = DEFAULT_HEAL_LIMIT.as_secs())]
+    heal_secs: u64,
     /// Print one JSON object instead of the readable report.
     #[arg(long)]
     json: bool,
@@ -124,6 +143,9 @@ fn main() -> ExitCode {
     };
     cfg.recover_limit = Duration::from_secs(args.recover_limit_secs);
     cfg.after = Duration::from_secs(args.after_secs);
+    cfg.partition = Duration::from_secs(args.partition_secs);
+    cfg.partition_share = args.partition_share;
+    cfg.heal_limit = Duration::from_secs(args.heal_secs);
 
     let wall = Instant::now();
     let report = match Sim::run_scenario(cfg) {
@@ -151,7 +173,11 @@ fn main() -> ExitCode {
     } else {
         print_report(&report, wall_secs, peak_rss_kib);
     }
-    let healthy = report.converged_secs.is_some() && report.recovered_secs.is_some();
+    let reunited = report
+        .partition
+        .as_ref()
+        .is_none_or(|p| p.reunited_secs.is_some());
+    let healthy = report.converged_secs.is_some() && reunited && report.recovered_secs.is_some();
     if healthy {
         ExitCode::SUCCESS
     } else {
@@ -231,6 +257,87 @@ fn trace_line(label: &str, trace: &[TracePoint]) {
     );
 }
 
+/// Like [`trace_line`], every [`SPLIT_TRACE_EVERY_SECS`], with the last point
+/// too (the moment of reunion, or the limit), the largest component's size
+/// while there are several, and runs of equal points shown once as
+/// `first-last` (a split that does not heal is one long run).
+fn split_trace_line(label: &str, trace: &[TracePoint]) {
+    let last = trace.len().saturating_sub(1);
+    let key = |p: &TracePoint| {
+        let largest = (p.components > 1).then_some(p.largest_component);
+        (p.below_min, p.components, largest)
+    };
+    let mut runs: Vec<(&TracePoint, &TracePoint)> = Vec::new();
+    for (i, p) in trace.iter().enumerate() {
+        if p.secs as u64 % SPLIT_TRACE_EVERY_SECS != 0 && i != last {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, end)) if key(first) == key(p) => *end = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let points: Vec<String> = runs
+        .iter()
+        .map(|(first, end)| {
+            let when = if first.secs == end.secs {
+                format!("{:.0}s", first.secs)
+            } else {
+                format!("{:.0}s-{:.0}s", first.secs, end.secs)
+            };
+            let largest = match key(first).2 {
+                Some(n) => format!(" (largest {n})"),
+                None => String::new(),
+            };
+            format!("{when}:{}/{}{largest}", first.below_min, first.components)
+        })
+        .collect();
+    println!(
+        "  {label:<16} (t: nodes below min / components) {}",
+        points.join(" ")
+    );
+}
+
+fn print_partition(p: &PartitionReport) {
+    println!(
+        "split the network for {:.0} s: {} + {} live nodes; {} links across it, {}",
+        p.split_secs,
+        p.group_a,
+        p.group_b,
+        p.cross_links_at_split,
+        p.cross_links_gone_secs.map_or_else(
+            || "some still up at the heal".to_string(),
+            |s| format!("all cut after {s:.0} s")
+        ),
+    );
+    graph_line("before split", &p.before);
+    graph_line("end of split", &p.at_split_end);
+    traffic_line("split", &p.split_traffic);
+    split_trace_line("split trace", &p.split_trace);
+    match p.reunited_secs {
+        Some(s) => println!("healed: reunited (one component, all >= min) after {s:.0} s"),
+        None => println!(
+            "healed: reunited (one component, all >= min) NOT REACHED within {:.0} s",
+            p.heal_limit_secs
+        ),
+    }
+    graph_line(
+        if p.reunited_secs.is_some() {
+            "at reunion"
+        } else {
+            "at heal limit"
+        },
+        &p.after_heal,
+    );
+    traffic_line("after heal", &p.heal_traffic);
+    split_trace_line("heal trace", &p.heal_trace);
+    println!(
+        "  {} frames and closes held back by the split; phase wall {:.1} s",
+        p.held_messages,
+        p.wall_ms as f64 / 1000.0
+    );
+}
+
 fn print_report(r: &SimReport, wall_secs: f64, peak_rss_kib: Option<u64>) {
     println!(
         "hermes-overlay-sim: {} nodes, min {} max {}, book {}, seed {}, latency {} ms + up to {} ms, {} joins/s from {:?}, removal {:?}",
@@ -264,6 +371,9 @@ fn print_report(r: &SimReport, wall_secs: f64, peak_rss_kib: Option<u64>) {
     );
     traffic_line("joining", &r.join_traffic);
     traffic_line("steady", &r.steady_traffic);
+    if let Some(p) = &r.partition {
+        print_partition(p);
+    }
     println!(
         "removed {} nodes at once ({}node 0 among them)",
         r.removed,

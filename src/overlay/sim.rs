@@ -28,6 +28,14 @@
 //!   A removed node is crashed (peers notice by keepalive timeout, computed
 //!   from the sessions' keepalive schedule), killed (peers see the
 //!   connection close), or leaves gracefully ([`Membership::leave`]).
+//! - A network split ([`Sim::partition`], undone by [`Sim::heal`]) black-holes
+//!   traffic between two groups of nodes, as a real split does to TCP: a
+//!   dial across it is a dial to a silent host; frames and closes on a link
+//!   across it are held back (TCP keeps them for retransmission) and arrive
+//!   at the heal; each end whose session hears nothing for the keepalive
+//!   timeout cuts the link, exactly as for a crashed peer, and its close
+//!   reaches the other end at the heal. A handshake caught by the split
+//!   fails by dial timeout.
 //! - Bytes are what the link would carry: every frame is encoded
 //!   ([`LinkFrame::encode`]) and counted with its Noise tag and 2-byte length
 //!   prefix; a link's set-up counts the three Noise XX messages and both
@@ -75,6 +83,13 @@ pub const LENGTH_PREFIX: u64 = 2;
 pub const NOISE_XX_MESSAGES: [u64; 3] = [32, 96, 64];
 /// How often convergence and recovery are checked, in virtual time.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Default fraction of the live nodes in the second group of a split: halves.
+pub const DEFAULT_PARTITION_SHARE: f64 = 0.5;
+/// Default time the groups get to reunite after a split heals. Long, because
+/// reuniting depends on nodes redialling addresses they gave up on during the
+/// split, which may take several backoffs (or never happen).
+pub const DEFAULT_HEAL_LIMIT: Duration = Duration::from_secs(1800);
 
 const PER_FRAME: u64 = TAG_LEN as u64 + LENGTH_PREFIX;
 /// What the dialler sends of the handshake: messages 1 and 3.
@@ -156,13 +171,22 @@ pub struct SimConfig {
     pub recover_limit: Duration,
     /// Window after recovery, at whose end the final figures are taken.
     pub after: Duration,
+    /// How long the network is split in two after the steady window, before
+    /// the removal; zero: no split.
+    pub partition: Duration,
+    /// Fraction of the live nodes put in the second group of the split.
+    pub partition_share: f64,
+    /// How long after the heal the two groups are given to become one
+    /// connected graph again.
+    pub heal_limit: Duration,
     pub session: SessionTimings,
 }
 
 impl SimConfig {
     /// A run of `nodes` nodes with the given degree bounds and defaults for
     /// the rest: 20 ms ± 5 ms latency, 50 joins per second from node 0, a
-    /// 2-minute steady window, 30 % crashed, 1 minute after recovery.
+    /// 2-minute steady window, no split, 30 % crashed, 1 minute after
+    /// recovery.
     pub fn new(nodes: usize, min: usize, max: usize, session: SessionTimings) -> SimConfig {
         SimConfig {
             nodes,
@@ -180,6 +204,9 @@ impl SimConfig {
             removal: Removal::Crash,
             recover_limit: Duration::from_secs(600),
             after: Duration::from_secs(60),
+            partition: Duration::ZERO,
+            partition_share: DEFAULT_PARTITION_SHARE,
+            heal_limit: DEFAULT_HEAL_LIMIT,
             session,
         }
     }
@@ -197,6 +224,8 @@ pub enum SimError {
     RemoveFraction(f64),
     #[error("the session's keepalive interval must be positive")]
     Keepalive,
+    #[error("partition share must be in (0, 1) (got {0})")]
+    PartitionShare(f64),
 }
 
 impl SimConfig {
@@ -215,6 +244,9 @@ impl SimConfig {
         }
         if self.session.keepalive_interval.is_zero() {
             return Err(SimError::Keepalive);
+        }
+        if !(self.partition_share > 0.0 && self.partition_share < 1.0) {
+            return Err(SimError::PartitionShare(self.partition_share));
         }
         Ok(())
     }
@@ -292,6 +324,13 @@ enum Event {
     KeepaliveCut {
         link: LinkIx,
         side: Side,
+    },
+    /// The same, for a peer silenced by the split numbered `split`: void if
+    /// that split healed first (the held pings then got through).
+    SplitCut {
+        link: LinkIx,
+        side: Side,
+        split: u64,
     },
 }
 
@@ -501,6 +540,43 @@ pub struct WallMs {
     pub total: u64,
 }
 
+/// The split phase: the network split in two for a while, then healed.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionReport {
+    /// How long the split lasted, virtual seconds.
+    pub split_secs: f64,
+    /// Live nodes in each group.
+    pub group_a: usize,
+    pub group_b: usize,
+    /// The graph just before the split.
+    pub before: GraphSummary,
+    /// Links across the split with a running session, at the split.
+    pub cross_links_at_split: usize,
+    /// Virtual seconds from the split until no running session crossed it.
+    pub cross_links_gone_secs: Option<f64>,
+    /// The graph at the end of the split.
+    pub at_split_end: GraphSummary,
+    /// Traffic over the split.
+    pub split_traffic: Traffic,
+    /// Health at every check during the split, timed from the split.
+    pub split_trace: Vec<TracePoint>,
+    /// Frames and closes held back by the split (delivered at the heal).
+    pub held_messages: u64,
+    /// Virtual seconds after the heal the groups were given to reunite.
+    pub heal_limit_secs: f64,
+    /// Virtual seconds from the heal until the graph was one component with
+    /// every node at `min` or more.
+    pub reunited_secs: Option<f64>,
+    /// The graph at reunion, or at the heal limit.
+    pub after_heal: GraphSummary,
+    /// Traffic from the heal to reunion (or the heal limit).
+    pub heal_traffic: Traffic,
+    /// Health at every check after the heal, timed from the heal.
+    pub heal_trace: Vec<TracePoint>,
+    /// Wall-clock milliseconds the phase took.
+    pub wall_ms: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SimReport {
     pub nodes: usize,
@@ -530,6 +606,9 @@ pub struct SimReport {
     pub steady_checks_over_max: u64,
     /// Traffic from the start to convergence (joining).
     pub join_traffic: Traffic,
+    /// The split phase, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionReport>,
     pub removed: usize,
     pub removed_bootstrap_node: bool,
     /// The survivors just after the removal.
@@ -574,6 +653,28 @@ pub struct Sim {
     ping_bytes: u64,
     pong_bytes: u64,
     last_join_ms: u64,
+    /// The network split in force, if any.
+    split: Option<Split>,
+    /// Splits so far: numbers each one, so a keepalive cut scheduled for one
+    /// split is void once it healed.
+    splits: u64,
+    /// Frames and closes sent across the split, in the order they would have
+    /// arrived: they arrive at the heal.
+    held: Vec<(LinkIx, Side, Event)>,
+    /// Messages held back across splits so far.
+    held_total: u64,
+}
+
+/// A network split: which nodes are in the second group.
+struct Split {
+    side_b: Vec<bool>,
+    number: u64,
+}
+
+impl Split {
+    fn separates(&self, a: NodeId, b: NodeId) -> bool {
+        self.side_b.get(a).copied().unwrap_or(false) != self.side_b.get(b).copied().unwrap_or(false)
+    }
 }
 
 impl Sim {
@@ -618,6 +719,10 @@ impl Sim {
             ping_bytes,
             pong_bytes,
             last_join_ms: SIM_EPOCH_MS,
+            split: None,
+            splits: 0,
+            held: Vec::new(),
+            held_total: 0,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -655,6 +760,84 @@ impl Sim {
         self.nodes
             .get(node)
             .is_some_and(|n| n.state == NodeState::Alive)
+    }
+
+    /// Splits the network in two: nodes for which `side_b` is true form the
+    /// second group. Until [`Sim::heal`], traffic between the groups is
+    /// black-holed (see the module doc); within a group all works as before.
+    /// A split in force is healed first.
+    pub fn partition(&mut self, side_b: impl Fn(usize) -> bool) {
+        if self.split.is_some() {
+            self.heal();
+        }
+        self.splits += 1;
+        let split = Split {
+            side_b: (0..self.nodes.len()).map(side_b).collect(),
+            number: self.splits,
+        };
+        // Every running session across the split stops hearing its peer now.
+        let now = self.now;
+        let mut cuts = Vec::new();
+        for (l, k) in self.links.iter().enumerate() {
+            if !split.separates(k.nodes[0], k.nodes[1]) {
+                continue;
+            }
+            for side in [DIALLER, LISTENER] {
+                if k.ends[side] == End::Open {
+                    if let Some(at) = self.keepalive_cut_due(l, side, now) {
+                        cuts.push((at, l, side));
+                    }
+                }
+            }
+        }
+        for (at, link, side) in cuts {
+            self.push(
+                at,
+                Event::SplitCut {
+                    link,
+                    side,
+                    split: split.number,
+                },
+            );
+        }
+        self.split = Some(split);
+    }
+
+    /// Ends the split: new dials and frames cross as before, and what was
+    /// held back arrives now, in order (TCP retransmits it once the path is
+    /// back). Sessions not yet cut hear their peer again and carry on.
+    pub fn heal(&mut self) {
+        self.split = None;
+        for (link, to, event) in std::mem::take(&mut self.held) {
+            if let Some(k) = self.links.get_mut(link) {
+                k.arrive_ms[to] = k.arrive_ms[to].max(self.now);
+            }
+            self.push(self.now, event);
+        }
+    }
+
+    /// Whether a split is in force.
+    pub fn is_partitioned(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// Links across the split in force with a session running at either end.
+    pub fn cross_links(&self) -> usize {
+        let Some(split) = &self.split else {
+            return 0;
+        };
+        self.links
+            .iter()
+            .filter(|k| k.ends.contains(&End::Open) && split.separates(k.nodes[0], k.nodes[1]))
+            .count()
+    }
+
+    /// Whether the split in force separates the two ends of link `l`.
+    fn split_across(&self, l: LinkIx) -> bool {
+        match (&self.split, self.links.get(l)) {
+            (Some(split), Some(k)) => split.separates(k.nodes[0], k.nodes[1]),
+            _ => false,
+        }
     }
 
     fn push(&mut self, at: u64, event: Event) {
@@ -704,6 +887,13 @@ impl Sim {
     }
 
     fn handle(&mut self, event: Event) {
+        if let Event::Frame { link, to, .. } | Event::Fin { link, to } = event {
+            if self.split_across(link) {
+                self.held_total += 1;
+                self.held.push((link, to, event));
+                return;
+            }
+        }
         match event {
             Event::Join(n) => self.join(n),
             Event::Tick(n) => self.tick(n),
@@ -713,6 +903,12 @@ impl Sim {
                 if self.end_is(link, DIALLER, End::Pending) {
                     self.close_end(link, DIALLER);
                     self.fail_dial(link);
+                    // A listener whose session started (the split held back
+                    // the dialler's last message) sees the connection close.
+                    // A crashed listener's end is already closed.
+                    if self.end_is(link, LISTENER, End::Open) {
+                        self.send_on(link, LISTENER, Event::Fin { link, to: LISTENER });
+                    }
                 }
             }
             Event::AcceptUp(l) => self.accept_up(l),
@@ -739,6 +935,18 @@ impl Sim {
                 if self.end_is(link, side, End::Open) {
                     self.counters.keepalive_cuts += 1;
                     self.end_session(link, side);
+                }
+            }
+            Event::SplitCut { link, side, split } => {
+                let in_force = self.split.as_ref().is_some_and(|s| s.number == split);
+                if in_force && self.end_is(link, side, End::Open) {
+                    self.counters.keepalive_cuts += 1;
+                    self.end_session(link, side);
+                    // Unlike a crashed peer, this one is alive: the close
+                    // reaches it at the heal, if its own cut did not come first.
+                    if !self.end_is(link, 1 - side, End::Closed) {
+                        self.send_on(link, 1 - side, Event::Fin { link, to: 1 - side });
+                    }
                 }
             }
         }
@@ -922,12 +1130,15 @@ impl Sim {
 
     fn pings_until(&mut self, l: LinkIx, side: Side, until: u64) {
         let interval = ms(self.cfg.session.keepalive_interval).max(1);
+        let across = self.split_across(l);
         let Some(k) = self.links.get_mut(l) else {
             return;
         };
         if k.ends[side] != End::Open {
             return;
         }
+        // Pings across a split go unanswered (and count as sent).
+        let answered = k.ends[1 - side] == End::Open && !across;
         let mut pings = 0;
         while k.next_ping_ms[side] <= until {
             k.next_ping_ms[side] += interval;
@@ -937,7 +1148,6 @@ impl Sim {
             return;
         }
         let peer = k.nodes[1 - side];
-        let answered = k.ends[1 - side] == End::Open;
         let me = k.nodes[side];
         let (ping, pong) = (self.ping_bytes, self.pong_bytes);
         if let Some(node) = self.nodes.get_mut(me) {
@@ -958,11 +1168,17 @@ impl Sim {
         }
         let target = node_index(&addr, self.nodes.len());
         let state = target.and_then(|t| self.nodes.get(t)).map(|t| t.state);
-        let (Some(to), Some(NodeState::Alive)) = (target, state) else {
-            // A silent host (or one not started yet) times out; a killed or
-            // departed node's port refuses at once.
+        let reachable = match (&self.split, target) {
+            (Some(split), Some(t)) => !split.separates(from, t),
+            _ => true,
+        };
+        let (Some(to), Some(NodeState::Alive), true) = (target, state, reachable) else {
+            // A silent host (or one not started yet, or one across a split)
+            // times out; a killed or departed node's port refuses at once.
             let wait = match state {
-                Some(NodeState::Gone(Removal::Kill | Removal::Leave)) => self.latency(),
+                Some(NodeState::Gone(Removal::Kill | Removal::Leave)) if reachable => {
+                    self.latency()
+                }
                 _ => ms(self.cfg.session.dial_timeout).saturating_sub(ms(self.cfg.latency)),
             };
             self.push(self.now + wait, Event::DialFailed { from, addr });
@@ -1040,6 +1256,14 @@ impl Sim {
             }
             return;
         }
+        if self.split_across(l) {
+            // A split cut the handshake short: the listener's half-open
+            // handshake dies unseen; the dialler's times out.
+            self.close_end(l, LISTENER);
+            let wait = ms(self.cfg.session.dial_timeout);
+            self.push(self.now + wait, Event::HandshakeFailed(l));
+            return;
+        }
         self.counters.links_opened += 1;
         let dialler_record = self.record_len(dialler);
         let listener_record = self.record_len(listener);
@@ -1068,6 +1292,13 @@ impl Sim {
         let [dialler, listener] = k.nodes;
         let addr = k.addr;
         if k.ends[DIALLER] != End::Pending || !self.is_alive(dialler) {
+            return;
+        }
+        if self.split_across(l) {
+            // The listener's record is held back by a split: the dialler's
+            // handshake times out (and closes the listener's session).
+            let wait = ms(self.cfg.session.dial_timeout);
+            self.push(self.now + wait, Event::HandshakeFailed(l));
             return;
         }
         self.open_end(l, DIALLER);
@@ -1144,12 +1375,18 @@ impl Sim {
     /// The end `side` stopped hearing its peer at `silent_from`; its session
     /// cuts the link at the first keepalive check past the timeout.
     fn schedule_keepalive_cut(&mut self, l: LinkIx, side: Side, silent_from: u64) {
+        if let Some(at) = self.keepalive_cut_due(l, side, silent_from) {
+            self.push(at, Event::KeepaliveCut { link: l, side });
+        }
+    }
+
+    /// When the end `side`, which stopped hearing its peer at `silent_from`,
+    /// cuts the link: the first keepalive check past the timeout.
+    fn keepalive_cut_due(&self, l: LinkIx, side: Side, silent_from: u64) -> Option<u64> {
         let interval = ms(self.cfg.session.keepalive_interval).max(1);
         let timeout = ms(self.cfg.session.keepalive_timeout);
         let lat = ms(self.cfg.latency);
-        let Some(k) = self.links.get(l) else {
-            return;
-        };
+        let k = self.links.get(l)?;
         let start = k.opened_ms[side];
         let mut heard = k.last_heard_ms[side];
         // The peer's last ping before it went silent...
@@ -1166,8 +1403,7 @@ impl Sim {
         // The first check with (now - heard) > timeout.
         let due = heard + timeout;
         let checks = due.saturating_sub(start) / interval + 1;
-        let at = (start + checks * interval).max(self.now);
-        self.push(at, Event::KeepaliveCut { link: l, side });
+        Some((start + checks * interval).max(self.now))
     }
 
     /// Removes a node at once, the way `how` says.
@@ -1421,8 +1657,84 @@ impl Sim {
         None
     }
 
-    /// Runs the whole scenario: joins, convergence, a steady window, the
-    /// removal of a fraction of the nodes at once, recovery, and a last window.
+    /// Splits the live nodes in two at random (`partition_share` of them in
+    /// the second group) for `partition`, heals, and waits up to
+    /// `heal_limit` for one connected graph with every node at `min`.
+    fn run_partition(&mut self) -> PartitionReport {
+        let phase = Instant::now();
+        let min = self.cfg.min_neighbours;
+        let step = ms(CHECK_EVERY);
+        let before = self.graph();
+        let alive: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&n| self.is_alive(n))
+            .collect();
+        // Both groups get at least one node: a split with an empty side is none.
+        let count = ((alive.len() as f64) * self.cfg.partition_share).round() as usize;
+        let count = count.clamp(1, alive.len().saturating_sub(1).max(1));
+        let mut side_b = vec![false; self.nodes.len()];
+        for i in rand::seq::index::sample(&mut self.rng, alive.len(), count) {
+            if let Some(slot) = alive.get(i).and_then(|&n| side_b.get_mut(n)) {
+                *slot = true;
+            }
+        }
+        let group_b = side_b.iter().filter(|&&b| b).count();
+        let held_before = self.held_total;
+        self.partition(|n| side_b.get(n).copied().unwrap_or(false));
+        let split_at = self.now;
+        let cross_links_at_split = self.cross_links();
+        let split_mark = self.mark();
+        let mut split_trace = vec![TracePoint::of(&before, 0.0)];
+        let mut cross_links_gone_secs = (cross_links_at_split == 0).then_some(0.0);
+        let split_end = split_at + ms(self.cfg.partition);
+        while self.now < split_end {
+            let next = (self.now + step).min(split_end);
+            self.run_until(next);
+            let secs = (self.now - split_at) as f64 / 1000.0;
+            split_trace.push(TracePoint::of(&self.graph(), secs));
+            if cross_links_gone_secs.is_none() && self.cross_links() == 0 {
+                cross_links_gone_secs = Some(secs);
+            }
+        }
+        let at_split_end = self.graph();
+        let split_traffic = self.traffic(&split_mark);
+        let held_messages = self.held_total - held_before;
+
+        self.heal();
+        let healed_at = self.now;
+        let heal_mark = self.mark();
+        let mut heal_trace = vec![TracePoint::of(&at_split_end, 0.0)];
+        let reunion = if at_split_end.healthy(min) {
+            Some(at_split_end.clone())
+        } else {
+            let deadline = healed_at + ms(self.cfg.heal_limit);
+            self.run_until_healthy(deadline, healed_at, &mut heal_trace)
+        };
+        let reunited_secs = reunion
+            .is_some()
+            .then(|| (self.now - healed_at) as f64 / 1000.0);
+        PartitionReport {
+            split_secs: (healed_at - split_at) as f64 / 1000.0,
+            group_a: alive.len() - group_b,
+            group_b,
+            before,
+            cross_links_at_split,
+            cross_links_gone_secs,
+            at_split_end,
+            split_traffic,
+            split_trace,
+            held_messages,
+            heal_limit_secs: self.cfg.heal_limit.as_secs_f64(),
+            reunited_secs,
+            after_heal: reunion.unwrap_or_else(|| self.graph()),
+            heal_traffic: self.traffic(&heal_mark),
+            heal_trace,
+            wall_ms: elapsed_ms(phase),
+        }
+    }
+
+    /// Runs the whole scenario: joins, convergence, a steady window, an
+    /// optional split and heal, the removal of a fraction of the nodes at
+    /// once, recovery, and a last window.
     pub fn run_scenario(cfg: SimConfig) -> Result<SimReport, SimError> {
         let wall = Instant::now();
         let mut sim = Sim::new(cfg)?;
@@ -1469,6 +1781,9 @@ impl Sim {
         let steady = sim.graph();
         let steady_traffic = sim.traffic(&steady_mark);
         wall_ms.steady = elapsed_ms(phase);
+
+        // The network split in two, then healed.
+        let partition = (!sim.cfg.partition.is_zero()).then(|| sim.run_partition());
 
         // Remove a fraction at once, chosen at random among all nodes.
         let phase = Instant::now();
@@ -1529,6 +1844,7 @@ impl Sim {
             steady_traffic,
             steady_checks_over_max: over_max,
             join_traffic,
+            partition,
             removed: chosen.len(),
             removed_bootstrap_node: chosen.contains(&0),
             after_removal,
@@ -1689,6 +2005,140 @@ mod tests {
                 sim.dial_leaks()
             );
         }
+    }
+
+    /// Time the split tests give a small network to join and settle.
+    const SETTLE: Duration = Duration::from_secs(60);
+    /// Extra time past the keepalive cut, for the cuts' closes and any
+    /// handshake caught by the split to time out.
+    const CUT_SLACK: Duration = Duration::from_secs(10);
+
+    /// A 60-node network, joined and settled, and its nodes split at random
+    /// into two halves (true: the second group).
+    fn settled_and_halves() -> (Sim, Vec<bool>) {
+        let cfg = SimConfig::new(60, 3, 6, TIMINGS);
+        let mut sim = Sim::new(cfg).unwrap();
+        sim.run_until(sim.last_join_ms() + ms(SETTLE));
+        assert!(sim.graph().healthy(3), "{:#?}", sim.graph());
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut side_b = vec![false; 60];
+        for i in rand::seq::index::sample(&mut rng, 60, 30) {
+            side_b[i] = true;
+        }
+        (sim, side_b)
+    }
+
+    /// Links between live nodes whose memberships both count them, across
+    /// the groups.
+    fn graph_edges_across(sim: &Sim, side_b: &[bool]) -> usize {
+        sim.links
+            .iter()
+            .filter(|k| {
+                k.up == [true, true]
+                    && k.ends == [End::Open, End::Open]
+                    && side_b[k.nodes[0]] != side_b[k.nodes[1]]
+            })
+            .count()
+    }
+
+    /// A split black-holes the traffic between the groups: once the
+    /// keepalive timeout has run out, every session across it is cut, no
+    /// new one crossed it, and the graph is in pieces; every dial still gets
+    /// one outcome, during the split and after the heal.
+    #[test]
+    fn split_cuts_every_link_across_it() {
+        let (mut sim, side_b) = settled_and_halves();
+        let b = side_b.clone();
+        sim.partition(move |n| b[n]);
+        assert!(sim.is_partitioned());
+        assert!(
+            sim.cross_links() > 0,
+            "the halves were linked before the split"
+        );
+        let split_at = sim.now_ms();
+        let links_at_split = sim.links.len();
+        let failures_at_split = sim.counters().dial_failures;
+        let cut_by = split_at
+            + ms(TIMINGS.keepalive_timeout + TIMINGS.keepalive_interval + TIMINGS.dial_timeout)
+            + ms(CUT_SLACK);
+        let mut t = split_at;
+        while t < cut_by {
+            t += ms(CHECK_EVERY);
+            sim.run_until(t);
+            assert!(sim.dial_leaks().is_empty(), "at {t}");
+        }
+        assert_eq!(sim.cross_links(), 0);
+        assert_eq!(graph_edges_across(&sim, &side_b), 0);
+        // Dials across the split went to a silent host: none even connected.
+        let dialled_across = sim.links[links_at_split..]
+            .iter()
+            .filter(|k| side_b[k.nodes[0]] != side_b[k.nodes[1]])
+            .count();
+        assert_eq!(dialled_across, 0);
+        assert!(sim.counters().dial_failures > failures_at_split);
+        let g = sim.graph();
+        assert!(g.components >= 2, "{g:#?}");
+        // The split holds: a while later, still nothing across it.
+        sim.run_until(cut_by + 60_000);
+        assert_eq!(sim.cross_links(), 0);
+        assert_eq!(graph_edges_across(&sim, &side_b), 0);
+        assert!(sim.graph().components >= 2);
+
+        sim.heal();
+        assert!(!sim.is_partitioned());
+        assert_eq!(sim.cross_links(), 0);
+        sim.run_until(sim.now_ms() + 120_000);
+        assert!(sim.dial_leaks().is_empty(), "{:?}", sim.dial_leaks());
+    }
+
+    /// A split shorter than the keepalive timeout cuts nothing: the held
+    /// frames arrive at the heal, the pending cuts are void, and every link
+    /// across it is still there.
+    #[test]
+    fn split_shorter_than_keepalive_cuts_nothing() {
+        let (mut sim, side_b) = settled_and_halves();
+        let across = graph_edges_across(&sim, &side_b);
+        assert!(across > 0);
+        let cuts = sim.counters().keepalive_cuts;
+        let b = side_b.clone();
+        sim.partition(move |n| b[n]);
+        sim.run_until(sim.now_ms() + ms(TIMINGS.keepalive_timeout / 2));
+        assert!(sim.held_total > 0, "nothing was sent across the split");
+        sim.heal();
+        assert!(sim.held.is_empty());
+        sim.run_until(sim.now_ms() + ms(TIMINGS.keepalive_timeout * 3));
+        assert_eq!(sim.counters().keepalive_cuts, cuts);
+        assert!(graph_edges_across(&sim, &side_b) > 0);
+        assert!(sim.graph().healthy(3), "{:#?}", sim.graph());
+        assert!(sim.dial_leaks().is_empty(), "{:?}", sim.dial_leaks());
+    }
+
+    /// The scenario's split phase reports the split and the heal, and a
+    /// run without one reports none.
+    #[test]
+    fn scenario_reports_the_split() {
+        let mut cfg = SimConfig::new(60, 3, 6, TIMINGS);
+        cfg.steady = Duration::from_secs(10);
+        cfg.after = Duration::from_secs(5);
+        cfg.remove_fraction = 0.0;
+        cfg.partition = Duration::from_secs(60);
+        cfg.heal_limit = Duration::from_secs(60);
+        let r = Sim::run_scenario(cfg.clone()).unwrap();
+        let p = r.partition.as_ref().expect("a split phase");
+        assert_eq!((p.group_a, p.group_b), (30, 30));
+        assert_eq!(p.before.components, 1);
+        assert!(p.cross_links_at_split > 0);
+        assert!(p.cross_links_gone_secs.is_some(), "{p:#?}");
+        assert!(p.at_split_end.components >= 2, "{p:#?}");
+        assert_eq!(p.split_secs, 60.0);
+        assert!(p.split_traffic.membership > 0.0);
+        assert!(!p.heal_trace.is_empty());
+
+        cfg.partition = Duration::ZERO;
+        let r = Sim::run_scenario(cfg.clone()).unwrap();
+        assert!(r.partition.is_none());
+        cfg.partition_share = 1.0;
+        assert_eq!(Sim::new(cfg).err(), Some(SimError::PartitionShare(1.0)));
     }
 
     /// A small network converges, stays within bounds, and heals after
