@@ -392,8 +392,13 @@ fn print_report(r: &SimReport, wall_secs: f64, peak_rss_kib: Option<u64>) {
     graph_line("end", &r.end);
     traffic_line("after", &r.end_traffic);
     println!(
-        "membership stats: {} records refused, {} gossip ignored, {} evictions, {} refusals (full)",
-        r.stats.records_refused, r.stats.gossip_ignored, r.stats.evictions, r.stats.refusals
+        "membership stats: {} records refused, {} gossip ignored, {} evictions, {} refusals (full), \
+         {} rotations",
+        r.stats.records_refused,
+        r.stats.gossip_ignored,
+        r.stats.evictions,
+        r.stats.refusals,
+        r.stats.rotations
     );
     let c = &r.counters;
     println!(

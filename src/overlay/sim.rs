@@ -518,6 +518,7 @@ pub struct StatsSummary {
     pub gossip_ignored: u64,
     pub evictions: u64,
     pub refusals: u64,
+    pub rotations: u64,
 }
 
 impl StatsSummary {
@@ -526,6 +527,7 @@ impl StatsSummary {
         self.gossip_ignored += s.gossip_ignored;
         self.evictions += s.evictions;
         self.refusals += s.refusals;
+        self.rotations += s.rotations;
     }
 }
 
