@@ -229,7 +229,7 @@ fn graph_line(label: &str, g: &GraphSummary) {
 
 fn traffic_line(label: &str, t: &Traffic) {
     println!(
-        "  {label:<16} {:>5.0}s, {} nodes, per node per minute: membership {:.0} B, set-up {:.0} B, keepalive {:.0} B; overlay (membership+set-up) {:.0} B (p50 node {:.0}, max node {:.0}); total {:.0} B; {:.1} frames; {:.1} book writes",
+        "  {label:<16} {:>5.0}s, {} nodes, per node per minute: membership {:.0} B, set-up {:.0} B, keepalive {:.0} B; overlay (membership+set-up) {:.0} B (p50 node {:.0}, max node {:.0}{}); total {:.0} B; {:.1} frames; {:.1} book writes",
         t.window_secs,
         t.nodes,
         t.membership,
@@ -238,6 +238,7 @@ fn traffic_line(label: &str, t: &Traffic) {
         t.overlay,
         t.overlay_p50_node,
         t.overlay_max_node,
+        t.busiest_node.map_or(String::new(), |n| format!(" = node {n}")),
         t.total,
         t.frames,
         t.book_writes,

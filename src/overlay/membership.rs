@@ -576,8 +576,9 @@ impl Membership {
     }
 
     /// Every [`ROTATE_INTERVAL`] or so: dial one node picked at random from
-    /// the whole book. Stale and failing entries are not passed over: after a
-    /// network split the nodes on the other side are exactly those.
+    /// the whole book but for the bootstrap nodes. Stale and failing entries
+    /// are not passed over: after a network split the nodes on the other
+    /// side are exactly those.
     fn rotate(&mut self, now_ms: u64) {
         if now_ms < self.next_rotate_ms {
             return;
@@ -607,10 +608,17 @@ impl Membership {
             .values()
             .flat_map(|l| l.their_neighbours.iter())
             .collect();
+        // Bootstrap nodes are passed over: the few that many nodes name sit
+        // in nearly every book, and would draw a share of all rotations that
+        // grows with the network.
         let candidates: Vec<(bool, SocketAddr)> = self
             .book
             .entries()
-            .filter(|e| !self.links.contains_key(&e.address()) && self.usable(&e.listen(), now_ms))
+            .filter(|e| {
+                !self.links.contains_key(&e.address())
+                    && !self.bootstrap.contains(&e.listen())
+                    && self.usable(&e.listen(), now_ms)
+            })
             .map(|e| (two_hop.contains(&e.address()), e.listen()))
             .collect();
         // Not a neighbour's neighbour if there is any such: a new link there
@@ -1438,6 +1446,52 @@ mod tests {
         assert!(closed.is_empty(), "{closed:?}");
         assert_eq!(m.neighbour_count(), 3);
         assert_eq!(m.stats().rotations, 0);
+    }
+
+    /// A node's bootstrap nodes are not rotation candidates: in a network
+    /// where many name the same few, those are in every book.
+    #[test]
+    fn rotation_passes_over_bootstrap_nodes() {
+        let boot = peer(40);
+        let (mut m, now) = node(2, 6, vec![boot.record.record.listen]);
+        let peers: Vec<Peer> = (2..5).map(peer).collect();
+        let friends: Vec<Peer> = (20..23).map(peer).collect();
+        let theirs: Vec<&Peer> = friends.iter().collect();
+        // Linked once (so no longer redialled as a bootstrap address), then
+        // closed as full: it is in the book, and nothing but rotation would
+        // dial it again.
+        m.link_up(LinkId(9), boot.record.clone(), Direction::Out, now);
+        m.on_frame(LinkId(9), LinkBody::Full(vec![]), now);
+        m.link_down(LinkId(9), now);
+        for (i, p) in peers.iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
+            m.on_frame(LinkId(i as u64), gossip(&theirs, &[]), now);
+        }
+        m.take_actions();
+        let fail_all = |m: &mut Membership, from: u64, secs: u64| {
+            let mut out = Vec::new();
+            for s in 1..=secs {
+                let t = from + s * 1000;
+                m.tick(t);
+                for d in dials(&m.take_actions()) {
+                    m.dial_failed(d, t);
+                    out.push(d);
+                }
+            }
+            out
+        };
+        let span = ROTATE_INTERVAL.as_secs() * 3;
+        let dialled = fail_all(&mut m, now, span);
+        assert!(dialled.is_empty(), "{dialled:?}");
+        // With one other node in the book, rotation dials that one.
+        let other = peer(41);
+        m.on_frame(LinkId(1), gossip(&theirs, &[&other]), now + span * 1000);
+        let dialled = fail_all(&mut m, now + span * 1000, span);
+        assert!(!dialled.is_empty());
+        assert!(
+            dialled.iter().all(|a| *a == other.record.record.listen),
+            "{dialled:?}"
+        );
     }
 
     /// After a network split the nodes of the other side are in the book only

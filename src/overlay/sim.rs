@@ -478,8 +478,10 @@ pub struct Traffic {
     pub overlay: f64,
     /// Everything, keepalives included.
     pub total: f64,
-    /// The busiest node's membership + set-up bytes per minute.
+    /// The busiest node's membership + set-up bytes per minute...
     pub overlay_max_node: f64,
+    /// ... and which node that is.
+    pub busiest_node: Option<usize>,
     /// Median node's membership + set-up bytes per minute.
     pub overlay_p50_node: f64,
     /// Membership frames sent per node and minute.
@@ -1585,6 +1587,7 @@ impl Sim {
         let mut sum = Sent::default();
         let mut writes = 0;
         let mut overlay: Vec<u64> = Vec::new();
+        let mut busiest: Option<(u64, usize)> = None;
         for (i, node) in self.nodes.iter().enumerate() {
             if node.state != NodeState::Alive {
                 continue;
@@ -1602,6 +1605,9 @@ impl Sim {
             sum.frames += d.frames;
             writes += node.book_writes - from.book_writes.get(i).copied().unwrap_or(0);
             overlay.push(d.membership + d.setup);
+            if busiest.is_none_or(|(b, _)| d.membership + d.setup > b) {
+                busiest = Some((d.membership + d.setup, i));
+            }
         }
         overlay.sort_unstable();
         let nodes = overlay.len();
@@ -1621,6 +1627,7 @@ impl Sim {
             overlay: per(sum.membership + sum.setup),
             total: per(sum.membership + sum.setup + sum.keepalive),
             overlay_max_node: overlay.last().copied().unwrap_or(0) as f64 * per_min,
+            busiest_node: busiest.map(|(_, i)| i),
             overlay_p50_node: percentile(&overlay, 50) as f64 * per_min,
             frames: per(sum.frames),
             book_writes: per(writes),
