@@ -38,7 +38,7 @@ const CONVERGE_BOUND: Duration = Duration::from_secs(2 * FULL_BACKOFF.as_secs())
 /// which is now dead; a dial to a dead host holds its slot for at most
 /// DIAL_TIMEOUT (5 s; since DIAL_PATIENCE the next candidate is tried after
 /// 2 s) and up to a TICK more, so k dead candidates in a row cost at most
-/// 6 s each, with probability 0.3^k. Measured: 30-38 s (release, seeds 1-5).
+/// 6 s each, with probability 0.3^k. Measured: 31-34 s (release, seeds 1-5).
 /// The bound allows 15 in a row (0.3^15 ~ 1e-8 per survivor): 115 s.
 const DEAD_DIALS_IN_A_ROW: u32 = 15;
 
