@@ -75,6 +75,32 @@ fn wait_receipt(sender: &Node, recipient: &Node) {
     );
 }
 
+/// Six nodes (min 2, max 4) from one bootstrap, converged; returns them with the index
+/// of the node with the most neighbours (losing it hurts its neighbours the most).
+fn six_converged(n: u8) -> (Vec<Node>, usize) {
+    let nodes = start_network(n, 6, opts(2, 4));
+    let converged = wait_for_overlay(
+        SETTLE_TIMEOUT,
+        "6 nodes with >= 2 neighbours, connected",
+        &refs(&nodes),
+        connected_with_at_least(2),
+    );
+    let busiest = (0..nodes.len())
+        .max_by_key(|&i| converged.degree(&nodes[i].listen()))
+        .expect("six nodes");
+    (nodes, busiest)
+}
+
+/// All of `nodes` but the one at `except`.
+fn all_but(nodes: &[Node], except: usize) -> Vec<&Node> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != except)
+        .map(|(_, node)| node)
+        .collect()
+}
+
 #[test]
 fn thirty_nodes_converge_survive_churn_and_rejoin() {
     const N: u8 = 83;
@@ -226,20 +252,9 @@ fn full_network_lets_a_newcomer_in() {
 fn sigterm_leaves_rest_connected() {
     const N: u8 = 85;
     const MIN: usize = 2;
-    const MAX: usize = 4;
     let started = Instant::now();
-    let mut nodes = start_network(N, 6, opts(MIN, MAX));
-    let converged = wait_for_overlay(
-        SETTLE_TIMEOUT,
-        "6 nodes with >= 2 neighbours, connected",
-        &refs(&nodes),
-        connected_with_at_least(MIN),
-    );
-
     // The busiest node leaves: its neighbours lose the most.
-    let leaving = (0..nodes.len())
-        .max_by_key(|&i| converged.degree(&nodes[i].listen()))
-        .expect("six nodes");
+    let (mut nodes, leaving) = six_converged(N);
     let exit = nodes[leaving].term(Duration::from_secs(5));
     assert_eq!(
         exit.code(),
@@ -248,12 +263,7 @@ fn sigterm_leaves_rest_connected() {
         nodes[leaving].listen()
     );
 
-    let rest: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != leaving)
-        .map(|(_, node)| node)
-        .collect();
+    let rest = all_but(&nodes, leaving);
     wait_for_overlay(
         Duration::from_secs(20),
         format!(
@@ -325,26 +335,12 @@ fn restart_without_bootstrap_uses_the_address_book() {
 fn frozen_neighbour_is_cut_and_replaced() {
     const N: u8 = 87;
     const MIN: usize = 2;
-    const MAX: usize = 4;
     let started = Instant::now();
-    let nodes = start_network(N, 6, opts(MIN, MAX));
-    let converged = wait_for_overlay(
-        SETTLE_TIMEOUT,
-        "6 nodes with >= 2 neighbours, connected",
-        &refs(&nodes),
-        connected_with_at_least(MIN),
-    );
-
-    let frozen = (0..nodes.len())
-        .max_by_key(|&i| converged.degree(&nodes[i].listen()))
-        .expect("six nodes");
+    let (nodes, frozen) = six_converged(N);
     let frozen_listen = nodes[frozen].listen();
-    let rest: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != frozen)
-        .map(|(_, node)| node)
-        .collect();
+    let rest = all_but(&nodes, frozen);
+    // Who links to it as it stops: each of them must cut the link for silence.
+    let before = Overlay::poll(&rest);
     let pid = nodes[frozen].pid().expect("the frozen node runs");
     // SAFETY: kill(2) of our own, not yet reaped, child. A stopped child is still
     // SIGKILLed by `Node`'s drop if the test fails.
@@ -368,7 +364,7 @@ fn frozen_neighbour_is_cut_and_replaced() {
         },
     );
     // No connection closed: each node that had a link to it cut it for silence.
-    for listen in converged.listers(&frozen_listen) {
+    for listen in before.listers(&frozen_listen) {
         let node = rest
             .iter()
             .find(|node| node.listen() == listen)

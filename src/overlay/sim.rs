@@ -87,8 +87,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Default fraction of the live nodes in the second group of a split: halves.
 pub const DEFAULT_PARTITION_SHARE: f64 = 0.5;
 /// Default time the groups get to reunite after a split heals. Long, because
-/// reuniting depends on nodes redialling addresses they gave up on during the
-/// split, which may take several backoffs (or never happen).
+/// after a long split only rotation (every 5 to 15 minutes per node) dials
+/// across it, and a small network has few rotations a minute.
 pub const DEFAULT_HEAL_LIMIT: Duration = Duration::from_secs(1800);
 
 const PER_FRAME: u64 = TAG_LEN as u64 + LENGTH_PREFIX;
