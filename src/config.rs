@@ -62,7 +62,11 @@ const COMMAND_LINE_LABEL: &str = "command line";
 const MAX_ONION_HOPS: i64 = 8;
 const MAX_NEIGHBOURS: i64 = 64;
 const MIN_TTL: Duration = Duration::from_secs(1);
-const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The longest time to live any node accepts: a letter sent longer ago than
+/// this is refused, so a delivered mark kept this long stops every replay.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The shortest retry ceiling (`routing.retry_max`): the first retry delay.
+const MIN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How messages travel through the network (`routing.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// `[log]`: what is logged and how.
     pub log: LogConfig,
+    /// `[limits]`: per-peer budgets and admission.
+    pub limits: LimitsConfig,
     /// The file this was loaded from; None for the built-in defaults.
     pub source: Option<PathBuf>,
 }
@@ -214,6 +220,56 @@ pub struct RoutingConfig {
     pub shards: u8,
     /// Shards needed to rebuild a message, `1 <= shards_needed <= shards`.
     pub shards_needed: u8,
+    /// The longest wait between two sendings of an undelivered message
+    /// (`routing.retry_max`, default 1 hour; 2 seconds to 7 days). Retries
+    /// start at 2 s and double up to this.
+    pub retry_max: Duration,
+}
+
+/// `[limits]`: what one peer may cost this node, and admission of new links.
+/// A peer over a budget loses its link and is refused for `backoff`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Packets and receipts a link may bring per second, sustained (default 2,000).
+    pub packets_per_sec: u32,
+    /// ... and in a burst (default 4,000).
+    pub packet_burst: u32,
+    /// Bytes of frames a link may bring per second, sustained (default 8 MiB).
+    pub bytes_per_sec: u32,
+    /// ... and in a burst (default 16 MiB; at least one largest frame).
+    pub byte_burst: u32,
+    /// Duplicate-suppression entries one peer's packets may create per minute
+    /// (default 120,000).
+    pub new_entries_per_min: u32,
+    /// Records one peer may gossip per minute (default 512).
+    pub gossip_records_per_min: u32,
+    /// The furthest expiry accepted on a packet, and the longest a message may
+    /// live (default and at most 30 days; at least `routing.ttl`).
+    pub max_ttl: Duration,
+    /// Inbound handshakes in progress at once from one IP (default 8).
+    pub handshakes_per_ip: usize,
+    /// Inbound handshakes in progress at once in all (default 64); when full,
+    /// the oldest pending one is dropped to make room.
+    pub handshakes_total: usize,
+    /// How long a peer that broke a budget is refused (default 10 minutes).
+    pub backoff: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            packets_per_sec: 2_000,
+            packet_burst: 4_000,
+            bytes_per_sec: 8 * 1024 * 1024,
+            byte_burst: 16 * 1024 * 1024,
+            new_entries_per_min: 120_000,
+            gossip_records_per_min: 512,
+            max_ttl: MAX_TTL,
+            handshakes_per_ip: 8,
+            handshakes_total: 64,
+            backoff: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[client]`
@@ -495,7 +551,7 @@ fn load_with_env(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigErr
 // Raw file shape
 
 /// The sections of the file.
-const SECTIONS: [&str; 5] = ["node", "network", "routing", "client", "log"];
+const SECTIONS: [&str; 6] = ["node", "network", "routing", "client", "log", "limits"];
 
 /// The file as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -506,6 +562,7 @@ struct RawConfig {
     routing: RawRouting,
     client: RawClient,
     log: RawLog,
+    limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -533,6 +590,7 @@ struct RawRouting {
     ttl: Option<String>,
     shards: Option<i64>,
     shards_needed: Option<i64>,
+    retry_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -547,6 +605,21 @@ struct RawClient {
 struct RawLog {
     level: Option<String>,
     format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawLimits {
+    packets_per_sec: Option<i64>,
+    packet_burst: Option<i64>,
+    bytes_per_sec: Option<i64>,
+    byte_burst: Option<i64>,
+    new_entries_per_min: Option<i64>,
+    gossip_records_per_min: Option<i64>,
+    max_ttl: Option<String>,
+    handshakes_per_ip: Option<i64>,
+    handshakes_total: Option<i64>,
+    backoff: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -685,6 +758,126 @@ fn in_range(key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, Bad> {
     }
 }
 
+/// A duration such as "90s", "12h" or "7d", from `lo` to `hi`.
+fn duration(key: &str, value: &str, lo: Duration, hi: Duration) -> Result<Duration, Bad> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        bad(
+            key,
+            format!("{value:?} is not a duration like \"90s\", \"12h\" or \"7d\": {e}"),
+        )
+    })?;
+    if d < lo || d > hi {
+        return Err(bad(
+            key,
+            format!(
+                "{value:?}: must be from {} to {}",
+                humantime::format_duration(lo),
+                humantime::format_duration(hi)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A `u32` limit from the file, `lo..=hi`, or `default`.
+fn limit_u32(key: &str, value: Option<i64>, default: u32, lo: u32, hi: u32) -> Result<u32, Bad> {
+    let v = in_range(key, value.unwrap_or(i64::from(default)), lo.into(), hi.into())?;
+    Ok(u32::try_from(v).unwrap_or(default))
+}
+
+fn validate_limits(raw: RawLimits, ttl: Duration) -> Result<LimitsConfig, Bad> {
+    let d = LimitsConfig::default();
+    let packets_per_sec = limit_u32(
+        "limits.packets_per_sec",
+        raw.packets_per_sec,
+        d.packets_per_sec,
+        1,
+        1_000_000,
+    )?;
+    let packet_burst = limit_u32(
+        "limits.packet_burst",
+        raw.packet_burst,
+        d.packet_burst,
+        1,
+        10_000_000,
+    )?;
+    let bytes_per_sec = limit_u32(
+        "limits.bytes_per_sec",
+        raw.bytes_per_sec,
+        d.bytes_per_sec,
+        1024,
+        u32::MAX,
+    )?;
+    // A burst smaller than the largest frame would cut off an honest peer.
+    let byte_burst = limit_u32(
+        "limits.byte_burst",
+        raw.byte_burst,
+        d.byte_burst,
+        65_535,
+        u32::MAX,
+    )?;
+    let new_entries_per_min = limit_u32(
+        "limits.new_entries_per_min",
+        raw.new_entries_per_min,
+        d.new_entries_per_min,
+        1,
+        100_000_000,
+    )?;
+    let gossip_records_per_min = limit_u32(
+        "limits.gossip_records_per_min",
+        raw.gossip_records_per_min,
+        d.gossip_records_per_min,
+        1,
+        1_000_000,
+    )?;
+    let max_ttl = match raw.max_ttl.as_deref() {
+        None => d.max_ttl,
+        Some(s) => duration("limits.max_ttl", s, MIN_TTL, MAX_TTL)?,
+    };
+    if max_ttl < ttl {
+        return Err(bad(
+            "limits.max_ttl",
+            format!(
+                "must be at least routing.ttl ({}), or this node's own messages would be refused",
+                humantime::format_duration(ttl)
+            ),
+        ));
+    }
+    let handshakes_total = in_range(
+        "limits.handshakes_total",
+        raw.handshakes_total.unwrap_or(d.handshakes_total as i64),
+        1,
+        4096,
+    )?;
+    let handshakes_per_ip = in_range(
+        "limits.handshakes_per_ip",
+        raw.handshakes_per_ip.unwrap_or(d.handshakes_per_ip as i64),
+        1,
+        handshakes_total,
+    )?;
+    let backoff = match raw.backoff.as_deref() {
+        None => d.backoff,
+        Some(s) => duration(
+            "limits.backoff",
+            s,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 86400),
+        )?,
+    };
+    Ok(LimitsConfig {
+        packets_per_sec,
+        packet_burst,
+        bytes_per_sec,
+        byte_burst,
+        new_entries_per_min,
+        gossip_records_per_min,
+        max_ttl,
+        handshakes_per_ip: usize::try_from(handshakes_per_ip).unwrap_or(d.handshakes_per_ip),
+        handshakes_total: usize::try_from(handshakes_total).unwrap_or(d.handshakes_total),
+        backoff,
+    })
+}
+
 fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Bad> {
     let base = path.map(|p| p.parent().unwrap_or(Path::new("")));
 
@@ -813,6 +1006,15 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
             d
         }
     };
+    let retry_max = match raw.routing.retry_max.as_deref() {
+        None => Duration::from_secs(3600),
+        Some(s) => duration(
+            "routing.retry_max",
+            s,
+            MIN_RETRY_MAX,
+            Duration::from_secs(7 * 86400),
+        )?,
+    };
     let shards = raw.routing.shards.unwrap_or(1);
     if shards != 1 {
         return Err(bad(
@@ -906,6 +1108,8 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
         }
     };
 
+    let limits = validate_limits(raw.limits, ttl)?;
+
     // The range checks above make these conversions infallible; fall back
     // to the defaults rather than panic all the same.
     Ok(Config {
@@ -926,12 +1130,14 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
             ttl,
             shards: u8::try_from(shards).unwrap_or(1),
             shards_needed: u8::try_from(shards_needed).unwrap_or(1),
+            retry_max,
         },
         client: ClientConfig {
             socket,
             legacy_port,
         },
         log: LogConfig { level, format },
+        limits,
         source: path.map(Path::to_path_buf),
     })
 }
@@ -1010,6 +1216,7 @@ mod tests {
                 ttl: Duration::from_secs(7 * 86400),
                 shards: 1,
                 shards_needed: 1,
+                retry_max: Duration::from_secs(3600),
             },
             client: ClientConfig {
                 socket: PathBuf::from("/home/u/.local/share/hermes/hermes.sock"),
@@ -1019,6 +1226,7 @@ mod tests {
                 level: LogLevel::Info,
                 format: LogFormat::Text,
             },
+            limits: LimitsConfig::default(),
             source: None,
         }
     }
@@ -1127,6 +1335,7 @@ mod tests {
                     ttl: Duration::from_secs(90),
                     shards: 1,
                     shards_needed: 1,
+                    retry_max: Duration::from_secs(3600),
                 },
                 client: ClientConfig {
                     socket: PathBuf::from("/run/hermes.sock"),
@@ -1136,6 +1345,7 @@ mod tests {
                     level: LogLevel::Trace,
                     format: LogFormat::Json,
                 },
+                limits: LimitsConfig::default(),
                 source: Some(PathBuf::from("/etc/hermes/node.toml")),
             }
         );
@@ -1277,12 +1487,47 @@ mod tests {
             Duration::from_secs(5400)
         );
 
+        assert_key("[routing]\nretry_max = \"1s\"", "routing.retry_max");
+        assert_key("[routing]\nretry_max = \"8d\"", "routing.retry_max");
+        assert_eq!(
+            ok("[routing]\nretry_max = \"6h\"").routing.retry_max,
+            Duration::from_secs(6 * 3600)
+        );
+
         let r = assert_key("[routing]\nshards = 2", "routing.shards");
         assert!(r.contains("not available yet"), "{r}");
         assert_key("[routing]\nshards = 0", "routing.shards");
         assert_key("[routing]\nshards_needed = 0", "routing.shards_needed");
         let r = assert_key("[routing]\nshards_needed = 2", "routing.shards_needed");
         assert!(r.contains("routing.shards (1)"), "{r}");
+    }
+
+    #[test]
+    fn limits_values() {
+        let l = ok("[limits]\npackets_per_sec = 10\npacket_burst = 20\nmax_ttl = \"7d\"\nhandshakes_per_ip = 2\nhandshakes_total = 4\nbackoff = \"30s\"").limits;
+        assert_eq!(l.packets_per_sec, 10);
+        assert_eq!(l.packet_burst, 20);
+        assert_eq!(l.max_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!((l.handshakes_per_ip, l.handshakes_total), (2, 4));
+        assert_eq!(l.backoff, Duration::from_secs(30));
+        assert_key("[limits]\npackets_per_sec = 0", "limits.packets_per_sec");
+        assert_key("[limits]\nbyte_burst = 1000", "limits.byte_burst");
+        assert_key("[limits]\nmax_ttl = \"31d\"", "limits.max_ttl");
+        let r = assert_key("[limits]\nmax_ttl = \"1d\"", "limits.max_ttl");
+        assert!(r.contains("routing.ttl"), "{r}");
+        assert_eq!(
+            ok("[routing]\nttl = \"1h\"\n[limits]\nmax_ttl = \"1h\"")
+                .limits
+                .max_ttl,
+            Duration::from_secs(3600)
+        );
+        let r = assert_key(
+            "[limits]\nhandshakes_per_ip = 9\nhandshakes_total = 8",
+            "limits.handshakes_per_ip",
+        );
+        assert!(r.contains("from 1 to 8"), "{r}");
+        assert_key("[limits]\nbackoff = \"0s\"", "limits.backoff");
+        assert_key("[limits]\nburst = 3", "limits.burst");
     }
 
     #[test]
@@ -1567,10 +1812,25 @@ mod tests {
             ),
             (
                 "routing",
-                &["mode", "hops", "ttl", "shards", "shards_needed"][..],
+                &["mode", "hops", "ttl", "shards", "shards_needed", "retry_max"][..],
             ),
             ("client", &["socket", "legacy_port"][..]),
             ("log", &["level", "format"][..]),
+            (
+                "limits",
+                &[
+                    "packets_per_sec",
+                    "packet_burst",
+                    "bytes_per_sec",
+                    "byte_burst",
+                    "new_entries_per_min",
+                    "gossip_records_per_min",
+                    "max_ttl",
+                    "handshakes_per_ip",
+                    "handshakes_total",
+                    "backoff",
+                ][..],
+            ),
         ];
         assert_eq!(table.len(), sections.len());
         for (section, keys) in sections {
