@@ -69,6 +69,8 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};
