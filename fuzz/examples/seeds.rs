@@ -1,0 +1,134 @@
+//! Writes seed inputs for the fuzz targets from real encoded values:
+//!
+//! ```sh
+//! cargo run --manifest-path fuzz/Cargo.toml --example seeds -- node_record receipt config
+//! ```
+//!
+//! With no argument it writes every target it knows. Files land in
+//! `fuzz/seeds/<target>/`; each is what the target's decoder reads (for
+//! `node_record` and `receipt`, the body after the frame's version and tag
+//! bytes, which the target adds). Keys are fresh each run, so the files change
+//! every time; run it when a format changes, and commit the result.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hermes::config::Config;
+use hermes::crypto::{Identity, SignedRecord};
+use hermes::wire::link::{LinkBody, LinkFrame, Receipt, MAX_HOPS};
+use hermes::wire::MessageId;
+
+/// The clock the `node_record` target verifies against.
+const NOW: u64 = 1_800_000_000;
+
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+fn dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target)
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a literal socket address")
+}
+
+/// The bytes after a link frame's version and variant tag.
+fn body_bytes(body: LinkBody) -> Vec<u8> {
+    let bytes = LinkFrame::new(body).encode().expect("seed frame encodes");
+    bytes[2..].to_vec()
+}
+
+fn node_record() -> Seeds {
+    let id = Identity::generate();
+    let rec = |listen: &str, relay: bool, time: u64| {
+        let r = SignedRecord::sign(&id, addr(listen), relay, time);
+        body_bytes(LinkBody::Record(r))
+    };
+    vec![
+        ("v4_relay", rec("127.0.0.2:58008", true, NOW)),
+        ("v6_no_relay", rec("[2001:db8::7]:4000", false, NOW - 86_400)),
+        ("from_the_future", rec("10.1.2.3:58008", true, NOW + 3_600)),
+    ]
+}
+
+fn receipt() -> Seeds {
+    let bob = Identity::generate();
+    let mut relayed = Receipt::sign(&bob, MessageId([7; 16]), NOW + 604_800);
+    relayed.hops_left = 0;
+    vec![
+        (
+            "fresh",
+            body_bytes(LinkBody::Receipt(Receipt::sign(
+                &bob,
+                MessageId([1; 16]),
+                NOW,
+            ))),
+        ),
+        ("last_hop", body_bytes(LinkBody::Receipt(relayed))),
+        (
+            "max_hops_no_expiry",
+            body_bytes(LinkBody::Receipt(Receipt {
+                hops_left: MAX_HOPS,
+                ..Receipt::sign(&bob, MessageId::random(), 0)
+            })),
+        ),
+    ]
+}
+
+fn config() -> Seeds {
+    // The shipped file without its comments (its keys are the defaults).
+    let shipped: String = include_str!("../../config/node.toml")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let small = "[node]\nlisten = \"127.0.0.2\"\ndata_dir = \"d\"\n\
+                 [network]\nbootstrap = [\"127.0.0.3\", \"[::1]:4000\"]\n";
+    let every = "[node]\nlisten = \"[::]:4000\"\ndata_dir = \"~/h\"\nadvertise = \"192.0.2.1\"\n\
+                 relay = false\n\
+                 [network]\nbootstrap = [\"10.0.0.1:1\"]\nmin_neighbours = 0\nmax_neighbours = 64\n\
+                 [routing]\nmode = \"flood\"\nhops = 8\nttl = \"1h 30m\"\nshards = 1\n\
+                 shards_needed = 1\nretry_max = \"2s\"\n\
+                 [client]\nsocket = \"/tmp/h.sock\"\nlegacy_port = 4001\n\
+                 [log]\nlevel = \"trace\"\nformat = \"json\"\n\
+                 [limits]\npackets_per_sec = 1\npacket_burst = 10000000\nbytes_per_sec = 1024\n\
+                 byte_burst = 65535\nnew_entries_per_min = 1\ngossip_records_per_min = 1000000\n\
+                 max_ttl = \"2h\"\nhandshakes_per_ip = 1\nhandshakes_total = 4096\nbackoff = \"7d\"\n";
+    let seeds = vec![
+        ("shipped", shipped.as_str()),
+        ("empty", ""),
+        ("small", small),
+        ("every_key", every),
+    ];
+    for (name, text) in &seeds {
+        if let Err(e) = Config::from_toml(text, Path::new("/etc/hermes/node.toml")) {
+            panic!("config seed {name} is refused: {e}");
+        }
+    }
+    seeds
+        .into_iter()
+        .map(|(n, t)| (n, t.as_bytes().to_vec()))
+        .collect()
+}
+
+fn main() {
+    let all: [(&str, fn() -> Seeds); 3] = [
+        ("node_record", node_record),
+        ("receipt", receipt),
+        ("config", config),
+    ];
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    for (target, make) in all {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == target) {
+            continue;
+        }
+        let d = dir(target);
+        fs::create_dir_all(&d).expect("create the seed folder");
+        for (name, bytes) in make() {
+            fs::write(d.join(name), &bytes).expect("write a seed");
+            println!("{target}/{name}: {} bytes", bytes.len());
+        }
+    }
+}
