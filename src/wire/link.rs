@@ -341,6 +341,35 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A receipt verifies only as signed: any change to the id, the
+        /// recipient, the expiry or the signature is refused; the hop count
+        /// (the relay's to change) is not signed.
+        #[test]
+        fn receipt_changes_are_refused(
+            which in 0usize..4,
+            byte in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            delta in 1u64..u64::MAX,
+            hops in 0..=MAX_HOPS,
+        ) {
+            let bob = Identity::generate();
+            let r = Receipt::sign(&bob, MessageId([5; 16]), 1_800_000_000);
+            let mut changed = r.clone();
+            match which {
+                0 => changed.id.0[byte.index(16)] ^= flip,
+                1 => changed.recipient.0[byte.index(32)] ^= flip,
+                2 => changed.expires_at = changed.expires_at.wrapping_add(delta),
+                _ => changed.signature[byte.index(64)] ^= flip,
+            }
+            prop_assert!(!changed.verify());
+            let mut relayed = r;
+            relayed.hops_left = hops;
+            prop_assert!(relayed.verify());
+        }
+    }
+
+    proptest! {
         #[test]
         fn frames_round_trip(body in arb_body()) {
             let frame = LinkFrame::new(body);
