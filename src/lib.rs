@@ -15,5 +15,6 @@ pub mod crypto;
 pub mod logging;
 pub mod node;
 pub mod overlay;
+pub mod routing;
 pub mod store;
 pub mod wire;

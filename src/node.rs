@@ -23,7 +23,7 @@ use crate::actors::inbox::Inbox;
 use crate::actors::listener::{Listener, StopAccepting};
 use crate::actors::neighbours::{Leave, NeighbourManager};
 use crate::actors::peer_session::LinkIdentity;
-use crate::actors::router::Router;
+use crate::actors::router::{Router, RouterConfig};
 use crate::config::Config;
 use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
 use crate::store::{Store, StoreError};
@@ -112,8 +112,14 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     };
     let router = {
         let (me, store, inbox, log) = (me.clone(), store.clone(), inbox.clone(), log.clone());
-        let (ttl, relay) = (config.routing.ttl, config.node.relay);
-        Supervisor::start(move |_| Router::new(me, store, inbox, ttl, relay, &log))
+        let cfg = RouterConfig {
+            ttl: config.routing.ttl,
+            relay: config.node.relay,
+            retry_max: config.routing.retry_max,
+            max_ttl: config.limits.max_ttl,
+            new_entries_per_min: config.limits.new_entries_per_min,
+        };
+        Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), &log))
     };
     let neighbours = {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());

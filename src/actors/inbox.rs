@@ -59,6 +59,8 @@ pub enum InboxError {
 pub struct Deliver {
     pub msg: InboxMessage,
     pub receipt: Receipt,
+    /// Until when (Unix seconds) the id is kept as delivered.
+    pub mark_until: u64,
 }
 
 impl Handler<Deliver> for Inbox {
@@ -66,7 +68,8 @@ impl Handler<Deliver> for Inbox {
     fn handle(&mut self, d: Deliver, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
         let r = guard(self, ctx, &log, "inbox", |this, _| {
-            this.store.inbox_deliver(&d.msg, &d.receipt, unix_now())
+            this.store
+                .inbox_deliver(&d.msg, &d.receipt, d.mark_until, unix_now())
         });
         let store = self.store.clone();
         Box::pin(async move {

@@ -2,14 +2,18 @@
 //!
 //! Flood mode (the seed's design, done properly): the origin seals a message
 //! to the recipient and sends it to every neighbour; each node forwards a
-//! copy once to every neighbour but the one it came from, with a hop limit;
-//! the drop list kills duplicates. The recipient writes the message to its
-//! inbox (flushed), then floods a signed receipt; every node that sees a valid
-//! receipt marks the id delivered and stops forwarding it, and the origin
-//! removes the message from its outbox. Until then the origin resends it,
-//! as a new attempt, with exponential backoff, up to its time to live, across
-//! any number of restarts. A late copy of a delivered message is answered with
-//! the stored receipt, so an origin that missed the receipt still gets it.
+//! copy once to every neighbour but the one it came from, with a hop limit.
+//! Relays suppress duplicates with a short-lived, bounded, in-memory
+//! [`FloodFilter`] keyed on a digest of the sealed bytes, so a relay stores
+//! nothing per packet and a forged copy cannot suppress the genuine one. The
+//! recipient opens and verifies the letter ([`crate::routing::accept`]), writes
+//! it to its inbox with its delivered mark (flushed), then floods a signed
+//! receipt back; relays pass a receipt on only for a message they passed on,
+//! and the origin removes the message from its outbox. Until then the origin
+//! resends it, as a new attempt, with exponential backoff up to
+//! `routing.retry_max`, until its time to live, across any number of
+//! restarts. A late copy of a delivered message is answered with the stored
+//! receipt, so an origin that missed the receipt still gets it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,8 +28,11 @@ use super::inbox::{Deliver, Inbox};
 use super::peer_session::{probe, LinkIdentity, PeerHandle};
 use super::{backoff_delay, fault_handler, guard};
 use crate::config::DEFAULT_PORT;
-use crate::crypto::seal::{self, Sealed};
+use crate::crypto::seal;
 use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
+use crate::routing::accept::{open_packet, Header};
+use crate::routing::filter::copy_key;
+use crate::routing::{CopyVerdict, FloodFilter};
 use crate::store::{Counter, DropEntry, DropKey, OutboxEntry, Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
@@ -34,16 +41,14 @@ use crate::wire::MessageId;
 
 /// How often the outbox is checked for messages due to be (re)sent.
 pub const RETRY_TICK: Duration = Duration::from_millis(250);
-/// First retry delay; doubles per attempt up to [`RETRY_MAX`].
+/// First retry delay; doubles per attempt up to `routing.retry_max`.
 pub const RETRY_MIN: Duration = Duration::from_secs(2);
-pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// The window over which `limits.new_entries_per_min` is counted.
+pub const ENTRY_BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// Most outbox entries sent in one tick, so a large backlog cannot stall the router.
 pub const SENDS_PER_TICK: usize = 256;
 /// How often expired drop-list entries are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// A packet whose expiry is further ahead than this is refused: it would
-/// pin drop-list entries for too long.
-pub const MAX_EXPIRY_AHEAD_SECS: u64 = 31 * 24 * 3600;
 /// Router mailbox: sessions wait (back-pressure) when it is full.
 pub const MAILBOX: usize = 256;
 
@@ -61,14 +66,40 @@ pub enum PushError {
     Restarted,
 }
 
+/// What the Router needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// `routing.ttl`: how long this node's own messages are retried.
+    pub ttl: Duration,
+    /// `node.relay`: whether other nodes' packets are passed on.
+    pub relay: bool,
+    /// `routing.retry_max`: the longest wait between two sendings.
+    pub retry_max: Duration,
+    /// `limits.max_ttl`: the furthest expiry accepted, and the longest any
+    /// letter lives.
+    pub max_ttl: Duration,
+    /// `limits.new_entries_per_min`: filter entries one peer may create.
+    pub new_entries_per_min: u32,
+}
+
+/// How many filter entries one peer created in the current window.
+#[derive(Debug, Clone, Copy)]
+struct EntryCount {
+    window_start_ms: u64,
+    count: u32,
+}
+
 pub struct Router {
     me: LinkIdentity,
     store: Store,
     inbox: Addr<Inbox>,
-    ttl: Duration,
-    relay: bool,
+    cfg: RouterConfig,
     neighbours: HashMap<Address, PeerHandle>,
     waiters: HashMap<MessageId, Vec<oneshot::Sender<bool>>>,
+    /// Duplicate suppression; in memory, bounded, short-lived.
+    filter: FloodFilter,
+    /// Per-neighbour entry budgets (only neighbours: bounded by max_neighbours).
+    entries: HashMap<Address, EntryCount>,
     log: slog::Logger,
 }
 
@@ -77,19 +108,58 @@ impl Router {
         me: LinkIdentity,
         store: Store,
         inbox: Addr<Inbox>,
-        ttl: Duration,
-        relay: bool,
+        cfg: RouterConfig,
         log: &slog::Logger,
     ) -> Router {
         Router {
             me,
             store,
             inbox,
-            ttl,
-            relay,
+            cfg,
             neighbours: HashMap::new(),
             waiters: HashMap::new(),
+            filter: FloodFilter::default(),
+            entries: HashMap::new(),
             log: log.new(slog::o!("actor" => "router")),
+        }
+    }
+
+    fn max_ttl_secs(&self) -> u64 {
+        self.cfg.max_ttl.as_secs()
+    }
+
+    /// Counts one filter entry created by `from`; false once that peer is
+    /// over its budget for the current window (its packets are then dropped
+    /// and its link cut).
+    fn charge_entry(&mut self, from: Option<Address>, now_ms: u64) -> bool {
+        let Some(from) = from else { return true };
+        let window = ENTRY_BUDGET_WINDOW.as_millis() as u64;
+        let c = self.entries.entry(from).or_insert(EntryCount {
+            window_start_ms: now_ms,
+            count: 0,
+        });
+        if now_ms.saturating_sub(c.window_start_ms) >= window {
+            *c = EntryCount {
+                window_start_ms: now_ms,
+                count: 0,
+            };
+        }
+        c.count = c.count.saturating_add(1);
+        if c.count <= self.cfg.new_entries_per_min {
+            return true;
+        }
+        if c.count == self.cfg.new_entries_per_min.saturating_add(1) {
+            slog::warn!(self.log, "peer over budget: too many new packets"; "peer" => ?from, "budget" => "new_entries_per_min", "limit" => self.cfg.new_entries_per_min);
+            self.report_over_budget(from);
+        }
+        false
+    }
+
+    /// Tells the peer's session it broke a budget: it is cut and backed off.
+    fn report_over_budget(&mut self, from: Address) {
+        if let Some(h) = self.neighbours.get(&from) {
+            h.session
+                .do_send(super::peer_session::Close { farewell: None });
         }
     }
 
@@ -165,34 +235,34 @@ impl Router {
             expires_at: entry.expires_at,
             sealed: entry.sealed.clone(),
         };
+        let retry_max = self.cfg.retry_max;
         if entry.recipient == self.my_address() {
             // A message to ourselves goes straight to delivery.
-            entry.next_try_ms = now_ms + RETRY_MAX.as_millis() as u64;
+            entry.next_try_ms = now_ms + retry_max.as_millis() as u64;
             self.save_entry(&id, &entry);
             ctx.spawn(self.deliver(packet));
             return;
         }
         if self.neighbours.is_empty() {
             // Nobody to send to: wait; a neighbour coming up hurries it.
-            entry.next_try_ms = now_ms + RETRY_MAX.as_millis() as u64;
+            entry.next_try_ms = now_ms + retry_max.as_millis() as u64;
             self.save_entry(&id, &entry);
             return;
         }
-        let seen = DropKey::Seen {
-            id,
-            attempt: entry.attempts,
-        };
-        let mark = DropEntry {
-            expires_at: entry.expires_at,
-            receipt: None,
-        };
-        if let Err(e) = self.store.drop_insert_new(&seen, &mark, unix_now()) {
-            slog::warn!(self.log, "cannot update the drop list"; "error" => %e);
-        }
+        // Remember our own copy, so echoes of it are not passed on again
+        // and the receipt is wanted when it comes back.
+        self.filter.on_copy(
+            copy_key(&packet, true),
+            &packet.id,
+            &packet.recipient,
+            packet.expires_at,
+            packet.hops_left,
+            now_ms,
+        );
         let sent = self.flood(&LinkFrame::new(LinkBody::Packet(packet)), None);
         entry.attempts = entry.attempts.saturating_add(1);
         entry.next_try_ms =
-            now_ms + backoff_delay(RETRY_MIN, RETRY_MAX, entry.attempts).as_millis() as u64;
+            now_ms + backoff_delay(RETRY_MIN, retry_max, entry.attempts).as_millis() as u64;
         if entry.attempts > 1 {
             self.bump(Counter::Retried);
             slog::info!(self.log, "message retried"; "id" => %id, "attempt" => entry.attempts, "neighbours" => sent);
@@ -221,57 +291,43 @@ impl Router {
         p: FloodPacket,
         from: Option<Address>,
     ) -> Option<ResponseActFuture<Self, ()>> {
-        let now = unix_now();
-        if p.expires_at <= now || p.expires_at > now + MAX_EXPIRY_AHEAD_SECS {
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
+        if p.expires_at <= now || p.expires_at > now.saturating_add(self.max_ttl_secs()) {
             slog::debug!(self.log, "packet dropped: expired or expiry too far ahead"; "id" => %p.id);
             self.bump(Counter::Dropped);
             return None;
         }
-        match self.store.drop_get(&DropKey::Delivered(p.id), now) {
-            Ok(Some(done)) => {
+        if p.recipient == self.my_address() {
+            return self.on_packet_for_me(p, from, now_ms);
+        }
+        if !self.relay() {
+            return None;
+        }
+        let key = copy_key(&p, true);
+        match self
+            .filter
+            .on_copy(key, &p.id, &p.recipient, p.expires_at, p.hops_left, now_ms)
+        {
+            CopyVerdict::Delivered(r) => {
                 // Already delivered: answer a late copy with the receipt.
                 self.bump(Counter::Replays);
-                if let (Some(r), Some(from)) = (done.receipt, from) {
-                    if let Some(h) = self.neighbours.get(&from) {
-                        if let Ok(bytes) = LinkFrame::new(LinkBody::Receipt(r)).encode() {
-                            h.send(bytes.into());
-                        }
-                    }
-                }
+                self.send_receipt_to(r, from);
                 return None;
             }
-            Ok(None) => {}
-            Err(e) => {
-                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
-                return None;
-            }
-        }
-        let seen = DropKey::Seen {
-            id: p.id,
-            attempt: p.attempt,
-        };
-        match self.store.drop_insert_new(
-            &seen,
-            &DropEntry {
-                expires_at: p.expires_at,
-                receipt: None,
-            },
-            now,
-        ) {
-            Ok(true) => {}
-            Ok(false) => {
+            CopyVerdict::Duplicate => {
                 self.bump(Counter::Dropped);
                 return None;
             }
-            Err(e) => {
-                slog::error!(self.log, "cannot update the drop list"; "error" => %e);
-                return None;
+            CopyVerdict::New => {
+                if !self.charge_entry(from, now_ms) {
+                    self.bump(Counter::Dropped);
+                    return None;
+                }
             }
+            CopyVerdict::MoreHops => {}
         }
-        if p.recipient == self.my_address() {
-            return Some(self.deliver(p));
-        }
-        if self.relay && p.hops_left > 0 {
+        if p.hops_left > 0 {
             let mut fwd = p;
             fwd.hops_left -= 1;
             let id = fwd.id;
@@ -284,38 +340,97 @@ impl Router {
         None
     }
 
-    /// Opens a packet addressed to this node, stores it (flushed), then
-    /// floods the receipt.
+    fn relay(&self) -> bool {
+        self.cfg.relay
+    }
+
+    /// A packet addressed to this node: answered from the delivered mark if
+    /// it was delivered before, else opened once (whatever its attempt).
+    fn on_packet_for_me(
+        &mut self,
+        p: FloodPacket,
+        from: Option<Address>,
+        now_ms: u64,
+    ) -> Option<ResponseActFuture<Self, ()>> {
+        match self
+            .store
+            .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)
+        {
+            Ok(Some(done)) => {
+                self.bump(Counter::Replays);
+                if let Some(r) = done.receipt {
+                    self.send_receipt_to(r, from);
+                }
+                return None;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
+                return None;
+            }
+        }
+        // Open each distinct sealed message once: the key leaves out the
+        // attempt and the hops, and covers every sealed byte, so a forged
+        // copy never stands in for the genuine one.
+        let key = copy_key(&p, false);
+        match self
+            .filter
+            .on_copy(key, &p.id, &p.recipient, p.expires_at, u8::MAX, now_ms)
+        {
+            CopyVerdict::New => {}
+            _ => return None,
+        }
+        if !self.charge_entry(from, now_ms) {
+            self.bump(Counter::Dropped);
+            return None;
+        }
+        Some(self.deliver(p))
+    }
+
+    fn send_receipt_to(&self, r: Receipt, to: Option<Address>) {
+        let Some(h) = to.and_then(|a| self.neighbours.get(&a)) else {
+            return;
+        };
+        if let Ok(bytes) = LinkFrame::new(LinkBody::Receipt(r)).encode() {
+            h.send(bytes.into());
+        }
+    }
+
+    /// Opens a packet addressed to this node, checks its letter, stores it
+    /// with its delivered mark (flushed), then floods the receipt.
     fn deliver(&mut self, p: FloodPacket) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
-        let me = self.my_address();
         let inbox = self.inbox.clone();
         let store = self.store.clone();
         let log = self.log.clone();
+        let max_ttl = self.max_ttl_secs();
         let id = p.id;
-        let expires_at = p.expires_at;
+        let header = Header {
+            id: p.id,
+            recipient: p.recipient,
+            expires_at: p.expires_at,
+        };
         let sealed = p.sealed;
         let fut = async move {
             let opened = actix_rt::task::spawn_blocking(move || {
-                let plain = seal::open(&identity, &sealed, &seal_aad(&id, &me))
-                    .map_err(|e| e.to_string())?;
-                let letter = Letter::decode(&plain).map_err(|e| e.to_string())?;
-                check_letter(&letter, &sealed, id)?;
-                let receipt = Receipt::sign(&identity, id, expires_at);
-                Ok::<_, String>((letter, receipt))
+                let accepted = open_packet(&identity, header, &sealed, unix_now_ms(), max_ttl)?;
+                let receipt = Receipt::sign(&identity, id, accepted.letter.expires_at);
+                Ok::<_, crate::routing::RejectReason>((accepted, receipt))
             })
             .await;
-            let (letter, receipt) = match opened {
+            let (accepted, receipt) = match opened {
                 Ok(Ok(x)) => x,
                 Ok(Err(why)) => {
-                    slog::warn!(log, "message dropped: does not open"; "id" => %id, "reason" => why);
-                    return None;
+                    // Anyone can send junk: not worth a line each.
+                    slog::debug!(log, "message dropped: not accepted"; "id" => %id, "reason" => %why);
+                    return Err(());
                 }
                 Err(e) => {
                     slog::error!(log, "opening task failed"; "error" => %e);
-                    return None;
+                    return Ok(None);
                 }
             };
+            let letter = accepted.letter;
             if let Err(e) = store.peer_put(&letter.sender) {
                 slog::warn!(log, "cannot store the sender's record"; "error" => %e);
             }
@@ -331,6 +446,7 @@ impl Router {
                 .send(Deliver {
                     msg,
                     receipt: receipt.clone(),
+                    mark_until: accepted.mark_until,
                 })
                 .await
             {
@@ -338,20 +454,24 @@ impl Router {
                     if new {
                         slog::info!(log, "message delivered"; "id" => %id, "from" => ?letter.sender.record.address);
                     }
-                    Some(receipt)
+                    Ok(Some(receipt))
                 }
                 Ok(Err(e)) => {
                     slog::error!(log, "cannot store a delivered message"; "id" => %id, "error" => %e);
-                    None
+                    Ok(None)
                 }
                 Err(e) => {
                     slog::error!(log, "inbox unavailable"; "error" => %e);
-                    None
+                    Ok(None)
                 }
             }
         };
         Box::pin(fut.into_actor(self).map(move |receipt, this, _ctx| {
-            let Some(receipt) = receipt else { return };
+            let receipt = match receipt {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(()) => return this.bump(Counter::Dropped),
+            };
             // Our own message to ourselves is delivered now.
             if this.store.outbox_delivered(&id).unwrap_or(false) {
                 this.notify(&id, true);
@@ -361,67 +481,58 @@ impl Router {
     }
 
     fn on_receipt(&mut self, mut r: Receipt, from: Option<Address>) {
-        let now = unix_now();
-        if r.expires_at <= now || r.expires_at > now + MAX_EXPIRY_AHEAD_SECS {
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
+        if r.expires_at <= now || r.expires_at > now.saturating_add(self.max_ttl_secs()) {
             self.bump(Counter::Dropped);
             return;
         }
-        match self.store.drop_get(&DropKey::Delivered(r.id), now) {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
+        // Ours: a message in the outbox for exactly this recipient and expiry.
+        let ours = match self.store.outbox_get(&r.id) {
+            Ok(Some(out)) => {
+                (out.recipient == r.recipient && out.expires_at == r.expires_at).then_some(out)
+            }
+            Ok(None) => None,
             Err(e) => {
-                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
+                slog::error!(self.log, "cannot read the outbox"; "error" => %e);
                 return;
             }
+        };
+        // Receipts pass only for messages passed on, once; the cheap check
+        // first, the signature after.
+        let wanted = self.filter.wants_receipt(&r, now_ms);
+        if !wanted && ours.is_none() {
+            return;
         }
         if !r.verify() {
-            slog::warn!(self.log, "receipt dropped: bad signature"; "id" => %r.id, "from" => ?from);
+            slog::debug!(self.log, "receipt dropped: bad signature"; "id" => %r.id, "from" => ?from);
             self.bump(Counter::Dropped);
             return;
         }
-        let entry = DropEntry {
-            expires_at: r.expires_at,
-            receipt: Some(r.clone()),
-        };
-        if let Err(e) = self
-            .store
-            .drop_insert_new(&DropKey::Delivered(r.id), &entry, now)
-        {
-            slog::error!(self.log, "cannot update the drop list"; "error" => %e);
-            return;
-        }
-        match self.store.outbox_get(&r.id) {
-            Ok(Some(out)) if out.recipient == r.recipient => {
-                if let Err(e) = self.store.outbox_delivered(&r.id) {
-                    slog::error!(self.log, "cannot update the outbox"; "error" => %e);
-                }
-                slog::info!(self.log, "delivery confirmed"; "id" => %r.id, "attempts" => out.attempts);
-                self.notify(&r.id, true);
+        self.filter.add_receipt(r.clone());
+        if let Some(out) = ours {
+            let entry = DropEntry {
+                expires_at: r.expires_at,
+                receipt: Some(r.clone()),
+            };
+            if let Err(e) = self
+                .store
+                .drop_insert_new(&DropKey::Delivered(r.id), &entry, now)
+            {
+                slog::error!(self.log, "cannot update the drop list"; "error" => %e);
+                return;
             }
-            Ok(_) => {}
-            Err(e) => slog::error!(self.log, "cannot read the outbox"; "error" => %e),
+            if let Err(e) = self.store.outbox_delivered(&r.id) {
+                slog::error!(self.log, "cannot update the outbox"; "error" => %e);
+            }
+            slog::info!(self.log, "delivery confirmed"; "id" => %r.id, "attempts" => out.attempts);
+            self.notify(&r.id, true);
         }
-        if r.hops_left > 0 {
+        if wanted && r.hops_left > 0 {
             r.hops_left -= 1;
             self.flood(&LinkFrame::new(LinkBody::Receipt(r)), from);
         }
     }
-}
-
-/// The letter must be the one the header names, from the key that sealed it,
-/// with a valid record of the sender.
-fn check_letter(letter: &Letter, sealed: &Sealed, id: MessageId) -> Result<(), String> {
-    if letter.version != LETTER_VERSION || letter.id != id {
-        return Err("letter does not match its header".into());
-    }
-    letter
-        .sender
-        .verify(unix_now())
-        .map_err(|e| format!("sender record: {e}"))?;
-    if letter.sender.record.kem_key != sealed.sender_kem {
-        return Err("sender record names another key than the one that sealed it".into());
-    }
-    Ok(())
 }
 
 /// Finds the signed record for a `--to` value: a node address, or an IP
@@ -510,7 +621,7 @@ impl Handler<Push> for Router {
                     msg.text.len()
                 )));
             }
-            Ok((this.me.clone(), this.store.clone(), this.ttl))
+            Ok((this.me.clone(), this.store.clone(), this.cfg.ttl))
         });
         let (me, store, ttl) = match r {
             Some(Ok(x)) => x,
@@ -521,21 +632,24 @@ impl Handler<Push> for Router {
             let recipient = resolve(&msg.to, &store, &me).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
+            let to = recipient.record.address;
+            let expires_at = now_ms / 1000 + ttl.as_secs();
             let letter = Letter {
                 version: LETTER_VERSION,
                 id,
+                recipient: to,
                 sender: (*me.record).clone(),
                 sent_ms: now_ms,
+                expires_at,
                 text: msg.text,
             };
             let plain = letter
                 .encode()
                 .map_err(|e| PushError::BadInput(e.to_string()))?;
-            let to = recipient.record.address;
             let kem = recipient.record.kem_key;
             let identity: Arc<_> = me.identity.clone();
             let sealed = actix_rt::task::spawn_blocking(move || {
-                seal::seal(&identity, &kem, &seal_aad(&id, &to), &plain)
+                seal::seal(&identity, &kem, &seal_aad(&id, &to, expires_at), &plain)
             })
             .await
             .map_err(|e| PushError::Seal(e.to_string()))?
@@ -543,7 +657,7 @@ impl Handler<Push> for Router {
             let entry = OutboxEntry {
                 recipient: to,
                 created_ms: now_ms,
-                expires_at: now_ms / 1000 + ttl.as_secs(),
+                expires_at,
                 attempts: 0,
                 next_try_ms: now_ms,
                 sealed,
@@ -621,6 +735,7 @@ impl Handler<NeighbourDown> for Router {
             .is_some_and(|h| h.session_id == msg.session_id)
         {
             self.neighbours.remove(&msg.address);
+            self.entries.remove(&msg.address);
         }
     }
 }

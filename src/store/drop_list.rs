@@ -1,13 +1,17 @@
-//! The drop list: ids this node has seen, so duplicates and replays die.
+//! The drop list: ids of messages delivered to this node, or confirmed to it
+//! by a verified receipt, so replays die.
 //!
-//! Two kinds of entry: a *seen* entry per flooded copy (message id and
-//! attempt), so each copy is forwarded once; and a *delivered* entry per
-//! message id, written when a verified receipt passes (or when this node
-//! delivered the message itself), which stops any later copy and keeps the
-//! receipt so it can be sent back to whoever forwards a late copy.
-//! Every entry expires only after the last moment a copy can still be
-//! accepted (the message's own expiry); an index tree keyed by expiry time
-//! makes the periodic sweep cheap, and reads check expiry too.
+//! One kind of entry: a *delivered* entry per message id, written in the same
+//! transaction as the inbox entry when this node accepts a message (after it
+//! opened and verified the letter), or when a verified receipt settles one
+//! of its own messages. It stops any later copy and keeps the receipt, so a
+//! late copy is answered with it. A delivered mark lives until the letter's
+//! sent time + the longest time to live (`routing::accept::mark_until`),
+//! after which every copy is refused by its sent time anyway; an index tree
+//! keyed by expiry time makes the periodic sweep cheap, and reads check
+//! expiry too. Relays keep nothing here: their duplicate suppression is the
+//! in-memory `routing::FloodFilter`. (Key prefix 0 was the per-copy "seen"
+//! entry of earlier versions; such entries are only swept.)
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
@@ -22,20 +26,12 @@ pub const SWEEP_BATCH: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropKey {
-    Seen { id: MessageId, attempt: u32 },
     Delivered(MessageId),
 }
 
 impl DropKey {
     pub(super) fn bytes(&self) -> Vec<u8> {
         match self {
-            DropKey::Seen { id, attempt } => {
-                let mut k = Vec::with_capacity(21);
-                k.push(0);
-                k.extend_from_slice(&id.0);
-                k.extend_from_slice(&attempt.to_be_bytes());
-                k
-            }
             DropKey::Delivered(id) => {
                 let mut k = Vec::with_capacity(17);
                 k.push(1);
@@ -153,27 +149,17 @@ mod tests {
     }
 
     #[test]
-    fn seen_once_then_duplicate() {
+    fn delivered_once_then_duplicate() {
         let (_d, s) = store();
-        let key = DropKey::Seen {
-            id: MessageId([1; 16]),
-            attempt: 0,
-        };
+        let key = DropKey::Delivered(MessageId([1; 16]));
         let e = DropEntry {
             expires_at: 100,
             receipt: None,
         };
         assert!(s.drop_insert_new(&key, &e, 10).unwrap());
         assert!(!s.drop_insert_new(&key, &e, 10).unwrap());
-        // Another attempt of the same message is a different copy.
-        let key2 = DropKey::Seen {
-            id: MessageId([1; 16]),
-            attempt: 1,
-        };
-        assert!(s.drop_insert_new(&key2, &e, 10).unwrap());
-        // Delivered is its own kind.
         assert!(s
-            .drop_get(&DropKey::Delivered(MessageId([1; 16])), 10)
+            .drop_get(&DropKey::Delivered(MessageId([2; 16])), 10)
             .unwrap()
             .is_none());
     }
@@ -242,24 +228,24 @@ mod tests {
         /// when the model has no live entry for it, and a sweep removes
         /// exactly the expired entries.
         #[test]
-        fn matches_a_model(ops in proptest::collection::vec((0u8..8, 0u32..3, 1u64..50, 0u64..60), 1..60), sweep_at in 0u64..60) {
+        fn matches_a_model(ops in proptest::collection::vec((0u8..24, 1u64..50, 0u64..60), 1..60), sweep_at in 0u64..60) {
             let (_d, s) = store();
-            let mut model: HashMap<(u8, u32), u64> = HashMap::new();
-            for (id, attempt, ttl, now) in ops {
-                let key = DropKey::Seen { id: MessageId([id; 16]), attempt };
+            let mut model: HashMap<u8, u64> = HashMap::new();
+            for (id, ttl, now) in ops {
+                let key = DropKey::Delivered(MessageId([id; 16]));
                 let expires_at = now + ttl;
-                let live = model.get(&(id, attempt)).is_some_and(|&exp| exp > now);
+                let live = model.get(&id).is_some_and(|&exp| exp > now);
                 let inserted = s.drop_insert_new(&key, &DropEntry { expires_at, receipt: None }, now).unwrap();
                 prop_assert_eq!(inserted, !live);
                 if inserted {
-                    model.insert((id, attempt), expires_at);
+                    model.insert(id, expires_at);
                 }
             }
             s.drop_sweep(sweep_at).unwrap();
             let remaining = model.values().filter(|&&exp| exp > sweep_at).count();
             prop_assert_eq!(s.drop_len(), remaining);
-            for ((id, attempt), exp) in &model {
-                let key = DropKey::Seen { id: MessageId([*id; 16]), attempt: *attempt };
+            for (id, exp) in &model {
+                let key = DropKey::Delivered(MessageId([*id; 16]));
                 prop_assert_eq!(s.drop_get(&key, sweep_at).unwrap().is_some(), *exp > sweep_at);
             }
         }

@@ -15,12 +15,14 @@ use crate::wire::link::Receipt;
 use crate::wire::MessageId;
 
 impl Store {
-    /// Stores a delivered message unless its id was delivered before.
-    /// True if it is new. The caller flushes before sending the receipt.
+    /// Stores a delivered message unless its id was delivered before, with
+    /// its delivered mark kept until `mark_until` (Unix seconds). True if it
+    /// is new. The caller flushes before sending the receipt.
     pub fn inbox_deliver(
         &self,
         msg: &InboxMessage,
         receipt: &Receipt,
+        mark_until: u64,
         now: u64,
     ) -> Result<bool, StoreError> {
         let seq = self.db.generate_id()?;
@@ -30,7 +32,7 @@ impl Store {
         let value = postcard::to_stdvec(msg)?;
         let delivered = DropKey::Delivered(msg.id);
         let entry = DropEntry {
-            expires_at: receipt.expires_at,
+            expires_at: mark_until,
             receipt: Some(receipt.clone()),
         };
         let delivered_key = delivered.bytes();
@@ -102,9 +104,9 @@ mod tests {
         let me = Identity::generate();
         let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000);
         let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000);
-        assert!(s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
-        assert!(s.inbox_deliver(&msg(2, "b"), &r2, 10).unwrap());
-        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
+        assert!(s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
+        assert!(s.inbox_deliver(&msg(2, "b"), &r2, 1_000, 10).unwrap());
+        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
         let listed: Vec<String> = s
             .inbox_list(10)
             .unwrap()
@@ -115,7 +117,7 @@ mod tests {
         assert_eq!(s.inbox_remove(&[MessageId([1; 16])]).unwrap(), 1);
         assert_eq!(s.inbox_len(), 1);
         // Pulled and confirmed, yet never delivered again while its entry lives.
-        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 10).unwrap());
+        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
         assert_eq!(s.inbox_len(), 1);
         // The stored receipt is what a late copy is answered with.
         let entry = s
@@ -132,7 +134,7 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             let r = Receipt::sign(&me, MessageId([7; 16]), 1_000);
-            s.inbox_deliver(&msg(7, "kept"), &r, 10).unwrap();
+            s.inbox_deliver(&msg(7, "kept"), &r, 1_000, 10).unwrap();
             s.flush_blocking().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();

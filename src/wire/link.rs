@@ -24,7 +24,8 @@ pub const MAX_GOSSIP_NEIGHBOURS: usize = 64;
 /// Most hops a flooded packet or receipt may travel.
 pub const MAX_HOPS: u8 = 32;
 
-const RECEIPT_DOMAIN: &[u8] = b"hermes/receipt/1\0";
+/// Version 2 signs the id, the recipient and the expiry (version 1: the id only).
+const RECEIPT_DOMAIN: &[u8] = b"hermes/receipt/2\0";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkFrame {
@@ -80,6 +81,10 @@ pub struct FloodPacket {
 }
 
 /// Proof, signed by the recipient, that a message reached its inbox.
+///
+/// The signature covers the id, the recipient and the message's expiry (the
+/// one bound in its letter); `hops_left` is the only field a relay may
+/// change, and it decides nothing but how far the receipt still travels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub id: MessageId,
@@ -90,20 +95,32 @@ pub struct Receipt {
     pub expires_at: u64,
 }
 
+/// The bytes a receipt's signature covers.
+fn receipt_signed_bytes(id: &MessageId, recipient: &Address, expires_at: u64) -> [u8; 56] {
+    let mut b = [0u8; 56];
+    b[..16].copy_from_slice(&id.0);
+    b[16..48].copy_from_slice(&recipient.0);
+    b[48..].copy_from_slice(&expires_at.to_be_bytes());
+    b
+}
+
 impl Receipt {
     pub fn sign(recipient: &Identity, id: MessageId, expires_at: u64) -> Receipt {
+        let signed = receipt_signed_bytes(&id, &recipient.address(), expires_at);
         Receipt {
             id,
             recipient: recipient.address(),
-            signature: recipient.sign(RECEIPT_DOMAIN, &id.0),
+            signature: recipient.sign(RECEIPT_DOMAIN, &signed),
             hops_left: MAX_HOPS,
             expires_at,
         }
     }
 
-    /// True if the named recipient really signed this receipt.
+    /// True if the named recipient really signed this receipt, for this id
+    /// and this expiry.
     pub fn verify(&self) -> bool {
-        verify(&self.recipient, RECEIPT_DOMAIN, &self.id.0, &self.signature)
+        let signed = receipt_signed_bytes(&self.id, &self.recipient, self.expires_at);
+        verify(&self.recipient, RECEIPT_DOMAIN, &signed, &self.signature)
     }
 }
 
@@ -181,11 +198,13 @@ mod tests {
         let letter = Letter {
             version: LETTER_VERSION,
             id,
+            recipient: bob.address(),
             sender: record(&alice),
             sent_ms: 1,
+            expires_at: u64::MAX,
             text: "x".repeat(text_len),
         };
-        let aad = seal_aad(&id, &bob.address());
+        let aad = seal_aad(&id, &bob.address(), u64::MAX);
         let sealed =
             seal::seal(&alice, &bob.kem_public(), &aad, &letter.encode().unwrap()).unwrap();
         FloodPacket {
@@ -246,9 +265,16 @@ mod tests {
         let mut forged = r.clone();
         forged.id = MessageId::random();
         assert!(!forged.verify());
-        let mut forged = r;
+        let mut forged = r.clone();
         forged.recipient = Identity::generate().address();
         assert!(!forged.verify());
+        let mut forged = r.clone();
+        forged.expires_at = 1;
+        assert!(!forged.verify(), "the expiry is signed");
+        // Hops are the relay's to count down.
+        let mut relayed = r;
+        relayed.hops_left = 3;
+        assert!(relayed.verify());
     }
 
     fn arb_body() -> impl Strategy<Value = LinkBody> {
@@ -312,6 +338,35 @@ mod tests {
                 }),
             (0..4usize).prop_map(|n| LinkBody::Full(vec![record(&Identity::generate()); n])),
         ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A receipt verifies only as signed: any change to the id, the
+        /// recipient, the expiry or the signature is refused; the hop count
+        /// (the relay's to change) is not signed.
+        #[test]
+        fn receipt_changes_are_refused(
+            which in 0usize..4,
+            byte in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            delta in 1u64..u64::MAX,
+            hops in 0..=MAX_HOPS,
+        ) {
+            let bob = Identity::generate();
+            let r = Receipt::sign(&bob, MessageId([5; 16]), 1_800_000_000);
+            let mut changed = r.clone();
+            match which {
+                0 => changed.id.0[byte.index(16)] ^= flip,
+                1 => changed.recipient.0[byte.index(32)] ^= flip,
+                2 => changed.expires_at = changed.expires_at.wrapping_add(delta),
+                _ => changed.signature[byte.index(64)] ^= flip,
+            }
+            prop_assert!(!changed.verify());
+            let mut relayed = r;
+            relayed.hops_left = hops;
+            prop_assert!(relayed.verify());
+        }
     }
 
     proptest! {

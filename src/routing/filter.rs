@@ -1,0 +1,380 @@
+//! The relays' duplicate suppression: which copies of a flooded packet this
+//! node has already passed on, and which messages it has seen a receipt for.
+//!
+//! Rules (each one closes an attack that worked against the persisted,
+//! header-keyed drop list this replaces):
+//!
+//! - A copy is known by a digest of everything its sender sealed or chose —
+//!   id, recipient, expiry and the sealed bytes — plus the attempt number
+//!   ([`copy_key`]). A forger without the genuine sealed bytes cannot produce
+//!   the genuine copy's key, so a tampered copy that arrives first never
+//!   suppresses the genuine one, for any attempt number.
+//! - A known copy that comes back with more hops left than before is passed
+//!   on again, so a genuine copy replayed with `hops_left = 0` cannot stop it.
+//! - A receipt is passed on only for a message (id, recipient *and* expiry,
+//!   all three signed in the receipt) that this node passed on within the
+//!   window, and only once: receipts for made-up ids go nowhere.
+//! - Everything here lives in memory for [`SEEN_WINDOW`] (long enough to
+//!   outlive one flood, not the message's time to live) and is bounded by
+//!   [`COPY_CAPACITY`] and [`MESSAGE_CAPACITY`]; the oldest entries go first.
+//!   Replays after the window are stopped where it matters: at the recipient,
+//!   whose persisted delivered mark outlives every copy it would accept.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::crypto::Address;
+use crate::wire::link::{FloodPacket, Receipt};
+use crate::wire::MessageId;
+
+/// How long a copy or a message is remembered.
+pub const SEEN_WINDOW: Duration = Duration::from_secs(120);
+/// Most copies remembered at once.
+pub const COPY_CAPACITY: usize = 32_768;
+/// Most messages (with or without a receipt) remembered at once.
+pub const MESSAGE_CAPACITY: usize = 32_768;
+
+const COPY_DOMAIN: &[u8] = b"hermes/copy/1\0";
+const MESSAGE_DOMAIN: &[u8] = b"hermes/message/1\0";
+
+/// A digest naming one copy of a packet: everything but `hops_left`, and the
+/// attempt only when `with_attempt` (relays pass each attempt on once; the
+/// recipient opens a message once, whatever its attempt).
+pub fn copy_key(p: &FloodPacket, with_attempt: bool) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(COPY_DOMAIN);
+    h.update(p.id.0);
+    h.update(p.recipient.0);
+    h.update(p.expires_at.to_be_bytes());
+    h.update(p.sealed.sender_kem);
+    h.update(p.sealed.enc);
+    h.update((p.sealed.ciphertext.len() as u64).to_be_bytes());
+    h.update(&p.sealed.ciphertext);
+    if with_attempt {
+        h.update([1]);
+        h.update(p.attempt.to_be_bytes());
+    } else {
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// A digest naming a message as its receipt does: id, recipient, expiry.
+fn message_key(id: &MessageId, recipient: &Address, expires_at: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(MESSAGE_DOMAIN);
+    h.update(id.0);
+    h.update(recipient.0);
+    h.update(expires_at.to_be_bytes());
+    h.finalize().into()
+}
+
+/// What to do with an arriving copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyVerdict {
+    /// Not seen before: pass it on.
+    New,
+    /// Seen, but with fewer hops left: pass it on again.
+    MoreHops,
+    /// Seen already: drop it.
+    Duplicate,
+    /// The message is delivered: answer with this receipt, pass nothing on.
+    Delivered(Receipt),
+}
+
+#[derive(Debug)]
+struct Copy {
+    max_hops: u8,
+    at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Message {
+    receipt: Option<Receipt>,
+    at_ms: u64,
+}
+
+/// The in-memory, bounded, short-lived seen set of one node.
+#[derive(Debug)]
+pub struct FloodFilter {
+    window_ms: u64,
+    copy_capacity: usize,
+    message_capacity: usize,
+    copies: HashMap<[u8; 32], Copy>,
+    copy_order: VecDeque<(u64, [u8; 32])>,
+    messages: HashMap<[u8; 32], Message>,
+    message_order: VecDeque<(u64, [u8; 32])>,
+}
+
+impl Default for FloodFilter {
+    fn default() -> Self {
+        FloodFilter::new(SEEN_WINDOW, COPY_CAPACITY, MESSAGE_CAPACITY)
+    }
+}
+
+impl FloodFilter {
+    pub fn new(window: Duration, copy_capacity: usize, message_capacity: usize) -> FloodFilter {
+        FloodFilter {
+            window_ms: window.as_millis() as u64,
+            copy_capacity: copy_capacity.max(1),
+            message_capacity: message_capacity.max(1),
+            copies: HashMap::new(),
+            copy_order: VecDeque::new(),
+            messages: HashMap::new(),
+            message_order: VecDeque::new(),
+        }
+    }
+
+    /// Judges a copy named `key` (from [`copy_key`]) of the message
+    /// (`id`, `recipient`, `expires_at`) arriving with `hops_left`, and
+    /// remembers it. `New` and `MoreHops` are what a relay passes on.
+    pub fn on_copy(
+        &mut self,
+        key: [u8; 32],
+        id: &MessageId,
+        recipient: &Address,
+        expires_at: u64,
+        hops_left: u8,
+        now_ms: u64,
+    ) -> CopyVerdict {
+        self.expire(now_ms);
+        let mkey = message_key(id, recipient, expires_at);
+        if let Some(r) = self.messages.get(&mkey).and_then(|m| m.receipt.clone()) {
+            return CopyVerdict::Delivered(r);
+        }
+        if let Some(c) = self.copies.get_mut(&key) {
+            if hops_left > c.max_hops {
+                c.max_hops = hops_left;
+                return CopyVerdict::MoreHops;
+            }
+            return CopyVerdict::Duplicate;
+        }
+        if self.copies.len() >= self.copy_capacity {
+            Self::evict_oldest(&mut self.copies, &mut self.copy_order);
+        }
+        self.copies.insert(
+            key,
+            Copy {
+                max_hops: hops_left,
+                at_ms: now_ms,
+            },
+        );
+        self.copy_order.push_back((now_ms, key));
+        if !self.messages.contains_key(&mkey) {
+            if self.messages.len() >= self.message_capacity {
+                Self::evict_oldest(&mut self.messages, &mut self.message_order);
+            }
+            self.messages.insert(
+                mkey,
+                Message {
+                    receipt: None,
+                    at_ms: now_ms,
+                },
+            );
+            self.message_order.push_back((now_ms, mkey));
+        }
+        CopyVerdict::New
+    }
+
+    /// True if a receipt like `r` should be verified and passed on: this node
+    /// passed the message on within the window and has no receipt for it yet.
+    /// Cheap; call it before the signature check.
+    pub fn wants_receipt(&mut self, r: &Receipt, now_ms: u64) -> bool {
+        self.expire(now_ms);
+        self.messages
+            .get(&message_key(&r.id, &r.recipient, r.expires_at))
+            .is_some_and(|m| m.receipt.is_none())
+    }
+
+    /// Keeps a receipt whose signature the caller has verified; later copies
+    /// of its message get [`CopyVerdict::Delivered`]. False if the message is
+    /// not (or no longer) remembered.
+    pub fn add_receipt(&mut self, r: Receipt) -> bool {
+        match self
+            .messages
+            .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
+        {
+            Some(m) if m.receipt.is_none() => {
+                m.receipt = Some(r);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies and messages remembered now.
+    pub fn len(&self) -> (usize, usize) {
+        (self.copies.len(), self.messages.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty() && self.messages.is_empty()
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let w = self.window_ms;
+        Self::expire_before(&mut self.copies, &mut self.copy_order, now_ms, w, |c| {
+            c.at_ms
+        });
+        Self::expire_before(
+            &mut self.messages,
+            &mut self.message_order,
+            now_ms,
+            w,
+            |m| m.at_ms,
+        );
+    }
+
+    /// Drops the entries `window_ms` old or older at `now_ms`.
+    fn expire_before<V>(
+        map: &mut HashMap<[u8; 32], V>,
+        order: &mut VecDeque<(u64, [u8; 32])>,
+        now_ms: u64,
+        window_ms: u64,
+        at: impl Fn(&V) -> u64,
+    ) {
+        while let Some(&(t, k)) = order.front() {
+            if t.saturating_add(window_ms) > now_ms {
+                break;
+            }
+            order.pop_front();
+            if map.get(&k).is_some_and(|v| at(v) == t) {
+                map.remove(&k);
+            }
+        }
+    }
+
+    fn evict_oldest<V>(map: &mut HashMap<[u8; 32], V>, order: &mut VecDeque<(u64, [u8; 32])>) {
+        while let Some((_, k)) = order.pop_front() {
+            if map.remove(&k).is_some() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::seal::Sealed;
+    use crate::crypto::Identity;
+    use crate::wire::link::MAX_HOPS;
+    use proptest::prelude::*;
+
+    fn packet(byte: u8) -> FloodPacket {
+        FloodPacket {
+            id: MessageId([byte; 16]),
+            attempt: 0,
+            hops_left: MAX_HOPS,
+            recipient: Address([2; 32]),
+            expires_at: 1_000,
+            sealed: Sealed {
+                sender_kem: [3; 32],
+                enc: [4; 32],
+                ciphertext: vec![byte; 40],
+            },
+        }
+    }
+
+    fn judge(f: &mut FloodFilter, p: &FloodPacket, now_ms: u64) -> CopyVerdict {
+        f.on_copy(
+            copy_key(p, true),
+            &p.id,
+            &p.recipient,
+            p.expires_at,
+            p.hops_left,
+            now_ms,
+        )
+    }
+
+    #[test]
+    fn a_copy_passes_once_per_attempt() {
+        let mut f = FloodFilter::default();
+        let p = packet(1);
+        assert_eq!(judge(&mut f, &p, 0), CopyVerdict::New);
+        assert_eq!(judge(&mut f, &p, 1), CopyVerdict::Duplicate);
+        let mut retry = p.clone();
+        retry.attempt = 1;
+        assert_eq!(judge(&mut f, &retry, 2), CopyVerdict::New);
+        // The relay-side hop count is not part of the key.
+        let mut fewer = p.clone();
+        fewer.hops_left = 3;
+        assert_eq!(judge(&mut f, &fewer, 3), CopyVerdict::Duplicate);
+    }
+
+    #[test]
+    fn tampered_copies_never_suppress_the_genuine_one() {
+        let mut f = FloodFilter::default();
+        let genuine = packet(1);
+        for attempt in 0..50 {
+            let mut forged = genuine.clone();
+            forged.attempt = attempt;
+            forged.sealed.ciphertext[0] ^= 1;
+            assert_eq!(judge(&mut f, &forged, 0), CopyVerdict::New);
+            let mut forged = genuine.clone();
+            forged.attempt = attempt;
+            forged.expires_at = 5;
+            assert_eq!(judge(&mut f, &forged, 0), CopyVerdict::New);
+        }
+        assert_eq!(judge(&mut f, &genuine, 0), CopyVerdict::New);
+    }
+
+    #[test]
+    fn a_genuine_copy_with_no_hops_left_cannot_stop_the_full_one() {
+        let mut f = FloodFilter::default();
+        let mut starved = packet(1);
+        starved.hops_left = 0;
+        assert_eq!(judge(&mut f, &starved, 0), CopyVerdict::New);
+        assert_eq!(judge(&mut f, &packet(1), 1), CopyVerdict::MoreHops);
+        assert_eq!(judge(&mut f, &packet(1), 2), CopyVerdict::Duplicate);
+    }
+
+    #[test]
+    fn receipts_pass_once_and_only_for_messages_passed_on() {
+        let bob = Identity::generate();
+        let mut f = FloodFilter::default();
+        let mut p = packet(1);
+        p.recipient = bob.address();
+        let r = Receipt::sign(&bob, p.id, p.expires_at);
+        assert!(!f.wants_receipt(&r, 0), "never passed on");
+        assert_eq!(judge(&mut f, &p, 0), CopyVerdict::New);
+        // A receipt naming another expiry is another message.
+        let other = Receipt::sign(&bob, p.id, p.expires_at + 1);
+        assert!(!f.wants_receipt(&other, 0));
+        assert!(f.wants_receipt(&r, 0));
+        assert!(f.add_receipt(r.clone()));
+        assert!(!f.wants_receipt(&r, 0), "only once");
+        let mut late = p.clone();
+        late.attempt = 9;
+        assert_eq!(judge(&mut f, &late, 5), CopyVerdict::Delivered(r));
+    }
+
+    #[test]
+    fn entries_expire_after_the_window() {
+        let mut f = FloodFilter::new(Duration::from_secs(10), 100, 100);
+        let p = packet(1);
+        assert_eq!(judge(&mut f, &p, 0), CopyVerdict::New);
+        assert_eq!(judge(&mut f, &p, 9_999), CopyVerdict::Duplicate);
+        assert_eq!(judge(&mut f, &packet(2), 10_000), CopyVerdict::New);
+        assert_eq!(f.len(), (1, 1), "the first one expired");
+        assert_eq!(judge(&mut f, &p, 10_001), CopyVerdict::New);
+    }
+
+    proptest! {
+        /// However many copies arrive, the filter never holds more than its
+        /// capacities.
+        #[test]
+        fn bounded(n in 1usize..600, cap in 1usize..50) {
+            let mut f = FloodFilter::new(Duration::from_secs(3600), cap, cap);
+            for i in 0..n {
+                let mut p = packet((i % 251) as u8);
+                p.attempt = i as u32;
+                judge(&mut f, &p, i as u64);
+                let (c, m) = f.len();
+                prop_assert!(c <= cap && m <= cap);
+            }
+        }
+    }
+}

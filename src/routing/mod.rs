@@ -1,0 +1,17 @@
+//! Routing policy without I/O: what a node accepts, forwards and remembers.
+//!
+//! The Router actor does the I/O (links, the store, the thread pool for
+//! sealing); the rules it applies live here as plain, unit-tested code:
+//!
+//! - [`accept`]: opening a packet addressed to this node, and the checks that
+//!   decide whether its letter is accepted and how long its delivered mark is
+//!   kept. Nothing a relay can change takes part in either decision.
+//! - [`filter`]: the relays' duplicate suppression, in memory, short-lived and
+//!   bounded, keyed on a digest of the sealed bytes so a forged copy can never
+//!   suppress the genuine one.
+
+pub mod accept;
+pub mod filter;
+
+pub use accept::{open_packet, Accepted, RejectReason};
+pub use filter::{CopyVerdict, FloodFilter};
