@@ -1,10 +1,13 @@
 //! Writes seed inputs for the fuzz targets from real encoded values:
 //!
 //! ```sh
-//! cargo run --manifest-path fuzz/Cargo.toml --example seeds -- node_record receipt config
+//! cargo run --manifest-path fuzz/Cargo.toml --example seeds -- receipt letter
 //! ```
 //!
-//! With no argument it writes every target it knows. Files land in
+//! With no argument it writes every target it knows (`node_record`,
+//! `receipt`, `config`, `letter`, `link_frame`; the seeds of `client_request`,
+//! `legacy_request` and `noise_transport` were made earlier, not by this
+//! program: their formats have not changed). Files land in
 //! `fuzz/seeds/<target>/`; each is what the target's decoder reads (for
 //! `node_record` and `receipt`, the body after the frame's version and tag
 //! bytes, which the target adds). Keys are fresh each run, so the files change
@@ -15,12 +18,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hermes::config::Config;
+use hermes::crypto::seal::{self, Sealed};
 use hermes::crypto::{Identity, SignedRecord};
-use hermes::wire::link::{LinkBody, LinkFrame, Receipt, MAX_HOPS};
+use hermes::routing::accept::{check_letter, Header};
+use hermes::wire::link::{FloodPacket, Gossip, LinkBody, LinkFrame, Receipt, MAX_HOPS};
+use hermes::wire::message::{seal_aad, Letter, LETTER_VERSION};
 use hermes::wire::MessageId;
 
-/// The clock the `node_record` target verifies against.
+/// The clock the `node_record` and `letter` targets check against.
 const NOW: u64 = 1_800_000_000;
+/// A week: the default time to live.
+const WEEK: u64 = 7 * 86_400;
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
@@ -44,6 +52,7 @@ fn node_record() -> Seeds {
     let id = Identity::generate();
     let rec = |listen: &str, relay: bool, time: u64| {
         let r = SignedRecord::sign(&id, addr(listen), relay, time);
+        assert_eq!(r.verify(NOW).is_ok(), time <= NOW, "record seed");
         body_bytes(LinkBody::Record(r))
     };
     vec![
@@ -74,6 +83,89 @@ fn receipt() -> Seeds {
                 ..Receipt::sign(&bob, MessageId::random(), 0)
             })),
         ),
+    ]
+}
+
+fn letter_to(from: &Identity, to: &Identity, text: &str, ipv6: bool) -> Letter {
+    let listen = if ipv6 { "[::1]:58008" } else { "127.0.0.2:58008" };
+    Letter {
+        version: LETTER_VERSION,
+        id: MessageId::random(),
+        recipient: to.address(),
+        sender: SignedRecord::sign(from, addr(listen), true, NOW),
+        sent_ms: NOW * 1000 - 1_500,
+        expires_at: NOW + WEEK,
+        text: text.to_string(),
+    }
+}
+
+fn letter() -> Seeds {
+    let alice = Identity::generate();
+    let bob = Identity::generate();
+    // Each seed passes the recipient's checks, so the target reaches them.
+    let enc = |l: Letter| {
+        let header = Header {
+            id: l.id,
+            recipient: l.recipient,
+            expires_at: l.expires_at,
+        };
+        let sealed = Sealed {
+            sender_kem: l.sender.record.kem_key,
+            enc: [0; 32],
+            ciphertext: Vec::new(),
+        };
+        if let Err(e) = check_letter(&l, header, &sealed, NOW * 1000, 30 * 86_400) {
+            panic!("letter seed refused: {e}");
+        }
+        l.encode().expect("seed letter encodes")
+    };
+    vec![
+        ("hello", enc(letter_to(&alice, &bob, "hello bob", false))),
+        ("empty_v6", enc(letter_to(&alice, &bob, "", true))),
+        (
+            "unicode_lines",
+            enc(letter_to(&alice, &bob, "é\n\tdeux lignes ✓", false)),
+        ),
+    ]
+}
+
+fn link_frame() -> Seeds {
+    let alice = Identity::generate();
+    let bob = Identity::generate();
+    let rec = |id: &Identity, listen: &str| SignedRecord::sign(id, addr(listen), true, NOW);
+    let letter = letter_to(&alice, &bob, "hello bob", false);
+    let aad = seal_aad(&letter.id, &bob.address(), letter.expires_at);
+    let plain = letter.encode().expect("seed letter encodes");
+    let sealed = seal::seal(&alice, &bob.kem_public(), &aad, &plain).expect("seal");
+    let packet = FloodPacket {
+        id: letter.id,
+        attempt: 1,
+        hops_left: MAX_HOPS,
+        recipient: bob.address(),
+        expires_at: letter.expires_at,
+        sealed,
+    };
+    let two = vec![rec(&alice, "127.0.0.2:58008"), rec(&bob, "[::1]:4000")];
+    let frame = |b: LinkBody| LinkFrame::new(b).encode().expect("seed frame encodes");
+    vec![
+        ("record", frame(LinkBody::Record(rec(&alice, "127.0.0.2:58008")))),
+        ("packet", frame(LinkBody::Packet(packet))),
+        (
+            "receipt",
+            frame(LinkBody::Receipt(Receipt::sign(&bob, letter.id, letter.expires_at))),
+        ),
+        ("ping", frame(LinkBody::Ping(7))),
+        ("pong", frame(LinkBody::Pong(u64::MAX))),
+        ("leaving", frame(LinkBody::Leaving(two.clone()))),
+        ("records", frame(LinkBody::Records(two[..1].to_vec()))),
+        (
+            "gossip",
+            frame(LinkBody::Gossip(Gossip {
+                neighbours: vec![alice.address(), bob.address()],
+                records: two[1..].to_vec(),
+            })),
+        ),
+        ("full", frame(LinkBody::Full(two))),
     ]
 }
 
@@ -114,10 +206,12 @@ fn config() -> Seeds {
 }
 
 fn main() {
-    let all: [(&str, fn() -> Seeds); 3] = [
+    let all: [(&str, fn() -> Seeds); 5] = [
         ("node_record", node_record),
         ("receipt", receipt),
         ("config", config),
+        ("letter", letter),
+        ("link_frame", link_frame),
     ];
     let wanted: Vec<String> = std::env::args().skip(1).collect();
     for (target, make) in all {

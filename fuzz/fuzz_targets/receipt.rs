@@ -4,7 +4,8 @@
 //!
 //! Decoding and verifying never panic; a receipt that decodes re-encodes and
 //! decodes back equal, and keeps to the hop limit; a receipt that verifies
-//! stops verifying when a signed field changes, and still verifies when a
+//! stops verifying when a signed field (id, recipient, expiry, signature)
+//! changes, and still verifies when a
 //! field relays may change (hops left) does (only the seeds, signed by real
 //! keys, reach that branch).
 #![no_main]
@@ -46,9 +47,11 @@ fuzz_target!(|data: &[u8]| {
     if !receipt.verify() {
         return;
     }
-    let signed: [fn(&mut Receipt); 3] = [
+    let signed: [fn(&mut Receipt); 5] = [
         |r| r.id.0[0] ^= 1,
         |r| r.recipient.0[0] ^= 1,
+        |r| r.expires_at ^= 1,
+        |r| r.expires_at = r.expires_at.wrapping_add(1 << 40),
         |r| r.signature[0] ^= 1,
     ];
     for m in signed {
