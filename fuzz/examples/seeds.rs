@@ -5,11 +5,11 @@
 //! ```
 //!
 //! With no argument it writes every target it knows (`node_record`,
-//! `receipt`, `config`, `letter`, `link_frame`; the seeds of `client_request`,
+//! `receipt`, `config`, `letter`, `link_frame`, `packet`; the seeds of `client_request`,
 //! `legacy_request` and `noise_transport` were made earlier, not by this
 //! program: their formats have not changed). Files land in
 //! `fuzz/seeds/<target>/`; each is what the target's decoder reads (for
-//! `node_record` and `receipt`, the body after the frame's version and tag
+//! `node_record`, `receipt` and `packet`, the body after the frame's version and tag
 //! bytes, which the target adds). Keys are fresh each run, so the files change
 //! every time; run it when a format changes, and commit the result.
 
@@ -20,12 +20,14 @@ use std::path::{Path, PathBuf};
 use hermes::config::Config;
 use hermes::crypto::seal::{self, Sealed};
 use hermes::crypto::{Identity, SignedRecord};
-use hermes::routing::accept::{check_letter, Header};
+use hermes::routing::accept::{check_letter, open_packet, Header};
 use hermes::wire::link::{FloodPacket, Gossip, LinkBody, LinkFrame, Receipt, MAX_HOPS};
 use hermes::wire::message::{seal_aad, Letter, LETTER_VERSION};
 use hermes::wire::MessageId;
 
-/// The clock the `node_record` and `letter` targets check against.
+include!("../fuzz_targets/packet_node.rs");
+
+/// The clock the `node_record`, `letter` and `packet` targets check against.
 const NOW: u64 = 1_800_000_000;
 /// A week: the default time to live.
 const WEEK: u64 = 7 * 86_400;
@@ -134,17 +136,7 @@ fn link_frame() -> Seeds {
     let bob = Identity::generate();
     let rec = |id: &Identity, listen: &str| SignedRecord::sign(id, addr(listen), true, NOW);
     let letter = letter_to(&alice, &bob, "hello bob", false);
-    let aad = seal_aad(&letter.id, &bob.address(), letter.expires_at);
-    let plain = letter.encode().expect("seed letter encodes");
-    let sealed = seal::seal(&alice, &bob.kem_public(), &aad, &plain).expect("seal");
-    let packet = FloodPacket {
-        id: letter.id,
-        attempt: 1,
-        hops_left: MAX_HOPS,
-        recipient: bob.address(),
-        expires_at: letter.expires_at,
-        sealed,
-    };
+    let packet = packet_of(&alice, &bob, &letter);
     let two = vec![rec(&alice, "127.0.0.2:58008"), rec(&bob, "[::1]:4000")];
     let frame = |b: LinkBody| LinkFrame::new(b).encode().expect("seed frame encodes");
     vec![
@@ -167,6 +159,46 @@ fn link_frame() -> Seeds {
         ),
         ("full", frame(LinkBody::Full(two))),
     ]
+}
+
+/// A packet carrying `letter`, sealed by `from` to `to`.
+fn packet_of(from: &Identity, to: &Identity, letter: &Letter) -> FloodPacket {
+    let aad = seal_aad(&letter.id, &to.address(), letter.expires_at);
+    let plain = letter.encode().expect("seed letter encodes");
+    let sealed = seal::seal(from, &to.kem_public(), &aad, &plain).expect("seal");
+    FloodPacket {
+        id: letter.id,
+        attempt: 1,
+        hops_left: MAX_HOPS,
+        recipient: to.address(),
+        expires_at: letter.expires_at,
+        sealed,
+    }
+}
+
+fn packet() -> Seeds {
+    let me = packet_node();
+    let alice = Identity::generate();
+    let mut seeds = Vec::new();
+    for (name, text) in [("hello", "hello"), ("empty", "")] {
+        let p = packet_of(&alice, &me, &letter_to(&alice, &me, text, false));
+        let header = Header {
+            id: p.id,
+            recipient: p.recipient,
+            expires_at: p.expires_at,
+        };
+        if let Err(e) = open_packet(&me, header, &p.sealed, NOW * 1000, 30 * 86_400) {
+            panic!("packet seed refused: {e}");
+        }
+        seeds.push((name, body_bytes(LinkBody::Packet(p))));
+    }
+    // Sealed to someone else, but naming this node: it must not open.
+    let other = Identity::generate();
+    let mut p = packet_of(&alice, &other, &letter_to(&alice, &other, "hi", true));
+    p.recipient = me.address();
+    p.hops_left = 0;
+    seeds.push(("not_for_me", body_bytes(LinkBody::Packet(p))));
+    seeds
 }
 
 fn config() -> Seeds {
@@ -206,12 +238,13 @@ fn config() -> Seeds {
 }
 
 fn main() {
-    let all: [(&str, fn() -> Seeds); 5] = [
+    let all: [(&str, fn() -> Seeds); 6] = [
         ("node_record", node_record),
         ("receipt", receipt),
         ("config", config),
         ("letter", letter),
         ("link_frame", link_frame),
+        ("packet", packet),
     ];
     let wanted: Vec<String> = std::env::args().skip(1).collect();
     for (target, make) in all {
