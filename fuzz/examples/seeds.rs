@@ -33,6 +33,8 @@ const NOW: u64 = 1_800_000_000;
 const WEEK: u64 = 7 * 86_400;
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
+/// A target and the maker of its seeds.
+type Maker = (&'static str, fn() -> Seeds);
 
 fn dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,7 +61,10 @@ fn node_record() -> Seeds {
     };
     vec![
         ("v4_relay", rec("127.0.0.2:58008", true, NOW)),
-        ("v6_no_relay", rec("[2001:db8::7]:4000", false, NOW - 86_400)),
+        (
+            "v6_no_relay",
+            rec("[2001:db8::7]:4000", false, NOW - 86_400),
+        ),
         ("from_the_future", rec("10.1.2.3:58008", true, NOW + 3_600)),
     ]
 }
@@ -89,7 +94,11 @@ fn receipt() -> Seeds {
 }
 
 fn letter_to(from: &Identity, to: &Identity, text: &str, ipv6: bool) -> Letter {
-    let listen = if ipv6 { "[::1]:58008" } else { "127.0.0.2:58008" };
+    let listen = if ipv6 {
+        "[::1]:58008"
+    } else {
+        "127.0.0.2:58008"
+    };
     Letter {
         version: LETTER_VERSION,
         id: MessageId::random(),
@@ -140,11 +149,18 @@ fn link_frame() -> Seeds {
     let two = vec![rec(&alice, "127.0.0.2:58008"), rec(&bob, "[::1]:4000")];
     let frame = |b: LinkBody| LinkFrame::new(b).encode().expect("seed frame encodes");
     vec![
-        ("record", frame(LinkBody::Record(rec(&alice, "127.0.0.2:58008")))),
+        (
+            "record",
+            frame(LinkBody::Record(rec(&alice, "127.0.0.2:58008"))),
+        ),
         ("packet", frame(LinkBody::Packet(packet))),
         (
             "receipt",
-            frame(LinkBody::Receipt(Receipt::sign(&bob, letter.id, letter.expires_at))),
+            frame(LinkBody::Receipt(Receipt::sign(
+                &bob,
+                letter.id,
+                letter.expires_at,
+            ))),
         ),
         ("ping", frame(LinkBody::Ping(7))),
         ("pong", frame(LinkBody::Pong(u64::MAX))),
@@ -238,7 +254,7 @@ fn config() -> Seeds {
 }
 
 fn main() {
-    let all: [(&str, fn() -> Seeds); 6] = [
+    let all: [Maker; 6] = [
         ("node_record", node_record),
         ("receipt", receipt),
         ("config", config),

@@ -53,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
                 matches!(r, Err(FrameIoError::Wire(WireError::TooLarge { .. }))),
                 "a {claimed:?}-byte client frame was not refused for its size"
             );
-            assert_eq!(cur.position() as usize, at + 4, "read past an oversized length");
+            assert_eq!(
+                cur.position() as usize,
+                at + 4,
+                "read past an oversized length"
+            );
         }
         if r.is_err() {
             break;

@@ -60,10 +60,17 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             };
             assert_eq!(ok.letter, letter);
-            assert!(ok.mark_until >= letter.expires_at, "mark ends before expiry");
+            assert!(
+                ok.mark_until >= letter.expires_at,
+                "mark ends before expiry"
+            );
             assert!(ok.mark_until >= now_ms / 1000, "mark already over");
             // (A mark past the end of a u64 of milliseconds never runs out.)
-            if let Some(after) = ok.mark_until.checked_add(1).and_then(|s| s.checked_mul(1000)) {
+            if let Some(after) = ok
+                .mark_until
+                .checked_add(1)
+                .and_then(|s| s.checked_mul(1000))
+            {
                 assert!(
                     check_letter(&letter, header, &sealed, after, max_ttl).is_err(),
                     "a copy is accepted after its delivered mark ran out: {letter:?}"

@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
         panic!("a packet frame decoded as {frame:?}");
     };
     assert!(p.hops_left <= MAX_HOPS, "hop limit not enforced");
-    assert!(p.sealed.ciphertext.len() <= MAX_SEALED_BYTES, "size limit not enforced");
+    assert!(
+        p.sealed.ciphertext.len() <= MAX_SEALED_BYTES,
+        "size limit not enforced"
+    );
 
     let header = Header {
         id: p.id,

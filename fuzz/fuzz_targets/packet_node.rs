@@ -29,7 +29,8 @@ fn packet_node() -> hermes::crypto::Identity {
         .mode(0o600)
         .open(&path)
         .expect("write the identity file");
-    f.write_all(&PACKET_NODE_KEY).expect("write the identity file");
+    f.write_all(&PACKET_NODE_KEY)
+        .expect("write the identity file");
     drop(f);
     let id = hermes::crypto::Identity::load_or_create(&dir).expect("load the fixed identity");
     let _ = std::fs::remove_dir_all(&dir);

@@ -57,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     for m in signed {
         let mut forged = receipt.clone();
         m(&mut forged);
-        assert!(!forged.verify(), "a changed receipt still verifies: {forged:?}");
+        assert!(
+            !forged.verify(),
+            "a changed receipt still verifies: {forged:?}"
+        );
     }
     let mut relayed = receipt.clone();
     relayed.hops_left = relayed.hops_left.wrapping_sub(1) % (MAX_HOPS + 1);
