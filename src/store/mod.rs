@@ -25,6 +25,7 @@ mod peers;
 use std::path::{Path, PathBuf};
 
 pub use drop_list::{DropEntry, DropKey};
+pub use inbox::InboxKey;
 pub use outbox::OutboxEntry;
 
 /// sled caches this much; its default of 1 GiB is far more than a node needs.
@@ -40,6 +41,13 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: a stored value does not decode: {0}")]
     Codec(#[from] postcard::Error),
+    /// A flush failed once (e.g. a full disk). sled cannot be trusted after
+    /// that: measured, a later flush reported success while its log had a
+    /// hole, and a message acknowledged after it was gone after a restart.
+    /// So nothing more is made durable (no id printed, no receipt sent)
+    /// until the daemon is restarted and sled recovers what is on disk.
+    #[error("store: a write to disk failed ({0}); nothing more is acknowledged until the daemon is restarted: free disk space, then restart it")]
+    WriteFailed(String),
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -79,6 +87,8 @@ impl Counter {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Why a flush failed, once one has: every later flush fails too.
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     outbox: sled::Tree,
     outbox_due: sled::Tree,
     inbox: sled::Tree,
@@ -110,20 +120,49 @@ impl Store {
             peers: tree("peers")?,
             meta: tree("meta")?,
             db,
+            failed: Default::default(),
         })
+    }
+
+    /// Why the store stopped making writes durable, if it has.
+    pub fn write_failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.write_failure() {
+            Some(why) => Err(StoreError::WriteFailed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first flush failure; returns the error to report.
+    fn fail(&self, e: sled::Error) -> StoreError {
+        let why = e.to_string();
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let why = f.get_or_insert(why).clone();
+        StoreError::WriteFailed(why)
     }
 
     /// Makes every write so far durable, without blocking the caller's
     /// thread (sled runs the flush on its own pool and joins concurrent ones).
+    /// After one failed flush, every later one fails ([`StoreError::WriteFailed`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.check_failed()?;
+        self.db.flush_async().await.map_err(|e| self.fail(e))?;
+        // A concurrent flush may have failed meanwhile: its writes and ours
+        // share the log.
+        self.check_failed()
     }
 
     /// Blocking flush, for shutdown.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.check_failed()?;
+        self.db.flush().map_err(|e| self.fail(e))?;
+        self.check_failed()
     }
 
     pub fn bump(&self, counter: Counter, by: u64) -> Result<(), StoreError> {

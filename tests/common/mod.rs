@@ -362,7 +362,7 @@ impl Node {
         text
     }
 
-    fn spawn_process(&mut self) {
+    pub fn spawn_process(&mut self) {
         assert!(
             self.child.is_none(),
             "node {} is already running",
