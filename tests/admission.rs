@@ -139,7 +139,7 @@ fn renewed_silent_connections_do_not_keep_a_newcomer_out() {
     let attacker = lock_out_attacker(
         target,
         sources,
-        HANDSHAKES_TOTAL + 16,
+        (HANDSHAKES_TOTAL + 16),
         stop.clone(),
         stats.clone(),
         Duration::from_secs(90),
@@ -160,14 +160,15 @@ fn renewed_silent_connections_do_not_keep_a_newcomer_out() {
         &[&a],
         || stats.open.load(Ordering::Relaxed) >= HANDSHAKES_TOTAL,
     );
-    // Let the attack settle in: past one handshake timeout, so that on a node whose slots
-    // time out the attacker has already renewed them.
-    let settle = Instant::now();
+    // Let the attack settle in: until the node has closed, and the attacker renewed, as
+    // many connections as there are slots (on a node whose slots only time out, that is
+    // one handshake timeout).
+    let slots = (HANDSHAKES_TOTAL + 16) as u64;
     wait_for(
-        Duration::from_secs(20),
-        "attacker connections renewed for 6 s",
+        Duration::from_secs(30),
+        format!("{HANDSHAKES_TOTAL} attacker connections closed by the node and renewed"),
         &[&a],
-        || settle.elapsed() >= Duration::from_secs(6),
+        || stats.opened.load(Ordering::Relaxed) >= slots + HANDSHAKES_TOTAL as u64,
     );
     let opened_before = stats.opened.load(Ordering::Relaxed);
 
