@@ -37,9 +37,10 @@ use super::legacy_session::serve_legacy;
 use super::neighbours::next_session_id;
 use super::peer_session::{establish, Direction, LinkError, PeerSession};
 use super::{fault_handler, guard};
-use crate::admission::{Admission, Ticket};
+use crate::admission::{Admission, Source, Ticket};
 use crate::config::LimitsConfig;
 use crate::logging::{log_summary, LogLimiter};
+
 /// Most local client connections served at once.
 pub const MAX_CLIENTS: usize = 64;
 /// Pause after a failed accept (e.g. out of file descriptors).
@@ -128,11 +129,6 @@ impl Listener {
             log_summary(&self.log, s);
         }
     }
-
-    /// Pending inbound handshakes now.
-    pub fn pending_handshakes(&self) -> usize {
-        self.shared.borrow().table.len()
-    }
 }
 
 /// Runs one inbound handshake holding `ticket`; hands an established link
@@ -151,7 +147,8 @@ async fn inbound(
         // is only a safeguard.
         return;
     }
-    let ip = remote.ip().to_string();
+    // Counted per admission source (an IPv4 address or an IPv6 /64).
+    let ip = Source::of(remote.ip()).to_string();
     match r {
         Ok(est) => {
             PeerSession::launch(
@@ -284,7 +281,7 @@ impl Listener {
             &self.shared,
             slog::Level::Info,
             EV_HANDSHAKE_DROPPED,
-            &ip.to_string(),
+            &Source::of(ip).to_string(),
         ) {
             slog::info!(self.log, "{}", EV_HANDSHAKE_DROPPED; "remote_ip" => %ip, "reason" => reason);
         }
