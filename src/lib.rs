@@ -8,6 +8,7 @@
 //! use to talk to it.
 
 pub mod actors;
+pub mod admission;
 pub mod backoff;
 pub mod client;
 pub mod config;

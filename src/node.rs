@@ -146,9 +146,9 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         log: log.new(slog::o!("actor" => "client")),
     };
     let listener = {
-        let log = log.clone();
+        let (log, limits) = (log.clone(), config.limits.clone());
         Supervisor::start(move |_| {
-            Listener::new(peer_listener, client_listener, legacy, deps, &log)
+            Listener::new(peer_listener, client_listener, legacy, deps, &limits, &log)
         })
     };
     slog::info!(log, "node started";

@@ -36,6 +36,9 @@
 //! | 44 | cli.rs             | status_json_has_all_fields                        |
 //! | 45 | cli.rs             | usage_errors_exit_1                               |
 //! | 46 | cli.rs             | bad_listen_value_exits_1_naming_the_key           |
+//! | 47 | admission.rs       | renewed_silent_connections_do_not_keep_a_newcomer_out |
+//! | 48 | admission.rs       | connect_close_flood_is_summarised_not_logged_per_connection |
+//! | 49 | admission.rs       | (reserved)                                        |
 //! |  - | cli.rs             | missing_explicit_config_exits_1 (binds nothing)   |
 //! | 50 | privacy.rs         | relay_never_stores_or_logs_plaintext              |
 //! | 60 | supervision.rs     | router_panic                                      |
@@ -57,7 +60,7 @@
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
 //!
-//! Free for new tests: 24-29, 37-39, 47-49, 51-59, 69, 71-79, 88-255.
+//! Free for new tests: 24-29, 37-39, 51-59, 69, 71-79, 88-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
