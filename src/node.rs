@@ -115,9 +115,11 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         let (ttl, relay) = (config.routing.ttl, config.node.relay);
         Supervisor::start(move |_| Router::new(me, store, inbox, ttl, relay, &log))
     };
+    let limits = Arc::new(config.limits.clone());
     let neighbours = {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
+        let limits = limits.clone();
         Supervisor::start(move |_| {
             NeighbourManager::new(
                 me,
@@ -126,6 +128,7 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
                 net.bootstrap,
                 net.min_neighbours,
                 net.max_neighbours,
+                limits.clone(),
                 &log,
             )
         })
@@ -142,7 +145,14 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     let listener = {
         let log = log.clone();
         Supervisor::start(move |_| {
-            Listener::new(peer_listener, client_listener, legacy, deps, &log)
+            Listener::new(
+                peer_listener,
+                client_listener,
+                legacy,
+                deps,
+                limits.clone(),
+                &log,
+            )
         })
     };
     slog::info!(log, "node started";

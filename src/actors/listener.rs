@@ -20,6 +20,7 @@ use super::legacy_session::serve_legacy;
 use super::neighbours::next_session_id;
 use super::peer_session::{establish, Direction, LinkError, PeerSession};
 use super::{fault_handler, guard};
+use crate::config::LimitsConfig;
 
 /// Most inbound handshakes in progress at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -39,6 +40,8 @@ pub struct Listener {
     log: slog::Logger,
     /// Parent logger of the inbound sessions.
     session_log: slog::Logger,
+    /// Per-peer budgets of the inbound sessions.
+    limits: Arc<LimitsConfig>,
 }
 
 impl Listener {
@@ -47,6 +50,7 @@ impl Listener {
         client: UnixListener,
         legacy: Option<TcpListener>,
         deps: ClientDeps,
+        limits: Arc<LimitsConfig>,
         log: &slog::Logger,
     ) -> Listener {
         Listener {
@@ -59,6 +63,7 @@ impl Listener {
             closing: false,
             log: log.new(slog::o!("actor" => "listener")),
             session_log: log.new(slog::o!("actor" => "session")),
+            limits,
         }
     }
 }
@@ -145,6 +150,7 @@ impl StreamHandler<PeerConn> for Listener {
             let _ = stream.set_nodelay(true);
             let deps = this.deps.clone();
             let log = this.session_log.clone();
+            let limits = this.limits.clone();
             actix_rt::spawn(async move {
                 let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
                 drop(permit);
@@ -156,6 +162,7 @@ impl StreamHandler<PeerConn> for Listener {
                             next_session_id(),
                             deps.router,
                             deps.neighbours,
+                            &limits,
                             &log,
                         );
                     }
