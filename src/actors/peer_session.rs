@@ -37,7 +37,9 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use super::neighbours::{Ban, FromPeer, LinkRtt, NeighbourManager, SessionDown, SessionUp};
 use super::router::{Inbound, Router};
 use crate::config::LimitsConfig;
-use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE};
+use crate::crypto::noise::{
+    self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE, TAG_LEN,
+};
 use crate::crypto::{unix_now, Address, Identity, RecordError, SignedRecord};
 pub use crate::overlay::Direction;
 use crate::wire::link::{LinkBody, LinkFrame, MAX_RECORDS_PER_FRAME};
@@ -58,6 +60,14 @@ pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fastest rate a budget is kept at (a limiter refills one unit per
 /// nanosecond at most); a larger configured rate means this one.
 pub const MAX_BUDGET_RATE: u32 = 1_000_000_000;
+
+/// What this node sends a link, in parts of the budget it would accept
+/// itself ([`OUTBOUND_SHARE_NUM`]/[`OUTBOUND_SHARE_DEN`] of the rates and
+/// bursts): relayed floods past it are dropped, so an honest relay whose
+/// neighbours keep the same `[limits]` never breaks their budgets however
+/// much it is sent (the rest is room for pings and bunching on the way).
+pub const OUTBOUND_SHARE_NUM: u32 = 3;
+pub const OUTBOUND_SHARE_DEN: u32 = 4;
 
 /// The budget names, as logged: the `[limits]` key that was broken.
 pub const BUDGET_FRAMES: &str = "limits.packets_per_sec";
@@ -103,6 +113,27 @@ impl LinkBudget {
                 Quota::per_minute(nonzero(records)).allow_burst(nonzero(record_burst)),
             ),
         }
+    }
+
+    /// The budget this node keeps to on what it sends one link (see
+    /// [`OUTBOUND_SHARE_NUM`]); a largest frame always fits its byte burst.
+    pub fn outbound(limits: &LimitsConfig) -> LinkBudget {
+        let share = |v: u32| {
+            (u64::from(v) * u64::from(OUTBOUND_SHARE_NUM) / u64::from(OUTBOUND_SHARE_DEN)).max(1)
+                as u32
+        };
+        let mut l = limits.clone();
+        l.packets_per_sec = share(l.packets_per_sec);
+        l.packet_burst = share(l.packet_burst);
+        l.bytes_per_sec = share(l.bytes_per_sec);
+        l.byte_burst = share(l.byte_burst).max(MAX_NOISE_MESSAGE as u32);
+        LinkBudget::new(&l)
+    }
+
+    /// Counts one frame of `len` bytes going out (its Noise message is
+    /// [`TAG_LEN`] longer); false if it would break the budget.
+    pub fn send(&self, len: usize) -> bool {
+        Self::take(&self.bytes, len + TAG_LEN) && self.frames.check().is_ok()
     }
 
     /// Takes `n` units from `limiter`; false if that breaks it.
@@ -277,12 +308,16 @@ pub struct PeerHandle {
     pub session_id: u64,
     pub tx: mpsc::Sender<Outgoing>,
     pub session: Addr<PeerSession>,
+    /// What may go out on this link ([`LinkBudget::outbound`]), shared by
+    /// every holder of the handle.
+    pub out: Arc<LinkBudget>,
 }
 
 impl PeerHandle {
-    /// Queues an encoded frame; false if the peer's queue is full or gone.
+    /// Queues an encoded frame; false if the peer's queue is full or gone,
+    /// or the frame would break the link's outbound budget (dropped).
     pub fn send(&self, frame: Bytes) -> bool {
-        self.tx.try_send(Outgoing::Frame(frame)).is_ok()
+        self.out.send(frame.len()) && self.tx.try_send(Outgoing::Frame(frame)).is_ok()
     }
 }
 
@@ -301,6 +336,7 @@ pub struct PeerSession {
     /// The keepalive ping in flight, and when it was sent.
     ping: Option<(u64, Instant)>,
     budget: LinkBudget,
+    out: Arc<LinkBudget>,
     /// How long a peer over budget is refused (for the log line).
     backoff: Duration,
     /// Set once the NeighbourManager has let the session in.
@@ -321,6 +357,7 @@ impl PeerSession {
         log: &slog::Logger,
     ) -> Addr<PeerSession> {
         let budget = LinkBudget::new(limits);
+        let out = Arc::new(LinkBudget::outbound(limits));
         let backoff = limits.backoff;
         let Established { stream, link, peer } = est;
         let (read_half, write_half) = stream.into_split();
@@ -347,6 +384,7 @@ impl PeerSession {
                 graceful: false,
                 ping: None,
                 budget,
+                out,
                 backoff,
                 admitted: false,
                 over_budget: false,
@@ -482,6 +520,7 @@ impl Actor for PeerSession {
             session_id: self.session_id,
             tx: self.tx.clone(),
             session: ctx.address(),
+            out: self.out.clone(),
         };
         let up = SessionUp {
             record: self.peer.clone(),
@@ -683,6 +722,30 @@ mod tests {
             small.frame(&LinkBody::Leaving(vec![r; MAX_RECORDS_PER_FRAME])),
             Ok(())
         );
+    }
+
+    #[test]
+    fn what_a_node_sends_fits_what_its_peer_accepts() {
+        let l = limits(|l| {
+            l.packets_per_sec = 100;
+            l.packet_burst = 400;
+            l.bytes_per_sec = 65_536;
+            l.byte_burst = 65_535;
+        });
+        let out = LinkBudget::outbound(&l);
+        let inbound = LinkBudget::new(&l);
+        let mut sent = 0;
+        for _ in 0..1_000 {
+            if out.send(100) {
+                sent += 1;
+                assert_eq!(inbound.bytes(100 + TAG_LEN), Ok(()));
+                assert_eq!(inbound.frame(&LinkBody::Ping(0)), Ok(()));
+            }
+        }
+        assert!((300..=310).contains(&sent), "{sent} frames let out");
+        // A largest frame still goes out.
+        let big = LinkBudget::outbound(&l);
+        assert!(big.send(MAX_NOISE_MESSAGE - TAG_LEN));
     }
 
     #[test]
