@@ -120,18 +120,7 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
         let limits = limits.clone();
-        Supervisor::start(move |_| {
-            NeighbourManager::new(
-                me,
-                store,
-                router,
-                net.bootstrap,
-                net.min_neighbours,
-                net.max_neighbours,
-                limits.clone(),
-                &log,
-            )
-        })
+        Supervisor::start(move |_| NeighbourManager::new(me, store, router, net, limits, &log))
     };
     let deps = ClientDeps {
         me: me.clone(),
@@ -145,14 +134,7 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     let listener = {
         let log = log.clone();
         Supervisor::start(move |_| {
-            Listener::new(
-                peer_listener,
-                client_listener,
-                legacy,
-                deps,
-                limits.clone(),
-                &log,
-            )
+            Listener::new(peer_listener, client_listener, legacy, deps, limits, &log)
         })
     };
     slog::info!(log, "node started";

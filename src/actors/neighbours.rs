@@ -26,7 +26,7 @@ use actix::prelude::*;
 use super::peer_session::{dial, Close, LinkIdentity, PeerHandle, PeerSession};
 use super::router::{NeighbourDown, NeighbourUp, Router};
 use super::{fault_handler, guard};
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
 use crate::overlay::membership::TICK;
 use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
@@ -71,9 +71,7 @@ impl NeighbourManager {
         me: LinkIdentity,
         store: Store,
         router: Addr<Router>,
-        bootstrap: Vec<SocketAddr>,
-        min: usize,
-        max: usize,
+        net: NetworkConfig,
         limits: Arc<LimitsConfig>,
         log: &slog::Logger,
     ) -> NeighbourManager {
@@ -86,8 +84,8 @@ impl NeighbourManager {
         let membership = Membership::new(
             me.identity.clone(),
             (*me.record).clone(),
-            bootstrap,
-            MembershipConfig::new(min, max),
+            net.bootstrap,
+            MembershipConfig::new(net.min_neighbours, net.max_neighbours),
             stored,
             None,
             unix_now_ms(),
