@@ -16,9 +16,10 @@
 //! against its frames per second, and the records in membership frames
 //! against its records per minute. A peer over any budget, or reported by
 //! the Router ([`OverBudget`]), is logged once, cut off, and refused by the
-//! NeighbourManager for `limits.backoff` ([`Ban`]). A session frames nothing
-//! before the NeighbourManager has admitted it ([`SessionUp`] answers
-//! whether the peer is banned).
+//! NeighbourManager for `limits.backoff` ([`Ban`]). A session reads no frame
+//! before the NeighbourManager has let it in ([`SessionUp`] answers whether
+//! the peer is banned). What goes out on a link is kept to a share of the
+//! same budgets ([`LinkBudget::outbound`]).
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
