@@ -121,20 +121,12 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         };
         Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), &log))
     };
+    let limits = Arc::new(config.limits.clone());
     let neighbours = {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
-        Supervisor::start(move |_| {
-            NeighbourManager::new(
-                me,
-                store,
-                router,
-                net.bootstrap,
-                net.min_neighbours,
-                net.max_neighbours,
-                &log,
-            )
-        })
+        let limits = limits.clone();
+        Supervisor::start(move |_| NeighbourManager::new(me, store, router, net, limits, &log))
     };
     let deps = ClientDeps {
         me: me.clone(),
@@ -146,9 +138,16 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         log: log.new(slog::o!("actor" => "client")),
     };
     let listener = {
-        let (log, limits) = (log.clone(), config.limits.clone());
+        let (log, limits) = (log.clone(), limits.clone());
         Supervisor::start(move |_| {
-            Listener::new(peer_listener, client_listener, legacy, deps, &limits, &log)
+            Listener::new(
+                peer_listener,
+                client_listener,
+                legacy,
+                deps,
+                limits.clone(),
+                &log,
+            )
         })
     };
     slog::info!(log, "node started";

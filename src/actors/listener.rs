@@ -87,6 +87,8 @@ pub struct Listener {
     log: slog::Logger,
     /// Parent logger of the inbound sessions.
     session_log: slog::Logger,
+    /// Per-peer budgets of the inbound sessions.
+    limits: Arc<LimitsConfig>,
 }
 
 impl Listener {
@@ -95,7 +97,7 @@ impl Listener {
         client: UnixListener,
         legacy: Option<TcpListener>,
         deps: ClientDeps,
-        limits: &LimitsConfig,
+        limits: Arc<LimitsConfig>,
         log: &slog::Logger,
     ) -> Listener {
         Listener {
@@ -111,6 +113,7 @@ impl Listener {
             closing: false,
             log: log.new(slog::o!("actor" => "listener")),
             session_log: log.new(slog::o!("actor" => "session")),
+            limits,
         }
     }
 
@@ -139,6 +142,7 @@ async fn inbound(
     remote: SocketAddr,
     deps: ClientDeps,
     shared: SharedRef,
+    limits: Arc<LimitsConfig>,
     log: slog::Logger,
 ) {
     let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
@@ -157,6 +161,7 @@ async fn inbound(
                 next_session_id(),
                 deps.router,
                 deps.neighbours,
+                &limits,
                 &log,
             );
         }
@@ -256,13 +261,14 @@ impl StreamHandler<PeerConn> for Listener {
                 return;
             };
             let _ = stream.set_nodelay(true);
-            let (deps, shared, log) = (
+            let (deps, shared, log, limits) = (
                 this.deps.clone(),
                 this.shared.clone(),
                 this.session_log.clone(),
+                this.limits.clone(),
             );
             let (_, evicted) = this.shared.borrow_mut().table.admit(remote.ip(), |ticket| {
-                actix_rt::spawn(inbound(ticket, stream, remote, deps, shared, log))
+                actix_rt::spawn(inbound(ticket, stream, remote, deps, shared, limits, log))
             });
             if let Some(ev) = evicted {
                 // Dropping the task's future closes its connection.

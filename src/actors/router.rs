@@ -153,7 +153,7 @@ impl Router {
             return true;
         }
         if c.count == self.cfg.new_entries_per_min.saturating_add(1) {
-            slog::warn!(self.log, "peer over budget: too many new packets"; "peer" => ?from, "budget" => "new_entries_per_min", "limit" => self.cfg.new_entries_per_min);
+            // The session logs the breach once, as for its own budgets.
             self.report_over_budget(from);
         }
         false

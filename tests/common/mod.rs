@@ -41,6 +41,9 @@
 //! | 49 | admission.rs       | (reserved)                                        |
 //! |  - | cli.rs             | missing_explicit_config_exits_1 (binds nothing)   |
 //! | 50 | privacy.rs         | relay_never_stores_or_logs_plaintext              |
+//! | 51 | budgets.rs         | junk_flood_is_cut_refused_and_bounded_by_the_budget |
+//! | 52 | budgets.rs         | large_frames_break_the_byte_budget                |
+//! | 53 | budgets.rs         | busy_honest_line_stays_within_the_default_budgets |
 //! | 60 | supervision.rs     | router_panic                                      |
 //! | 61 | supervision.rs     | router_error                                      |
 //! | 62 | supervision.rs     | neighbours_panic                                  |
@@ -60,7 +63,7 @@
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
 //!
-//! Free for new tests: 24-29, 37-39, 51-59, 69, 71-79, 88-255.
+//! Free for new tests: 24-29, 37-39, 54-55, 69, 73-79, 88-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
