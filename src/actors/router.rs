@@ -12,7 +12,7 @@
 //! the stored receipt, so an origin that missed the receipt still gets it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +21,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::inbox::{Deliver, Inbox};
-use super::peer_session::{probe, LinkIdentity, PeerHandle};
+use super::peer_session::{LinkIdentity, PeerHandle};
 use super::{backoff_delay, fault_handler, guard};
-use crate::config::DEFAULT_PORT;
 use crate::crypto::seal::{self, Sealed};
-use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
+use crate::crypto::{unix_now, unix_now_ms, Address};
 use crate::store::{Counter, DropEntry, DropKey, OutboxEntry, Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
@@ -424,45 +423,6 @@ fn check_letter(letter: &Letter, sealed: &Sealed, id: MessageId) -> Result<(), S
     Ok(())
 }
 
-/// Finds the signed record for a `--to` value: a node address, or an IP
-/// (with optional port) looked up in the address book or asked directly.
-async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRecord, PushError> {
-    let to = to.trim();
-    if to.len() == 64 {
-        if let Ok(addr) = to.parse::<Address>() {
-            return store
-                .peer_get(&addr)?
-                .ok_or_else(|| PushError::BadInput(format!("no record known for node {to}")));
-        }
-    }
-    let (ip, port): (IpAddr, Option<u16>) = if let Ok(ip) = to.parse::<IpAddr>() {
-        (ip, None)
-    } else if let Ok(sa) = to.parse::<SocketAddr>() {
-        (sa.ip(), Some(sa.port()))
-    } else {
-        return Err(PushError::BadInput(format!(
-            "--to {to:?}: expected an IP, IP:PORT or a node address (64 hex digits)"
-        )));
-    };
-    if me.record.record.listen.ip() == ip
-        && port.is_none_or(|p| p == me.record.record.listen.port())
-    {
-        return Ok((*me.record).clone());
-    }
-    if let Some(rec) = store.peer_by_ip(ip, port)? {
-        return Ok(rec);
-    }
-    let addr = SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT));
-    let rec = probe(addr, &me.identity)
-        .await
-        .map_err(|e| PushError::Unreachable {
-            addr,
-            why: e.to_string(),
-        })?;
-    store.peer_put(&rec)?;
-    Ok(rec)
-}
-
 impl Actor for Router {
     type Context = Context<Self>;
 
@@ -518,7 +478,7 @@ impl Handler<Push> for Router {
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
         };
         let fut = async move {
-            let recipient = resolve(&msg.to, &store, &me).await?;
+            let recipient = super::names::resolve(&msg.to, &store, &me).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
             let letter = Letter {
