@@ -43,15 +43,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub enum NameError {
     #[error("{0}")]
     BadInput(String),
-    #[error("{pinned} is pinned to node {old}, but {at} now answers as node {new}; if that change is expected, accept it with `{accept}`, then push again")]
-    KeyChanged {
-        /// What was pinned: an IP:PORT, or `contact NAME`.
-        pinned: String,
-        at: SocketAddr,
-        old: Address,
-        new: Address,
-        accept: String,
-    },
+    #[error("{}", .0)]
+    KeyChanged(Box<KeyChange>),
     #[error("contact {name} is pinned to node {old}, not {new}; to replace it, run `hermes contacts remove {name}`, then add it again")]
     NameTaken {
         name: String,
@@ -64,6 +57,19 @@ pub enum NameError {
     Full,
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// A pinned address that now answers with another key.
+#[derive(Debug, thiserror::Error)]
+#[error("{pinned} is pinned to node {old}, but {at} now answers as node {new}; if that change is expected, accept it with `{accept}`, then push again")]
+pub struct KeyChange {
+    /// What was pinned: an IP:PORT, or `contact NAME`.
+    pub pinned: String,
+    pub at: SocketAddr,
+    pub old: Address,
+    pub new: Address,
+    /// The command that accepts the new key.
+    pub accept: String,
 }
 
 impl From<NameError> for PushError {
@@ -251,13 +257,13 @@ async fn resolve_ip(
         }
     };
     if old != new {
-        return Err(NameError::KeyChanged {
+        return Err(NameError::KeyChanged(Box::new(KeyChange {
             pinned: sa.to_string(),
             at: sa,
             old,
             new,
             accept: format!("hermes contacts remove {sa}"),
-        });
+        })));
     }
     // For routing: the record now in hand is the node's own and verified.
     store.peer_put(&rec)?;
@@ -277,13 +283,15 @@ async fn resolve_contact(
         return Ok((*me.record).clone());
     }
     match probe_cached(sa, &me.identity).await {
-        Ok(rec) if rec.record.address != c.address => Err(NameError::KeyChanged {
-            pinned: format!("contact {name}"),
-            at: sa,
-            old: c.address,
-            new: rec.record.address,
-            accept: format!("hermes contacts remove {name} && hermes contacts add {name} {sa}"),
-        }),
+        Ok(rec) if rec.record.address != c.address => {
+            Err(NameError::KeyChanged(Box::new(KeyChange {
+                pinned: format!("contact {name}"),
+                at: sa,
+                old: c.address,
+                new: rec.record.address,
+                accept: format!("hermes contacts remove {name} && hermes contacts add {name} {sa}"),
+            })))
+        }
         Ok(rec) => {
             store.peer_put(&rec)?;
             Ok(rec)
@@ -445,13 +453,13 @@ mod tests {
 
     #[test]
     fn key_change_message_says_how_to_accept() {
-        let e = NameError::KeyChanged {
+        let e = NameError::KeyChanged(Box::new(KeyChange {
             pinned: "127.0.0.4:58008".into(),
             at: "127.0.0.4:58008".parse().unwrap(),
             old: Address([1; 32]),
             new: Address([2; 32]),
             accept: "hermes contacts remove 127.0.0.4:58008".into(),
-        };
+        }));
         let s = e.to_string();
         assert!(s.contains(&Address([1; 32]).to_string()));
         assert!(s.contains(&Address([2; 32]).to_string()));
