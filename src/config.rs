@@ -781,12 +781,7 @@ fn duration(key: &str, value: &str, lo: Duration, hi: Duration) -> Result<Durati
 
 /// A `u32` limit from the file, `lo..=hi`, or `default`.
 fn limit_u32(key: &str, value: Option<i64>, default: u32, lo: u32, hi: u32) -> Result<u32, Bad> {
-    let v = in_range(
-        key,
-        value.unwrap_or(i64::from(default)),
-        lo.into(),
-        hi.into(),
-    )?;
+    let v = in_range(key, value.unwrap_or(i64::from(default)), lo.into(), hi.into())?;
     Ok(u32::try_from(v).unwrap_or(default))
 }
 
@@ -1817,14 +1812,7 @@ mod tests {
             ),
             (
                 "routing",
-                &[
-                    "mode",
-                    "hops",
-                    "ttl",
-                    "shards",
-                    "shards_needed",
-                    "retry_max",
-                ][..],
+                &["mode", "hops", "ttl", "shards", "shards_needed", "retry_max"][..],
             ),
             ("client", &["socket", "legacy_port"][..]),
             ("log", &["level", "format"][..]),
