@@ -1,5 +1,6 @@
 //! ClientSession: serves one local client connection (`hermes push`, `pull`,
-//! `status`, `id`) over the Unix socket, a request at a time, then ends.
+//! `status`, `id`, `peers`, `contacts`) over the Unix socket, a request at a
+//! time, then ends.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::inbox::{Confirm, Inbox, Pull};
 use super::listener::Listener;
+use super::names;
 use super::neighbours::{GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
 use super::router::{Push, PushError, Router, WaitDelivered};
@@ -160,6 +162,20 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
         Request::Peers => match deps.neighbours.send(GetPeers).await {
             Ok(peers) => Response::Peers(peers),
             Err(e) => refused(format!("neighbour manager unavailable: {e}")),
+        },
+        Request::ContactAdd { name, dest } => {
+            match names::add_contact(&name, &dest, &deps.store, &deps.me).await {
+                Ok(c) => Response::Contacts(vec![c]),
+                Err(e) => refused(e),
+            }
+        }
+        Request::Contacts => match names::list_contacts(&deps.store) {
+            Ok(list) => Response::Contacts(list),
+            Err(e) => refused(e),
+        },
+        Request::ContactRemove { name } => match names::remove_contact(&name, &deps.store).await {
+            Ok(()) => Response::Done,
+            Err(e) => refused(e),
         },
     }
 }

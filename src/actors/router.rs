@@ -16,7 +16,7 @@
 //! receipt, so an origin that missed the receipt still gets it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +25,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::inbox::{Deliver, Inbox};
-use super::peer_session::{probe, LinkIdentity, PeerHandle};
+use super::peer_session::{LinkIdentity, PeerHandle};
 use super::{backoff_delay, fault_handler, guard};
-use crate::config::DEFAULT_PORT;
 use crate::crypto::seal;
-use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
+use crate::crypto::{unix_now, unix_now_ms, Address};
 use crate::routing::accept::{open_packet, Header};
 use crate::routing::filter::copy_key;
 use crate::routing::{CopyVerdict, FloodFilter};
@@ -544,45 +543,6 @@ impl Router {
     }
 }
 
-/// Finds the signed record for a `--to` value: a node address, or an IP
-/// (with optional port) looked up in the address book or asked directly.
-async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRecord, PushError> {
-    let to = to.trim();
-    if to.len() == 64 {
-        if let Ok(addr) = to.parse::<Address>() {
-            return store
-                .peer_get(&addr)?
-                .ok_or_else(|| PushError::BadInput(format!("no record known for node {to}")));
-        }
-    }
-    let (ip, port): (IpAddr, Option<u16>) = if let Ok(ip) = to.parse::<IpAddr>() {
-        (ip, None)
-    } else if let Ok(sa) = to.parse::<SocketAddr>() {
-        (sa.ip(), Some(sa.port()))
-    } else {
-        return Err(PushError::BadInput(format!(
-            "--to {to:?}: expected an IP, IP:PORT or a node address (64 hex digits)"
-        )));
-    };
-    if me.record.record.listen.ip() == ip
-        && port.is_none_or(|p| p == me.record.record.listen.port())
-    {
-        return Ok((*me.record).clone());
-    }
-    if let Some(rec) = store.peer_by_ip(ip, port)? {
-        return Ok(rec);
-    }
-    let addr = SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT));
-    let rec = probe(addr, &me.identity)
-        .await
-        .map_err(|e| PushError::Unreachable {
-            addr,
-            why: e.to_string(),
-        })?;
-    store.peer_put(&rec)?;
-    Ok(rec)
-}
-
 impl Actor for Router {
     type Context = Context<Self>;
 
@@ -647,7 +607,7 @@ impl Handler<Push> for Router {
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
         };
         let fut = async move {
-            let recipient = resolve(&msg.to, &store, &me).await?;
+            let recipient = super::names::resolve(&msg.to, &store, &me).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
             let to = recipient.record.address;

@@ -11,7 +11,7 @@ use hermes::client::{Client, ClientError};
 use hermes::config::Config;
 use hermes::crypto::unix_now;
 use hermes::wire::client::{
-    InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
+    ContactInfo, InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
 };
 use hermes::wire::message::MAX_TEXT_BYTES;
 
@@ -44,7 +44,7 @@ enum Command {
     },
     /// Hand a message to the local daemon; prints its id once it is on disk.
     Push {
-        /// Recipient: IP, IP:PORT or node address.
+        /// Recipient: IP, IP:PORT, node address or contact name.
         #[arg(long)]
         to: String,
         /// The text; "-" or absent reads standard input.
@@ -73,9 +73,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Names for nodes: each contact's key is pinned.
+    Contacts {
+        #[command(subcommand)]
+        command: ContactsCommand,
+    },
     /// Test-only: make a supervised actor fail (daemon needs HERMES_FAULT_INJECTION=1).
     #[command(hide = true)]
     DebugFault { actor: String, kind: String },
+}
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Name a node; DEST is an IP, IP:PORT (probed now, its key pinned) or a node address.
+    Add { name: String, dest: String },
+    /// List contacts and the keys pinned for IP addresses pushed to.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a contact, or a pinned IP[:PORT] (to accept its new key).
+    Remove { name: String },
 }
 
 /// A failure with the exit code it maps to.
@@ -125,6 +144,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Pull { json } => pull(&config, json),
         Command::Status { json } => status(&config, json),
         Command::Peers { json } => peers(&config, json),
+        Command::Contacts { command } => contacts(&config, command),
         Command::Id => match connect(&config)?.call(&Request::Id)? {
             Response::Id { address } => {
                 println!("{address}");
@@ -313,6 +333,47 @@ fn peers(config: &Config, json: bool) -> Result<u8, Failure> {
             p.address,
             if p.relay { "" } else { " (no relay)" },
         )?;
+    }
+    Ok(0)
+}
+
+fn contacts(config: &Config, command: ContactsCommand) -> Result<u8, Failure> {
+    let mut client = connect(config)?;
+    let (list, json): (Vec<ContactInfo>, bool) = match command {
+        ContactsCommand::Add { name, dest } => {
+            match client.call(&Request::ContactAdd { name, dest })? {
+                Response::Contacts(c) => (c, false),
+                other => return Err(unexpected(other)),
+            }
+        }
+        ContactsCommand::List { json } => match client.call(&Request::Contacts)? {
+            Response::Contacts(c) => (c, json),
+            other => return Err(unexpected(other)),
+        },
+        ContactsCommand::Remove { name } => {
+            return match client.call(&Request::ContactRemove { name })? {
+                Response::Done => Ok(0),
+                other => Err(unexpected(other)),
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for c in &list {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:<24} {:<4} {}{}",
+                c.name,
+                c.kind,
+                c.address,
+                c.dest
+                    .as_ref()
+                    .filter(|d| **d != c.name)
+                    .map_or(String::new(), |d| format!(" (from {d})")),
+            )?;
+        }
     }
     Ok(0)
 }

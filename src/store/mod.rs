@@ -11,12 +11,14 @@
 //! | `drop` | [`DropKey`] | [`DropEntry`]: expiry, the receipt if delivered |
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
 //! | `peers` | address | the newest signed record of that node |
+//! | `contacts` | `name/<NAME>` or `ip/<IP:PORT>` | a pinned node address (`contacts.rs`) |
 //! | `meta` | counter name | `be_u64` |
 //!
 //! Writes reach the disk only on [`Store::flush`] (or sled's own flush every
 //! 500 ms): callers flush before they make a promise that depends on a write
 //! (ARCHITECTURE.md, durability points), and sled groups concurrent flushes.
 
+mod contacts;
 mod drop_list;
 mod inbox;
 mod outbox;
@@ -24,6 +26,7 @@ mod peers;
 
 use std::path::{Path, PathBuf};
 
+pub use contacts::{Contact, ContactKey, Pinned, MAX_CONTACTS};
 pub use drop_list::{DropEntry, DropKey};
 pub use inbox::InboxKey;
 pub use outbox::OutboxEntry;
@@ -95,6 +98,7 @@ pub struct Store {
     drop: sled::Tree,
     drop_exp: sled::Tree,
     peers: sled::Tree,
+    contacts: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -118,6 +122,7 @@ impl Store {
             drop: tree("drop")?,
             drop_exp: tree("drop_exp")?,
             peers: tree("peers")?,
+            contacts: tree("contacts")?,
             meta: tree("meta")?,
             db,
             failed: Default::default(),

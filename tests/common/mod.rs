@@ -22,6 +22,9 @@
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
 //! | 23 | restarts.rs        | sender_killed_right_after_push_still_delivers     |
+//! | 24 | names.rs           | gossiped_record_claiming_the_recipients_ip_...    |
+//! | 25 | names.rs           | changed_key_at_a_pinned_ip_is_refused_until_...   |
+//! | 26 | names.rs           | contacts_name_pinned_keys                         |
 //! | 30 | hostile_peers.rs   | random_bytes_are_cut_off                          |
 //! | 31 | hostile_peers.rs   | oversized_length_prefix_then_silence_is_cut_off   |
 //! | 32 | hostile_peers.rs   | oversized_length_prefix_then_garbage_is_cut_off   |
@@ -63,7 +66,7 @@
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
 //!
-//! Free for new tests: 24-29, 37-39, 54-55, 69, 73-79, 88-255.
+//! Free for new tests: 27-29, 37-39, 54-55, 69, 73-79, 94-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
