@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod localuser;
 pub mod logging;
 pub mod node;
 pub mod overlay;

@@ -234,9 +234,11 @@ fn junk_flood_is_cut_refused_and_bounded_by_the_budget() {
     );
     // Honest messages add a few entries each (warm-up and one delivery).
     let slack = 20;
-    assert!(
-        v_drops <= bound + slack,
-        "the victim's drop list grew by {v_drops}; the budget allows about {bound}"
+    // A relay keeps nothing on disk per packet it carries (its duplicate
+    // filter is in memory), junk or not.
+    assert_eq!(
+        v_drops, 0,
+        "the victim relays only: its drop list must not grow"
     );
     assert!(
         c_drops <= bound + slack,
@@ -358,4 +360,53 @@ fn busy_honest_line_stays_within_the_default_budgets() {
     }
     wait_linked(&nodes[0], &nodes[1]);
     wait_linked(&nodes[1], &nodes[2]);
+}
+
+/// A peer whose packets create more duplicate-filter entries than
+/// `limits.new_entries_per_min` (here 100) is cut and refused, even while it
+/// stays under the packet and byte budgets.
+#[test]
+fn too_many_new_packets_per_minute_cut_the_link() {
+    const N: u8 = 54;
+    const ENTRIES: u64 = 100;
+    let mut nodes = line_with(N, 3, |i, o| {
+        if i == 1 {
+            o.extra_toml = format!("[limits]\nnew_entries_per_min = {ENTRIES}\n");
+        }
+    });
+    warm_up(&nodes[0], &nodes[2]);
+    let before = nodes[1].status();
+    let identity = Identity::generate();
+    let hostile_address = identity.address();
+    let victim = sock(&nodes[1].listen());
+    let mut h = HostilePeer::dial_as(identity, victim, sock(&listen_addr(N, 9)), unix_now());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(54);
+    let mut sent = 0;
+    for _ in 0..(3 * ENTRIES) {
+        if !h.send(junk(&mut rng, 32)) {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        h.closed_within(CUT_OFF),
+        "the victim must cut a peer over its new-entry budget (sent {sent}){}",
+        nodes[1].describe_for_failure()
+    );
+    let warnings = log_lines(&nodes[1], &["over budget", &short(&hostile_address)]);
+    assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
+    assert!(
+        warnings[0].contains("limits.new_entries_per_min"),
+        "the warning names the budget: {}",
+        warnings[0]
+    );
+    deliver(&nodes[0], &nodes[2], "after the cut");
+    let after = nodes[1].status();
+    let relayed = counter(&after, "relayed") - counter(&before, "relayed");
+    // The budget, plus the honest delivery just made.
+    assert!(
+        relayed <= ENTRIES + 2,
+        "relayed {relayed} junk packets; the budget is {ENTRIES} a minute"
+    );
+    nodes[1].assert_alive();
 }

@@ -43,6 +43,8 @@ use crate::logging::{log_summary, LogLimiter};
 
 /// Most local client connections served at once.
 pub const MAX_CLIENTS: usize = 64;
+/// Most legacy-port connections served at once (apart from [`MAX_CLIENTS`]).
+pub const MAX_LEGACY_CLIENTS: usize = 16;
 /// Pause after a failed accept (e.g. out of file descriptors).
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often counted log events are checked for a due summary.
@@ -57,6 +59,8 @@ pub const EV_HANDSHAKE_DROPPED: &str = "pending handshake dropped to make room";
 pub const EV_CLIENT_ACCEPT_FAILED: &str = "client accept failed";
 pub const EV_LEGACY_ACCEPT_FAILED: &str = "legacy accept failed";
 pub const EV_TOO_MANY_CLIENTS: &str = "too many clients; connection refused";
+pub const EV_LEGACY_OTHER_USER: &str =
+    "legacy connection from another user (or one that cannot be told) refused";
 
 /// What the Listener shares with its handshake tasks, which all run on the
 /// Listener's own thread (its arbiter): no lock is ever contended.
@@ -83,6 +87,8 @@ pub struct Listener {
     deps: ClientDeps,
     shared: SharedRef,
     clients: Arc<Semaphore>,
+    /// The legacy port's own connection limit.
+    legacy_clients: Arc<Semaphore>,
     closing: bool,
     log: slog::Logger,
     /// Parent logger of the inbound sessions.
@@ -110,6 +116,7 @@ impl Listener {
                 logs: LogLimiter::default(),
             })),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            legacy_clients: Arc::new(Semaphore::new(MAX_LEGACY_CLIENTS)),
             closing: false,
             log: log.new(slog::o!("actor" => "listener")),
             session_log: log.new(slog::o!("actor" => "session")),
@@ -348,7 +355,9 @@ impl StreamHandler<LegacyConn> for Listener {
                     return;
                 }
             };
-            let Ok(permit) = this.clients.clone().try_acquire_owned() else {
+            // Its own limit: idle legacy connections never starve the
+            // Unix socket's clients.
+            let Ok(permit) = this.legacy_clients.clone().try_acquire_owned() else {
                 if allow(
                     &this.shared,
                     slog::Level::Warning,
@@ -360,8 +369,26 @@ impl StreamHandler<LegacyConn> for Listener {
                 return;
             };
             let deps = this.deps.clone();
+            let (shared, log) = (this.shared.clone(), this.log.clone());
             actix_rt::spawn(async move {
-                serve_legacy(stream, deps).await;
+                let (client, server) = (stream.peer_addr(), stream.local_addr());
+                let owner = match (client, server) {
+                    (Ok(c), Ok(s)) => {
+                        actix_rt::task::spawn_blocking(move || crate::localuser::owner_of(c, s))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                if owner == Some(crate::localuser::my_uid()) {
+                    serve_legacy(stream, deps).await;
+                } else {
+                    let who = owner.map_or("unknown".to_string(), |u| u.to_string());
+                    if allow(&shared, slog::Level::Warning, EV_LEGACY_OTHER_USER, &who) {
+                        slog::warn!(log, "{}", EV_LEGACY_OTHER_USER; "uid" => who);
+                    }
+                }
                 drop(permit);
             });
         });

@@ -161,8 +161,9 @@ impl Router {
     /// Tells the peer's session it broke a budget: it is cut and backed off.
     fn report_over_budget(&mut self, from: Address) {
         if let Some(h) = self.neighbours.get(&from) {
-            h.session
-                .do_send(super::peer_session::Close { farewell: None });
+            h.session.do_send(super::peer_session::OverBudget {
+                what: "limits.new_entries_per_min",
+            });
         }
     }
 

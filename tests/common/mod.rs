@@ -47,6 +47,11 @@
 //! | 51 | budgets.rs         | junk_flood_is_cut_refused_and_bounded_by_the_budget |
 //! | 52 | budgets.rs         | large_frames_break_the_byte_budget                |
 //! | 53 | budgets.rs         | busy_honest_line_stays_within_the_default_budgets |
+//! | 54 | budgets.rs         | too_many_new_packets_per_minute_cut_the_link      |
+//! | 56 | trust.rs           | replayed_and_re_timed_copies_are_delivered_once   |
+//! | 57 | trust.rs           | replay_after_the_time_to_live_with_a_new_expiry_is_refused |
+//! | 58 | trust.rs           | tampered_copies_for_any_attempt_do_not_stop_the_genuine_one |
+//! | 59 | trust.rs           | rewritten_receipts_do_not_settle_a_message        |
 //! | 60 | supervision.rs     | router_panic                                      |
 //! | 61 | supervision.rs     | router_error                                      |
 //! | 62 | supervision.rs     | neighbours_panic                                  |
@@ -57,6 +62,9 @@
 //! | 67 | supervision.rs     | listener_error                                    |
 //! | 68 | supervision.rs     | debug_fault_refused_without_env                   |
 //! | 70 | legacy.rs          | legacy_push_and_pull (legacy ports 40000+10N+h)    |
+//! | 71 | trust.rs           | retries_of_an_undeliverable_message_cost_relays_nothing_lasting |
+//! | 72 | durability.rs      | full_disk_recipient_acknowledges_only_what_it_stored |
+//! | 90-93 | store_damage.rs | (store damage, check, salvage, backup, modes)     |
 //! | 80 | shutdown.rs        | sigterm_exits_0_and_neighbour_forgets_it          |
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
@@ -66,7 +74,7 @@
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
 //!
-//! Free for new tests: 27-29, 37-39, 54-55, 69, 73-79, 94-255.
+//! Free for new tests: 27-29, 37-39, 55, 69, 73-79, 94-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
