@@ -379,3 +379,36 @@ fn connect_close_flood_is_summarised_not_logged_per_connection() {
     // The honest link is still up.
     assert!(b.has_neighbour(&a.listen()), "the honest link went down");
 }
+
+/// Attack 8 past the handshake: a stranger with a fresh key for every
+/// connection links and unlinks 300 times. The node logs "neighbour up/down"
+/// once per source and minute, not once per link.
+#[test]
+fn fresh_keys_linking_and_unlinking_do_not_flood_the_log() {
+    use common::hostile::HostilePeer;
+    const N: u8 = 49;
+    const LINKS: usize = 300;
+    let a = Node::start(N, 2, NodeOpts::default());
+    let to: std::net::SocketAddr = a.listen().parse().expect("an address");
+    let claimed: std::net::SocketAddr = listen_addr(N, 9).parse().expect("an address");
+    for _ in 0..LINKS {
+        let h = HostilePeer::dial(to, claimed);
+        drop(h);
+    }
+    let info_lines = |what: &str| {
+        a.log()
+            .lines()
+            .filter(|l| l.contains(" INFO ") && l.contains(what) && !l.contains("more in"))
+            .count()
+    };
+    // The last unlink has been handled once `status` shows no neighbour.
+    wait_for(LINK_TIMEOUT, "the strangers gone", &[&a], || {
+        a.neighbour_listens().is_empty()
+    });
+    let (ups, downs) = (info_lines("neighbour up"), info_lines("neighbour down"));
+    assert!(
+        ups <= 2 && downs <= 2,
+        "{LINKS} links from one claimed source wrote {ups} 'neighbour up' and {downs} \
+         'neighbour down' lines"
+    );
+}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -28,6 +28,7 @@ use super::router::{NeighbourDown, NeighbourUp, Router};
 use super::{fault_handler, guard};
 use crate::config::{LimitsConfig, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
+use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
 use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
 use crate::store::Store;
@@ -40,6 +41,8 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAILBOX: usize = 256;
 /// Links refused from banned peers are logged as one count this often.
 pub const REFUSED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+const EV_UP: &str = "neighbour up";
+const EV_DOWN: &str = "neighbour down";
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -64,6 +67,9 @@ pub struct NeighbourManager {
     refused: u64,
     /// When the next summary of refusals is due.
     next_summary_ms: u64,
+    /// "neighbour up/down" once per source and minute, then counted: a
+    /// stranger with fresh keys can link and unlink at will.
+    logs: LogLimiter,
 }
 
 impl NeighbourManager {
@@ -101,6 +107,7 @@ impl NeighbourManager {
             limits,
             refused: 0,
             next_summary_ms: 0,
+            logs: LogLimiter::default(),
         }
     }
 
@@ -146,7 +153,13 @@ impl NeighbourManager {
                     linked = true;
                     if let Some(h) = self.sessions.get(&link) {
                         self.router.do_send(NeighbourUp(h.clone()));
-                        slog::info!(self.log, "neighbour up"; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        let source = h.listen.ip().to_string();
+                        if self
+                            .logs
+                            .allow(slog::Level::Info, EV_UP, &source, Instant::now())
+                        {
+                            slog::info!(self.log, "{}", EV_UP; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        }
                     }
                 }
                 Action::Down(link) => {
@@ -155,7 +168,13 @@ impl NeighbourManager {
                             address: h.address,
                             session_id: h.session_id,
                         });
-                        slog::info!(self.log, "neighbour down"; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        let source = h.listen.ip().to_string();
+                        if self
+                            .logs
+                            .allow(slog::Level::Info, EV_DOWN, &source, Instant::now())
+                        {
+                            slog::info!(self.log, "{}", EV_DOWN; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        }
                     }
                 }
             }
@@ -248,6 +267,9 @@ impl Actor for NeighbourManager {
                 this.membership.tick(now);
                 this.apply(ctx);
                 this.summarise(now);
+                for summary in this.logs.due(Instant::now()) {
+                    log_summary(&this.log, &summary);
+                }
             });
         });
         self.membership.tick(unix_now_ms());

@@ -423,7 +423,9 @@ impl PeerSession {
     /// Let in by the NeighbourManager: announce, and start the keepalive.
     fn admitted(&mut self, ctx: &mut Context<Self>) {
         self.admitted = true;
-        slog::info!(self.log, "peer up"; "direction" => self.direction.as_str());
+        // At debug: the NeighbourManager's "neighbour up" says it once per
+        // source and minute; a stranger with fresh keys can repeat this.
+        slog::debug!(self.log, "peer up"; "direction" => self.direction.as_str());
         // A first ping at once, so the round trip is known early.
         let nonce = rand::random();
         self.ping = Some((nonce, Instant::now()));
@@ -556,7 +558,7 @@ impl Actor for PeerSession {
             slog::debug!(self.log, "peer refused");
             return;
         }
-        slog::info!(self.log, "peer down");
+        slog::debug!(self.log, "peer down");
         self.neighbours.do_send(SessionDown {
             session_id: self.session_id,
         });

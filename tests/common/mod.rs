@@ -41,7 +41,7 @@
 //! | 46 | cli.rs             | bad_listen_value_exits_1_naming_the_key           |
 //! | 47 | admission.rs       | renewed_silent_connections_do_not_keep_a_newcomer_out |
 //! | 48 | admission.rs       | connect_close_flood_is_summarised_not_logged_per_connection |
-//! | 49 | admission.rs       | (reserved)                                        |
+//! | 49 | admission.rs       | fresh_keys_linking_and_unlinking_do_not_flood_the_log |
 //! |  - | cli.rs             | missing_explicit_config_exits_1 (binds nothing)   |
 //! | 50 | privacy.rs         | relay_never_stores_or_logs_plaintext              |
 //! | 51 | budgets.rs         | junk_flood_is_cut_refused_and_bounded_by_the_budget |
