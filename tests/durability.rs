@@ -120,6 +120,14 @@ fn full_disk_recipient_acknowledges_only_what_it_stored() {
         || retried(&s) >= base + 2 * waiting,
     );
     let settled_before_kill = s.outbox().2;
+    // A push on the full node fails loudly, with the reason.
+    let out = r.try_push(&s.ip(), "while the disk is full");
+    assert_eq!(out.code, Some(1), "push on a full disk: {out}");
+    assert!(
+        out.stderr.contains("No space left") && out.stderr.contains("restart"),
+        "the reason and what to do: {out}"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out}");
     r.kill();
     disk.resize("64m");
     r.restart();

@@ -41,7 +41,7 @@ pub enum StoreError {
     #[error("{path}: the store cannot be opened ({detail}); it may be damaged. Move the data dir aside to start afresh (the identity key is in identity.key)")]
     Corrupt { path: PathBuf, detail: String },
     #[error("store: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("store: a stored value does not decode: {0}")]
     Codec(#[from] postcard::Error),
     /// A flush failed once (e.g. a full disk). sled cannot be trusted after
@@ -53,11 +53,23 @@ pub enum StoreError {
     WriteFailed(String),
 }
 
+impl From<sled::Error> for StoreError {
+    /// A full disk is a failed write, with what to do about it.
+    fn from(e: sled::Error) -> Self {
+        match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StoreError::WriteFailed(io.to_string())
+            }
+            _ => StoreError::Sled(e),
+        }
+    }
+}
+
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
         match e {
             sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
         }
     }
 }
