@@ -1,0 +1,513 @@
+//! Proving a store intact at open, and `hermes store check`, `salvage` and
+//! `backup`.
+//!
+//! At open ([`open_checked`]), in this order:
+//! 1. `<data_dir>/store.manifest` must read and verify if it is there;
+//! 2. a manifest without a `store/` dir is refused (the store was deleted);
+//!    neither gives a fresh store, created with generation 1 and its manifest;
+//! 3. sled opens the store (its own errors are reported as damage);
+//! 4. every record of every tree is read and decoded once; a read error or a
+//!    value that does not decode is refused;
+//! 5. sled's generation must be at least the manifest's: lower means sled's
+//!    recovery stopped early and flushed writes are gone. Higher is fine (a
+//!    crash between a sled flush and its manifest write). A store without a
+//!    manifest is refused once it has been flushed more than once; one with no
+//!    generation at all was written by a version without manifests and is
+//!    adopted.
+//!
+//! [`inspect`] runs the same steps without refusing, for `store check`.
+//! [`salvage`] and [`Store::backup_to`] copy records into a fresh store
+//! through the store's own write paths, so each copied record gets its index
+//! entries.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::manifest::{self, Manifest, ManifestError, ManifestWriter};
+use super::{
+    make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError,
+    GENERATION_KEY, IDENTITY_KEY,
+};
+use crate::overlay::PeerEntry;
+use crate::wire::client::InboxMessage;
+use crate::wire::MessageId;
+
+/// How [`Store::open_reporting`] found the data dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Neither store nor manifest: a fresh store was created.
+    Created,
+    /// An intact store; `generation` is the one it holds.
+    Existing { generation: u64 },
+    /// A store written by a version without manifests: taken as it is, and
+    /// given its first manifest.
+    Adopted,
+}
+
+/// Entries per tree, as found by a scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub inbox: u64,
+    pub outbox: u64,
+    pub outbox_due: u64,
+    pub drop: u64,
+    pub drop_exp: u64,
+    pub peers: u64,
+    pub meta: u64,
+}
+
+/// What `hermes store check` shows.
+#[derive(Clone, Debug, Default)]
+pub struct StoreReport {
+    pub data_dir: PathBuf,
+    /// The manifest, if it is there and reads.
+    pub manifest: Option<Manifest>,
+    /// `store/` exists.
+    pub store_present: bool,
+    /// The generation sled holds (when the store opened).
+    pub generation: Option<u64>,
+    pub counts: Counts,
+    /// Address-book entries that do not decode (an older version's; skipped,
+    /// not damage: the book refills from the network).
+    pub peers_skipped: u64,
+    /// The node address the store is tied to.
+    pub identity: Option<[u8; 32]>,
+    /// Everything wrong, each a sentence naming the file; empty if intact.
+    pub problems: Vec<String>,
+}
+
+impl StoreReport {
+    pub fn intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for StoreReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.data_dir;
+        writeln!(f, "data dir   {}", d.display())?;
+        match &self.manifest {
+            Some(m) => writeln!(
+                f,
+                "manifest   {}: generation {}",
+                manifest::path(d).display(),
+                m.generation
+            )?,
+            None => writeln!(f, "manifest   {}: none", manifest::path(d).display())?,
+        }
+        let store = d.join("store");
+        match (self.store_present, self.generation) {
+            (false, _) => writeln!(f, "store      {}: missing", store.display())?,
+            (true, Some(g)) => writeln!(f, "store      {}: generation {g}", store.display())?,
+            (true, None) => writeln!(f, "store      {}: does not open", store.display())?,
+        }
+        let c = &self.counts;
+        writeln!(
+            f,
+            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / peers {}{}",
+            c.inbox,
+            c.outbox,
+            c.outbox_due,
+            c.drop,
+            c.drop_exp,
+            c.peers,
+            if self.peers_skipped > 0 {
+                format!(" ({} old ones skipped)", self.peers_skipped)
+            } else {
+                String::new()
+            }
+        )?;
+        if let Some(id) = &self.identity {
+            writeln!(f, "node       {}", hex::encode(id))?;
+        }
+        if self.problems.is_empty() {
+            write!(f, "state      OK")
+        } else {
+            write!(f, "state      DAMAGED")?;
+            for p in &self.problems {
+                write!(f, "\n  {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How many records a salvage or backup copied, and how many it left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyCounts {
+    pub inbox: u64,
+    pub outbox: u64,
+    pub drop: u64,
+    pub peers: u64,
+    /// Records that did not read or decode (left out).
+    pub skipped: u64,
+    /// The generation of the new store once written.
+    pub generation: u64,
+}
+
+/// Decodes `bytes` as a whole `T` (a remainder is damage, unlike postcard's
+/// `from_bytes`).
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(format!("{} bytes left over", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The trees whose every value must decode, with their checks.
+fn check_value(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+    match tree {
+        "outbox" => decode_exact::<OutboxEntry>(value).map(drop),
+        "inbox" => decode_exact::<InboxMessage>(value).map(drop),
+        // Key prefix 0 was an earlier version's per-copy entry: only swept.
+        "drop" if key.first() == Some(&0) => Ok(()),
+        "drop" => decode_exact::<DropEntry>(value).map(drop),
+        "meta" if key == IDENTITY_KEY => match value.len() {
+            32 => Ok(()),
+            n => Err(format!("node address of {n} bytes")),
+        },
+        "meta" => match value.len() {
+            8 => Ok(()),
+            n => Err(format!("counter of {n} bytes")),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Reads every record of every tree once.
+fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
+    let trees: [(&str, &sled::Tree); 7] = [
+        ("outbox", &store.outbox),
+        ("outbox_due", &store.outbox_due),
+        ("inbox", &store.inbox),
+        ("drop", &store.drop),
+        ("drop_exp", &store.drop_exp),
+        ("peers", &store.peers),
+        ("meta", &store.meta),
+    ];
+    for (name, tree) in trees {
+        let mut n = 0u64;
+        let mut bad = 0u64;
+        let mut first: Option<String> = None;
+        for item in tree.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report.problems.push(format!(
+                        "{}: damaged: reading tree {name} failed after {n} records ({e})",
+                        file.display()
+                    ));
+                    break;
+                }
+            };
+            if name == "peers" {
+                if decode_exact::<PeerEntry>(&v).is_err() {
+                    report.peers_skipped += 1;
+                    continue;
+                }
+            } else if let Err(e) = check_value(name, &k, &v) {
+                bad += 1;
+                first.get_or_insert(e);
+                continue;
+            }
+            n += 1;
+        }
+        if let Some(e) = first {
+            report.problems.push(format!(
+                "{}: damaged: {bad} records of tree {name} do not decode (first: {e})",
+                file.display()
+            ));
+        }
+        let c = &mut report.counts;
+        *match name {
+            "outbox" => &mut c.outbox,
+            "outbox_due" => &mut c.outbox_due,
+            "inbox" => &mut c.inbox,
+            "drop" => &mut c.drop,
+            "drop_exp" => &mut c.drop_exp,
+            "peers" => &mut c.peers,
+            _ => &mut c.meta,
+        } = n;
+    }
+}
+
+/// The file to name for damage inside the store: its log, if it is there.
+fn store_file(data_dir: &Path) -> PathBuf {
+    let db = data_dir.join("store").join("db");
+    if db.exists() {
+        db
+    } else {
+        data_dir.join("store")
+    }
+}
+
+/// Steps 4 and 5 of the module doc on an opened store.
+fn judge(store: &Store, report: &mut StoreReport) {
+    let file = store_file(&report.data_dir);
+    scan(store, report, &file);
+    let generation = match store.generation() {
+        Ok(g) => g,
+        Err(e) => {
+            report
+                .problems
+                .push(format!("{}: damaged: {e}", file.display()));
+            0
+        }
+    };
+    report.generation = Some(generation);
+    report.identity = store.bound_identity().ok().flatten();
+    let manifest_path = manifest::path(&report.data_dir);
+    match report.manifest {
+        Some(m) if generation < m.generation => report.problems.push(format!(
+            "{}: damaged: it holds writes up to generation {generation}, but {} records generation {} as flushed, so flushed writes are lost",
+            file.display(),
+            manifest_path.display(),
+            m.generation
+        )),
+        Some(_) => {}
+        None if generation > 1 => report.problems.push(format!(
+            "{}: missing, but the store has been flushed {generation} times; without it nothing proves that the store still holds every flushed write",
+            manifest_path.display()
+        )),
+        None => {}
+    }
+}
+
+fn manifest_problem(e: ManifestError) -> StoreError {
+    match e {
+        ManifestError::Damaged { path, why } => StoreError::Damaged {
+            path,
+            what: format!("the store manifest is damaged ({why})"),
+        },
+        other => StoreError::Manifest(other),
+    }
+}
+
+/// Opens a store the way the daemon does, refusing damage (module doc).
+pub(super) fn open_checked(data_dir: &Path) -> Result<(Store, Opened), StoreError> {
+    let found = manifest::read(data_dir).map_err(manifest_problem)?;
+    let store_dir = data_dir.join("store");
+    let present = store_dir.exists();
+    if !present {
+        if let Some(m) = found {
+            return Err(StoreError::Missing {
+                path: store_dir,
+                manifest: manifest::path(data_dir),
+                generation: m.generation,
+            });
+        }
+    }
+    let mut store = Store::open_raw(data_dir)?;
+    make_private(&store_dir)?;
+    let mut report = StoreReport {
+        data_dir: data_dir.to_path_buf(),
+        manifest: found,
+        store_present: present,
+        ..StoreReport::default()
+    };
+    judge(&store, &mut report);
+    if let Some(first) = report.problems.first() {
+        // The problem sentences start with the file they name.
+        let (path, what) = first.split_once(": ").unwrap_or(("", first));
+        return Err(StoreError::Damaged {
+            path: PathBuf::from(path),
+            what: what.to_string(),
+        });
+    }
+    let generation = report.generation.unwrap_or(0);
+    let written = found.map(|m| m.generation).unwrap_or(0);
+    store.manifest = Some(ManifestWriter::new(data_dir, written, generation));
+    let opened = match (present, found, generation) {
+        (false, _, _) => Opened::Created,
+        (true, None, 0) => Opened::Adopted,
+        (true, _, g) => Opened::Existing { generation: g },
+    };
+    if found.is_none() {
+        // A new store, an adopted one, or one whose first manifest write was
+        // cut off: give it its manifest now.
+        store.flush_blocking()?;
+    }
+    Ok((store, opened))
+}
+
+/// The state of the store in `data_dir` for `hermes store check`. Opens
+/// sled (so fails with [`StoreError::Locked`] while a daemon runs), never
+/// creates a store and never writes the manifest.
+pub fn inspect(data_dir: &Path) -> Result<StoreReport, StoreError> {
+    let mut report = StoreReport {
+        data_dir: data_dir.to_path_buf(),
+        ..StoreReport::default()
+    };
+    match manifest::read(data_dir) {
+        Ok(m) => report.manifest = m,
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    let store_dir = data_dir.join("store");
+    report.store_present = store_dir.exists();
+    if !report.store_present {
+        if let Some(m) = &report.manifest {
+            report.problems.push(format!(
+                "{}: missing, but {} records {} flushes of it",
+                store_dir.display(),
+                manifest::path(data_dir).display(),
+                m.generation
+            ));
+        }
+        return Ok(report);
+    }
+    let store = match Store::open_raw(data_dir) {
+        Ok(s) => s,
+        Err(e @ StoreError::Locked(_)) => return Err(e),
+        Err(e) => {
+            report.problems.push(format!(
+                "{}: damaged: sled cannot open it ({e})",
+                store_file(data_dir).display()
+            ));
+            return Ok(report);
+        }
+    };
+    judge(&store, &mut report);
+    Ok(report)
+}
+
+/// Makes `dest` an empty data dir (0700): created if absent, refused if it
+/// holds anything.
+fn prepare_dest(dest: &Path) -> Result<(), StoreError> {
+    let err = |why: String| StoreError::Io {
+        path: dest.to_path_buf(),
+        why,
+    };
+    if dest.exists() {
+        let mut entries = std::fs::read_dir(dest).map_err(|e| err(e.to_string()))?;
+        if entries.next().is_some() {
+            return Err(err("not empty; give a new or empty dir".into()));
+        }
+    } else {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(dest)
+            .map_err(|e| err(format!("cannot create it: {e}")))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(format!("cannot set its mode: {e}")))
+}
+
+/// Copies every record of `src` that reads and decodes into `dst`. Order:
+/// outbox, inbox, drop list, peers, counters. When `src` is live (a backup),
+/// this order keeps the copy consistent: an inbox message or a settled outbox
+/// entry copied is one whose delivered mark was written before it (one
+/// transaction), and the drop list is copied after both, so the copy never
+/// holds a message without its mark, nor lacks an outbox entry whose mark it
+/// lacks too.
+fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
+    let mut c = CopyCounts::default();
+    for item in src.outbox.iter() {
+        let Ok((k, v)) = item else {
+            c.skipped += 1;
+            break;
+        };
+        match (
+            <[u8; 16]>::try_from(k.as_ref()),
+            decode_exact::<OutboxEntry>(&v),
+        ) {
+            (Ok(id), Ok(entry)) => {
+                dst.outbox_put(&MessageId(id), &entry)?;
+                c.outbox += 1;
+            }
+            _ => c.skipped += 1,
+        }
+    }
+    for item in src.inbox.iter() {
+        let Ok((k, v)) = item else {
+            c.skipped += 1;
+            break;
+        };
+        // Keys are `be_u64(seq) ‖ id` (inbox.rs): re-number in the same
+        // order from the new store's id generator, so later deliveries still
+        // sort after these.
+        if k.len() != 24 || decode_exact::<InboxMessage>(&v).is_err() {
+            c.skipped += 1;
+            continue;
+        }
+        let mut key = dst.db.generate_id()?.to_be_bytes().to_vec();
+        key.extend_from_slice(&k[8..]);
+        dst.inbox.insert(key, v)?;
+        c.inbox += 1;
+    }
+    for item in src.drop.iter() {
+        let Ok((k, v)) = item else {
+            c.skipped += 1;
+            break;
+        };
+        let id = k
+            .strip_prefix(&[1u8][..])
+            .and_then(|b| <[u8; 16]>::try_from(b).ok());
+        match (id, decode_exact::<DropEntry>(&v)) {
+            (Some(id), Ok(entry)) => {
+                dst.drop_insert_new(&DropKey::Delivered(MessageId(id)), &entry, 0)?;
+                c.drop += 1;
+            }
+            // An earlier version's per-copy entry (prefix 0) is not kept.
+            _ if k.first() == Some(&0) => {}
+            _ => c.skipped += 1,
+        }
+    }
+    for item in src.peers.iter() {
+        let Ok((k, v)) = item else {
+            c.skipped += 1;
+            break;
+        };
+        if decode_exact::<PeerEntry>(&v).is_ok() {
+            dst.peers.insert(k, v)?;
+            c.peers += 1;
+        }
+    }
+    for item in src.meta.iter() {
+        let Ok((k, v)) = item else {
+            c.skipped += 1;
+            break;
+        };
+        if k.as_ref() != GENERATION_KEY && check_value("meta", &k, &v).is_ok() {
+            dst.meta.insert(k, v)?;
+        }
+    }
+    dst.flush_blocking()?;
+    c.generation = dst.generation()?;
+    Ok(c)
+}
+
+/// `hermes store salvage DEST`: copies what still reads and decodes from the
+/// (stopped) store in `data_dir` into a fresh store, with its manifest, in
+/// the new or empty dir `dest`. The identity key is not copied.
+pub fn salvage(data_dir: &Path, dest: &Path) -> Result<CopyCounts, StoreError> {
+    let store_dir = data_dir.join("store");
+    if !store_dir.exists() {
+        return Err(StoreError::Io {
+            path: store_dir,
+            why: "no store to salvage".into(),
+        });
+    }
+    let src = Store::open_raw(data_dir)?;
+    prepare_dest(dest)?;
+    let (dst, _) = open_checked(dest)?;
+    copy_into(&src, &dst)
+}
+
+impl Store {
+    /// `hermes store backup DEST` on a running node: flushes, then copies
+    /// every record into a fresh store (with its manifest) in the new or
+    /// empty dir `dest` (see [`copy_into`] for why the copy is consistent
+    /// while the node keeps writing). Blocking.
+    pub fn backup_to(&self, dest: &Path) -> Result<CopyCounts, StoreError> {
+        self.flush_blocking()?;
+        prepare_dest(dest)?;
+        let (dst, _) = open_checked(dest)?;
+        copy_into(self, &dst)
+    }
+
+}
+
