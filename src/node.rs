@@ -50,9 +50,9 @@ pub enum NodeError {
     DataDirOpen { path: PathBuf, mode: u32 },
     #[error("{0}: the data dir is not a directory")]
     DataDirNotDir(PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {

@@ -44,7 +44,7 @@ const GENERATION_KEY: &[u8] = b"generation";
 /// `meta` key of the node address this store belongs to.
 const IDENTITY_KEY: &[u8] = b"identity";
 /// What to do about a damaged store; ends every damage message.
-pub const DAMAGE_ADVICE: &str = "run `hermes store check` to see the state and `hermes store salvage DIR` to copy what is still readable into a fresh store, or move the data dir aside to start afresh";
+pub const DAMAGE_ADVICE: &str = "run `hermes store salvage DIR` to copy what is still readable into a fresh store, or move the data dir aside to start afresh (`hermes store check` shows the state)";
 
 /// sled caches this much; its default of 1 GiB is far more than a node needs.
 pub const CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
