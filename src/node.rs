@@ -83,8 +83,12 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     store.bind_identity(&identity.address().0, &data_dir.join(IDENTITY_FILE))?;
     match opened {
         Opened::Created => slog::info!(log, "new store created"; "data_dir" => %data_dir.display()),
-        Opened::Adopted => slog::warn!(log, "store written by a version without a manifest: taken as it is, and given one"; "data_dir" => %data_dir.display()),
-        Opened::Existing { generation } => slog::info!(log, "store intact"; "generation" => generation),
+        Opened::Adopted => {
+            slog::warn!(log, "store written by a version without a manifest: taken as it is, and given one"; "data_dir" => %data_dir.display())
+        }
+        Opened::Existing { generation } => {
+            slog::info!(log, "store intact"; "generation" => generation)
+        }
     }
 
     let listen = config.node.listen;
@@ -279,8 +283,7 @@ fn create_private_dir(path: &Path) -> Result<(), NodeError> {
                 .mode(0o700)
                 .create(path)
                 .map_err(err)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-                .map_err(err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
         }
         Err(e) => return Err(err(e)),
     }

@@ -17,7 +17,8 @@ use super::router::{Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
 use crate::store::{Counter, Store};
 use crate::wire::client::{
-    self, BackupReport, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME, MAX_PULL_BATCH,
+    self, BackupReport, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME,
+    MAX_PULL_BATCH,
 };
 
 /// A client idle for this long between requests is dropped.

@@ -219,9 +219,12 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
                     )),
                     _ => {}
                 },
-                Ok(None) if report.store_present || report.manifest.is_some() => report
-                    .problems
-                    .push(format!("{}: missing: the node's identity is gone", key.display())),
+                Ok(None) if report.store_present || report.manifest.is_some() => {
+                    report.problems.push(format!(
+                        "{}: missing: the node's identity is gone",
+                        key.display()
+                    ))
+                }
                 Ok(None) => {}
                 Err(e) => report.problems.push(e.to_string()),
             }
@@ -246,6 +249,18 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
                 c.peers,
                 c.skipped
             );
+            match c.source_manifest {
+                Some(m) if m > c.source_generation => println!(
+                    "the damaged store reached generation {} of the {m} its manifest records: writes of the last {} flushes are lost",
+                    c.source_generation,
+                    m - c.source_generation
+                ),
+                Some(m) => println!("the store reached generation {} (its manifest records {m}): nothing flushed is missing", c.source_generation),
+                None => println!("the store reached generation {} (no manifest to compare with)", c.source_generation),
+            }
+            if c.from_log {
+                println!("sled would not open the store as it is; its log was read without its snapshot, up to the damage");
+            }
             println!(
                 "to run on it: copy {} to {} (cp -p), set node.data_dir = {:?} in the config, and start the daemon",
                 data_dir.join(IDENTITY_FILE).display(),

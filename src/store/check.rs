@@ -27,8 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::manifest::{self, Manifest, ManifestError, ManifestWriter};
 use super::{
-    make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError,
-    GENERATION_KEY, IDENTITY_KEY,
+    make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError, GENERATION_KEY, IDENTITY_KEY,
 };
 use crate::overlay::PeerEntry;
 use crate::wire::client::InboxMessage;
@@ -145,6 +144,13 @@ pub struct CopyCounts {
     pub skipped: u64,
     /// The generation of the new store once written.
     pub generation: u64,
+    /// sled would not open the store, so its log was replayed without its
+    /// snapshot (salvage only).
+    pub from_log: bool,
+    /// The generation the source reached, and the one its manifest records
+    /// (salvage only): how far short of its last flush the copy falls.
+    pub source_generation: u64,
+    pub source_manifest: Option<u64>,
 }
 
 /// Decodes `bytes` as a whole `T` (a remainder is damage, unlike postcard's
@@ -362,8 +368,12 @@ pub fn inspect(data_dir: &Path) -> Result<StoreReport, StoreError> {
         Ok(s) => s,
         Err(e @ StoreError::Locked(_)) => return Err(e),
         Err(e) => {
+            let why = match e {
+                StoreError::Corrupt { detail, .. } => detail,
+                other => other.to_string(),
+            };
             report.problems.push(format!(
-                "{}: damaged: sled cannot open it ({e})",
+                "{}: damaged: sled cannot open it ({why})",
                 store_file(data_dir).display()
             ));
             return Ok(report);
@@ -482,7 +492,13 @@ fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
 
 /// `hermes store salvage DEST`: copies what still reads and decodes from the
 /// (stopped) store in `data_dir` into a fresh store, with its manifest, in
-/// the new or empty dir `dest`. The identity key is not copied.
+/// the new or empty dir `dest`. The identity key is not copied, and the
+/// damaged store is left as it is.
+///
+/// When sled refuses to open the store at all (its snapshot points at a
+/// damaged page), the salvage opens a copy without the snapshot files, so
+/// sled replays its log from the start and stops at the damage: what came
+/// before it is kept.
 pub fn salvage(data_dir: &Path, dest: &Path) -> Result<CopyCounts, StoreError> {
     let store_dir = data_dir.join("store");
     if !store_dir.exists() {
@@ -491,10 +507,59 @@ pub fn salvage(data_dir: &Path, dest: &Path) -> Result<CopyCounts, StoreError> {
             why: "no store to salvage".into(),
         });
     }
-    let src = Store::open_raw(data_dir)?;
+    let first = Store::open_raw(data_dir);
+    if let Err(StoreError::Locked(_)) = first {
+        return first.map(|_| CopyCounts::default());
+    }
     prepare_dest(dest)?;
+    let scratch = dest.join(".salvage-source");
+    let (src, from_log) = match first {
+        Ok(s) => (s, false),
+        Err(StoreError::Corrupt { .. }) => {
+            copy_without_snapshots(&store_dir, &scratch.join("store"))?;
+            (Store::open_raw(&scratch)?, true)
+        }
+        Err(e) => return Err(e),
+    };
     let (dst, _) = open_checked(dest)?;
-    copy_into(&src, &dst)
+    let mut counts = copy_into(&src, &dst)?;
+    counts.from_log = from_log;
+    counts.source_generation = src.generation().unwrap_or(0);
+    counts.source_manifest = manifest::read(data_dir)
+        .ok()
+        .flatten()
+        .map(|m| m.generation);
+    drop(src);
+    if from_log {
+        std::fs::remove_dir_all(&scratch).map_err(|e| StoreError::Io {
+            path: scratch.clone(),
+            why: format!("cannot remove the scratch copy: {e}"),
+        })?;
+    }
+    Ok(counts)
+}
+
+/// Copies sled's files from `from` to `to`, leaving out its snapshots.
+fn copy_without_snapshots(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let err = |p: &Path, e: std::io::Error| StoreError::Io {
+        path: p.to_path_buf(),
+        why: format!("cannot copy for salvage: {e}"),
+    };
+    std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let name = entry.file_name();
+        let path = entry.path();
+        if name.to_string_lossy().starts_with("snap.") {
+            continue;
+        }
+        if path.is_dir() {
+            copy_without_snapshots(&path, &to.join(&name))?;
+        } else {
+            std::fs::copy(&path, to.join(&name)).map_err(|e| err(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -508,6 +573,4 @@ impl Store {
         let (dst, _) = open_checked(dest)?;
         copy_into(self, &dst)
     }
-
 }
-

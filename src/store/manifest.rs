@@ -94,7 +94,11 @@ pub fn decode(text: &str) -> Result<Manifest, String> {
     let mut lines = body.lines();
     match lines.next().and_then(|l| l.split_once(' ')) {
         Some((MAGIC, v)) if v == MANIFEST_VERSION.to_string() => {}
-        Some((MAGIC, v)) => return Err(format!("format version {v}, this hermes reads {MANIFEST_VERSION}")),
+        Some((MAGIC, v)) => {
+            return Err(format!(
+                "format version {v}, this hermes reads {MANIFEST_VERSION}"
+            ))
+        }
         _ => return Err("not a hermes store manifest".into()),
     }
     let mut field = |name: &str| -> Result<u64, String> {

@@ -77,10 +77,7 @@ pub enum StoreError {
     #[error("{0}")]
     Manifest(#[from] ManifestError),
     #[error("{path}: {why}")]
-    Io {
-        path: PathBuf,
-        why: String,
-    },
+    Io { path: PathBuf, why: String },
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
     #[error("store: a stored value does not decode: {0}")]
@@ -286,7 +283,10 @@ fn classify_open_error(path: &Path, e: sled::Error) -> StoreError {
         sled::Error::Corruption { .. }
         | sled::Error::Unsupported(_)
         | sled::Error::ReportableBug(_) => StoreError::Corrupt {
-            path: path.to_path_buf(),
+            // Name sled's log file when it is there: that is what is damaged.
+            path: Some(path.join("db"))
+                .filter(|db| db.exists())
+                .unwrap_or_else(|| path.to_path_buf()),
             detail: e.to_string(),
         },
         _ => StoreError::Sled(e),
