@@ -236,6 +236,21 @@ fn store(c: &mut Criterion) {
                 store.flush_blocking().unwrap();
             })
         });
+        // What each flush adds for the store manifest: a small file
+        // written, fsynced, renamed, and the dir fsynced.
+        let mdir = dir.path().join("manifest");
+        std::fs::create_dir_all(&mdir).unwrap();
+        let mut generation = 0;
+        g.bench_function("manifest_write", |b| {
+            b.iter(|| {
+                generation += 1;
+                let m = hermes::store::manifest::Manifest {
+                    generation,
+                    written_ms: 0,
+                };
+                hermes::store::manifest::write(&mdir, &m).unwrap();
+            })
+        });
     }
 
     // Group commit: 64 writes, one flush.
@@ -365,6 +380,14 @@ fn report(since: SystemTime) {
         (
             "outbox_put + flush, each",
             "store/outbox_put_flush",
+            1.0,
+            "sled insert 1 KiB + flush",
+            "store/sled_insert_1k_flush",
+            1.0,
+        ),
+        (
+            "manifest write (in each flush)",
+            "store/manifest_write",
             1.0,
             "sled insert 1 KiB + flush",
             "store/sled_insert_1k_flush",
