@@ -41,7 +41,7 @@ pub const FAULT_INJECTION_ENV: &str = "HERMES_FAULT_INJECTION";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("{path}: cannot create the data dir: {source}")]
+    #[error("{path}: cannot create the data dir or set its mode to 0700: {source}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,

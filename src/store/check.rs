@@ -121,7 +121,9 @@ impl fmt::Display for StoreReport {
         if let Some(id) = &self.identity {
             writeln!(f, "node       {}", hex::encode(id))?;
         }
-        if self.problems.is_empty() {
+        if self.problems.is_empty() && !self.store_present {
+            write!(f, "state      OK (no store yet)")
+        } else if self.problems.is_empty() {
             write!(f, "state      OK")
         } else {
             write!(f, "state      DAMAGED")?;
@@ -572,5 +574,161 @@ impl Store {
         prepare_dest(dest)?;
         let (dst, _) = open_checked(dest)?;
         copy_into(self, &dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(dir: &Path) -> String {
+        match Store::open(dir) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn fresh_then_existing_then_lost_flushes_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, opened) = Store::open_reporting(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Created);
+        assert_eq!(manifest::read(dir.path()).unwrap().unwrap().generation, 1);
+        s.bump(super::super::Counter::Relayed, 1).unwrap();
+        s.flush_blocking().unwrap();
+        drop(s);
+        let (s, opened) = Store::open_reporting(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Existing { generation: 2 });
+        drop(s);
+        // The manifest says more was flushed than the store holds.
+        manifest::write(
+            dir.path(),
+            &Manifest {
+                generation: 9,
+                written_ms: 0,
+            },
+        )
+        .unwrap();
+        let e = refused(dir.path());
+        assert!(
+            e.contains("generation 2") && e.contains("generation 9"),
+            "{e}"
+        );
+        assert!(e.contains("salvage"), "{e}");
+        // One ahead of the manifest (a crash before its write) is fine.
+        manifest::write(
+            dir.path(),
+            &Manifest {
+                generation: 1,
+                written_ms: 0,
+            },
+        )
+        .unwrap();
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn missing_store_or_manifest_refused_legacy_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.flush_blocking().unwrap();
+        drop(s);
+        std::fs::remove_file(manifest::path(dir.path())).unwrap();
+        assert!(refused(dir.path()).contains("store.manifest: missing"));
+        std::fs::remove_dir_all(dir.path().join("store")).unwrap();
+        // Neither: a fresh store.
+        drop(Store::open(dir.path()).unwrap());
+        std::fs::remove_dir_all(dir.path().join("store")).unwrap();
+        assert!(refused(dir.path()).contains("the store is missing"));
+
+        // A store with no generation and no manifest (an older version's).
+        let old = tempfile::tempdir().unwrap();
+        {
+            let raw = Store::open_raw(old.path()).unwrap();
+            raw.inbox.insert(b"k", b"v").unwrap();
+            raw.db.flush().unwrap();
+        }
+        // ...whose inbox value does not decode: refused as damage.
+        assert!(refused(old.path()).contains("tree inbox do not decode"));
+        {
+            let raw = Store::open_raw(old.path()).unwrap();
+            raw.inbox.clear().unwrap();
+            raw.db.flush().unwrap();
+        }
+        let (_s, opened) = Store::open_reporting(old.path()).unwrap();
+        assert_eq!(opened, Opened::Adopted);
+        assert!(manifest::read(old.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn identity_bound_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let key = dir.path().join("identity.key");
+        s.bind_identity(&[1; 32], &key).unwrap();
+        s.bind_identity(&[1; 32], &key).unwrap();
+        assert!(matches!(
+            s.bind_identity(&[2; 32], &key),
+            Err(StoreError::WrongIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn backup_and_salvage_copy_every_record() {
+        use crate::crypto::seal::Sealed;
+        use crate::crypto::{Address, Identity};
+        use crate::wire::link::Receipt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let me = Identity::generate();
+        for i in 0..5u8 {
+            let msg = InboxMessage {
+                id: MessageId([i; 16]),
+                sender: "s".into(),
+                sender_ip: "127.0.0.2".into(),
+                sent: 1,
+                received: 2,
+                text: format!("m{i}"),
+            };
+            let r = Receipt::sign(&me, msg.id, 1_000);
+            assert!(s.inbox_deliver(&msg, &r, 1_000, 10).unwrap());
+        }
+        let entry = OutboxEntry {
+            recipient: Address([9; 32]),
+            created_ms: 0,
+            expires_at: 1_000,
+            attempts: 0,
+            next_try_ms: 100,
+            sealed: Sealed {
+                sender_kem: [1; 32],
+                enc: [2; 32],
+                ciphertext: vec![3; 40],
+            },
+        };
+        s.outbox_put(&MessageId([7; 16]), &entry).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("backup");
+        let c = s.backup_to(&dest).unwrap();
+        assert_eq!((c.inbox, c.outbox, c.drop), (5, 1, 5));
+        let b = Store::open(&dest).unwrap();
+        let texts: Vec<String> = b
+            .inbox_list(10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"], "order kept");
+        assert_eq!(b.outbox_due(100, 10).unwrap().len(), 1, "due index rebuilt");
+        drop(b);
+        assert_eq!(inspect(&dest).unwrap().counts.drop_exp, 5);
+        assert!(
+            prepare_dest(&dest).is_err(),
+            "a dir with a store is refused"
+        );
+        drop(s);
+        let salvaged = out.path().join("salvaged");
+        let c = salvage(dir.path(), &salvaged).unwrap();
+        assert_eq!((c.inbox, c.outbox, c.drop, c.skipped), (5, 1, 5, 0));
+        assert!(inspect(&salvaged).unwrap().intact());
     }
 }
