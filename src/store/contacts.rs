@@ -114,6 +114,11 @@ impl StoredContact {
     }
 }
 
+/// Whether a stored value of the tree decodes (for `store check` and copies).
+pub(super) fn value_decodes(bytes: &[u8]) -> bool {
+    StoredContact::decode(bytes).is_ok()
+}
+
 /// What [`Store::contact_insert_new`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pinned {

@@ -66,6 +66,14 @@ pub enum Request {
     ContactRemove {
         name: String,
     },
+    // --- store backup (issue 8) ---
+    /// Copy the store, consistently, into a fresh store in the new or empty
+    /// dir `path` (absolute); with `with_key` the identity key as well.
+    Backup {
+        path: String,
+        with_key: bool,
+    },
+    // --- end store backup ---
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +100,24 @@ pub enum Response {
     Peers(Vec<PeerStatus>),
     /// Answers `Contacts` (every entry) and `ContactAdd` (the entry added).
     Contacts(Vec<ContactInfo>),
+    // --- store backup (issue 8) ---
+    /// The backup is written: how many records it holds.
+    BackedUp(BackupReport),
+    // --- end store backup ---
+}
+
+/// What `hermes store backup` copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    pub path: String,
+    /// The backup store's generation (its manifest says the same).
+    pub generation: u64,
+    pub inbox: u64,
+    pub outbox: u64,
+    pub drop_list: u64,
+    pub peers: u64,
+    /// Whether identity.key was copied too.
+    pub with_key: bool,
 }
 
 /// A delivered message as `pull` shows it.

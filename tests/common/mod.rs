@@ -73,8 +73,12 @@
 //! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
+//! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
+//! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
+//! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
+//! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 73-79, 94-255.
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 94-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -331,6 +335,12 @@ impl Node {
             starts: 0,
         };
         fs::create_dir_all(node.data_dir()).expect("create data dir");
+        // Not writable by group or others whatever the umask: the daemon refuses such a dir.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(node.data_dir(), fs::Permissions::from_mode(0o755))
+                .expect("chmod data dir");
+        }
         fs::write(node.config_path(), node.config_text()).expect("write config");
         node
     }
