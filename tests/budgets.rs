@@ -393,6 +393,18 @@ fn too_many_new_packets_per_minute_cut_the_link() {
         "the victim must cut a peer over its new-entry budget (sent {sent}){}",
         nodes[1].describe_for_failure()
     );
+    // Logs are written by a background thread: wait for the line.
+    let mut warnings = Vec::new();
+    wait_for(
+        LINK_TIMEOUT,
+        "the over-budget warning",
+        &[&nodes[1]],
+        || {
+            warnings = log_lines(&nodes[1], &["over budget", &short(&hostile_address)]);
+            !warnings.is_empty()
+        },
+    );
+    deliver(&nodes[0], &nodes[2], "after the cut");
     let warnings = log_lines(&nodes[1], &["over budget", &short(&hostile_address)]);
     assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
     assert!(
@@ -400,7 +412,6 @@ fn too_many_new_packets_per_minute_cut_the_link() {
         "the warning names the budget: {}",
         warnings[0]
     );
-    deliver(&nodes[0], &nodes[2], "after the cut");
     let after = nodes[1].status();
     let relayed = counter(&after, "relayed") - counter(&before, "relayed");
     // The budget, plus the honest delivery just made.
