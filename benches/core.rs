@@ -236,6 +236,22 @@ fn store(c: &mut Criterion) {
                 store.flush_blocking().unwrap();
             })
         });
+        // What each flush adds for the store manifest (a generation bump
+        // and one in-place slot write + fdatasync): a counter bump + flush,
+        // vs a raw small insert + flush.
+        let meta = raw.open_tree("meta").unwrap();
+        g.bench_function("sled_insert_small_flush", |b| {
+            b.iter(|| {
+                meta.insert(b"relayed", &rand::random::<[u8; 8]>()).unwrap();
+                raw.flush().unwrap();
+            })
+        });
+        g.bench_function("bump_flush_with_manifest", |b| {
+            b.iter(|| {
+                store.bump(hermes::store::Counter::Relayed, 1).unwrap();
+                store.flush_blocking().unwrap();
+            })
+        });
     }
 
     // Group commit: 64 writes, one flush.
@@ -368,6 +384,14 @@ fn report(since: SystemTime) {
             1.0,
             "sled insert 1 KiB + flush",
             "store/sled_insert_1k_flush",
+            1.0,
+        ),
+        (
+            "counter + flush (manifest)",
+            "store/bump_flush_with_manifest",
+            1.0,
+            "sled insert small + flush",
+            "store/sled_insert_small_flush",
             1.0,
         ),
         (

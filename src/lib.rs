@@ -8,10 +8,12 @@
 //! use to talk to it.
 
 pub mod actors;
+pub mod admission;
 pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod localuser;
 pub mod logging;
 pub mod node;
 pub mod overlay;

@@ -1,6 +1,13 @@
 //! The daemon: opens the store, binds the sockets, starts the actors under
 //! their supervisors, and shuts down in a fixed order.
 //!
+//! Start-up order: the umask is set to 0077 (every file the daemon creates
+//! is 0600, every dir 0700); the data dir is made 0700 (refused if group or
+//! others may write it); the identity key is loaded, or created only in a
+//! data dir with no store and no manifest (a store without its key means the
+//! identity is lost: refused); the store is opened and proved intact
+//! (`store::check`; refused if not), and tied to the key's address.
+//!
 //! Shutdown order (on SIGTERM or SIGINT):
 //! 1. stop accepting: the Listener closes the peer port, the client socket
 //!    and the legacy port;
@@ -11,7 +18,7 @@
 //! 5. exit 0.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,22 +32,27 @@ use crate::actors::neighbours::{Leave, NeighbourManager};
 use crate::actors::peer_session::LinkIdentity;
 use crate::actors::router::{Router, RouterConfig};
 use crate::config::Config;
+use crate::crypto::identity::IDENTITY_FILE;
 use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{Opened, Store, StoreError, MANIFEST_FILE};
 
 /// Environment variable that enables the test-only fault-injection requests.
 pub const FAULT_INJECTION_ENV: &str = "HERMES_FAULT_INJECTION";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("{path}: cannot create the data dir: {source}")]
+    #[error("{path}: cannot create the data dir or set its mode to 0700: {source}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error("{path}: the data dir has mode {mode:03o}, so others can write it (and replace the node's key or store); chmod 700 it, or choose another node.data_dir")]
+    DataDirOpen { path: PathBuf, mode: u32 },
+    #[error("{0}: the data dir is not a directory")]
+    DataDirNotDir(PathBuf),
+    #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -62,10 +74,22 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
 
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let data_dir = &config.node.data_dir;
     create_private_dir(data_dir)?;
-    let store = Store::open(data_dir)?;
-    let identity = Arc::new(Identity::load_or_create(data_dir)?);
+    let identity = Arc::new(load_identity(data_dir)?);
+    let (store, opened) = Store::open_reporting(data_dir)?;
+    store.bind_identity(&identity.address().0, &data_dir.join(IDENTITY_FILE))?;
+    match opened {
+        Opened::Created => slog::info!(log, "new store created"; "data_dir" => %data_dir.display()),
+        Opened::Adopted => {
+            slog::warn!(log, "store written by a version without a manifest: taken as it is, and given one"; "data_dir" => %data_dir.display())
+        }
+        Opened::Existing { generation } => {
+            slog::info!(log, "store intact"; "generation" => generation)
+        }
+    }
 
     let listen = config.node.listen;
     let peer_listener = TcpListener::bind(listen)
@@ -121,20 +145,12 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         };
         Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), &log))
     };
+    let limits = Arc::new(config.limits.clone());
     let neighbours = {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
-        Supervisor::start(move |_| {
-            NeighbourManager::new(
-                me,
-                store,
-                router,
-                net.bootstrap,
-                net.min_neighbours,
-                net.max_neighbours,
-                &log,
-            )
-        })
+        let limits = limits.clone();
+        Supervisor::start(move |_| NeighbourManager::new(me, store, router, net, limits, &log))
     };
     let deps = ClientDeps {
         me: me.clone(),
@@ -146,9 +162,16 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         log: log.new(slog::o!("actor" => "client")),
     };
     let listener = {
-        let log = log.clone();
+        let (log, limits) = (log.clone(), limits.clone());
         Supervisor::start(move |_| {
-            Listener::new(peer_listener, client_listener, legacy, deps, &log)
+            Listener::new(
+                peer_listener,
+                client_listener,
+                legacy,
+                deps,
+                limits.clone(),
+                &log,
+            )
         })
     };
     slog::info!(log, "node started";
@@ -207,14 +230,61 @@ fn local_ip_towards(target: SocketAddr) -> Option<std::net::IpAddr> {
     Some(sock.local_addr().ok()?.ip())
 }
 
+/// Loads the identity key; creates it only where there is no store and no
+/// manifest (a brand-new data dir), so a lost key is never silently replaced.
+fn load_identity(data_dir: &Path) -> Result<Identity, NodeError> {
+    if let Some(id) = Identity::load(data_dir)? {
+        return Ok(id);
+    }
+    let store = data_dir.join("store");
+    let manifest = data_dir.join(MANIFEST_FILE);
+    for held in [&store, &manifest] {
+        if held.exists() {
+            return Err(IdentityError::Missing {
+                path: data_dir.join(IDENTITY_FILE).display().to_string(),
+                store: held.display().to_string(),
+            }
+            .into());
+        }
+    }
+    let id = Identity::generate();
+    id.save(data_dir)?;
+    Ok(id)
+}
+
+/// Creates the data dir (0700), or makes an existing one 0700; refuses one
+/// that group or others may write (they could swap the key or the store).
 fn create_private_dir(path: &Path) -> Result<(), NodeError> {
     let err = |source| NodeError::DataDir {
         path: path.to_path_buf(),
         source,
     };
-    if !path.exists() {
-        std::fs::create_dir_all(path).map_err(err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(NodeError::DataDirNotDir(path.to_path_buf()));
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                return Err(NodeError::DataDirOpen {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+            if mode != 0o700 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(err)?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
     }
     Ok(())
 }

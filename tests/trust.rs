@@ -21,7 +21,8 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct HostileLine {
     s: Node,
-    m: Node,
+    /// The honest relay: only kept running.
+    _m: Node,
     r: Node,
     /// H's link to S.
     hs: HostilePeer,
@@ -51,10 +52,19 @@ fn hostile_line(n: u8, sender_extra: &str) -> HostileLine {
     let at = |h: u8| listen_addr(n, h).parse().expect("an address");
     let hs = HostilePeer::dial(at(2), at(9));
     let hm = HostilePeer::dial(at(3), at(10));
-    wait_for(LINK_TIMEOUT, "S and M link the hostile peer", &[&s, &m], || {
-        s.has_neighbour(&listen_addr(n, 9)) && m.has_neighbour(&listen_addr(n, 10))
-    });
-    HostileLine { s, m, r, hs, hm }
+    wait_for(
+        LINK_TIMEOUT,
+        "S and M link the hostile peer",
+        &[&s, &m],
+        || s.has_neighbour(&listen_addr(n, 9)) && m.has_neighbour(&listen_addr(n, 10)),
+    );
+    HostileLine {
+        s,
+        _m: m,
+        r,
+        hs,
+        hm,
+    }
 }
 
 /// The next packet S sends to H.
@@ -81,8 +91,10 @@ fn next_receipt(hm: &mut HostilePeer) -> Receipt {
 fn sync(h: &mut HostilePeer) {
     let nonce = rand::random::<u64>();
     assert!(h.send(LinkBody::Ping(nonce)), "link still up");
-    h.recv_until(FRAME_TIMEOUT, |b| matches!(b, LinkBody::Pong(x) if *x == nonce).then_some(()))
-        .expect("pong");
+    h.recv_until(FRAME_TIMEOUT, |b| {
+        matches!(b, LinkBody::Pong(x) if *x == nonce).then_some(())
+    })
+    .expect("pong");
 }
 
 fn counter(node: &Node, name: &str) -> u64 {
@@ -153,7 +165,8 @@ fn replay_after_the_time_to_live_with_a_new_expiry_is_refused() {
     t.s.push(&t.r.ip(), &text);
     let genuine = next_packet(&mut t.hs);
     assert!(t.hm.send(LinkBody::Packet(genuine.clone())));
-    let mut pulled = t.r.pull_until(DELIVERY_TIMEOUT, "the message", |l| !l.is_empty());
+    let mut pulled =
+        t.r.pull_until(DELIVERY_TIMEOUT, "the message", |l| !l.is_empty());
     wait_past(genuine.expires_at, &[&t.r]);
     // Answered from the delivered mark (kept until sent + max_ttl) or
     // refused as altered: either way, not delivered again.
@@ -201,7 +214,8 @@ fn tampered_copies_for_any_attempt_do_not_stop_the_genuine_one() {
     assert!(t.hm.send(LinkBody::Packet(starved)));
     sync(&mut t.hm);
     assert!(t.hm.send(LinkBody::Packet(genuine)));
-    let got = t.r.pull_until(DELIVERY_TIMEOUT, "the genuine message", |l| !l.is_empty());
+    let got =
+        t.r.pull_until(DELIVERY_TIMEOUT, "the genuine message", |l| !l.is_empty());
     assert_eq!(got, vec![pull_line(&t.s.ip(), &text)]);
 }
 
@@ -233,9 +247,12 @@ fn rewritten_receipts_do_not_settle_a_message() {
         "a receipt with a rewritten expiry, or signed by another key, must not settle the message"
     );
     assert!(t.hs.send(LinkBody::Receipt(receipt)));
-    wait_for(DELIVERY_TIMEOUT, "the genuine receipt settles it", &[&t.s], || {
-        t.s.outbox().2 == 1
-    });
+    wait_for(
+        DELIVERY_TIMEOUT,
+        "the genuine receipt settles it",
+        &[&t.s],
+        || t.s.outbox().2 == 1,
+    );
     assert_eq!(t.r.pull(), vec![pull_line(&t.s.ip(), &text)]);
 }
 
@@ -267,7 +284,9 @@ fn retries_of_an_undeliverable_message_cost_relays_nothing_lasting() {
     let first = format!("first {}", random_hex(6));
     s.push(&r.ip(), &first);
     r.pull_until(DELIVERY_TIMEOUT, "the first message", |l| !l.is_empty());
-    wait_for(DELIVERY_TIMEOUT, "the first receipt", &[&s], || s.outbox().2 == 1);
+    wait_for(DELIVERY_TIMEOUT, "the first receipt", &[&s], || {
+        s.outbox().2 == 1
+    });
     r.kill();
     s.push(&r.ip(), "never arrives");
     let start = Instant::now();

@@ -1,5 +1,6 @@
 //! ClientSession: serves one local client connection (`hermes push`, `pull`,
-//! `status`, `id`) over the Unix socket, a request at a time, then ends.
+//! `status`, `id`, `peers`, `contacts`) over the Unix socket, a request at a
+//! time, then ends.
 
 use std::time::Duration;
 
@@ -11,13 +12,15 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::inbox::{Confirm, Inbox, Pull};
 use super::listener::Listener;
+use super::names;
 use super::neighbours::{GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
 use super::router::{Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
 use crate::store::{Counter, Store};
 use crate::wire::client::{
-    self, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME, MAX_PULL_BATCH,
+    self, BackupReport, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME,
+    MAX_PULL_BATCH,
 };
 
 /// A client idle for this long between requests is dropped.
@@ -161,6 +164,55 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             Ok(peers) => Response::Peers(peers),
             Err(e) => refused(format!("neighbour manager unavailable: {e}")),
         },
+        Request::ContactAdd { name, dest } => {
+            match names::add_contact(&name, &dest, &deps.store, &deps.me).await {
+                Ok(c) => Response::Contacts(vec![c]),
+                Err(e) => refused(e),
+            }
+        }
+        Request::Contacts => match names::list_contacts(&deps.store) {
+            Ok(list) => Response::Contacts(list),
+            Err(e) => refused(e),
+        },
+        Request::ContactRemove { name } => match names::remove_contact(&name, &deps.store).await {
+            Ok(()) => Response::Done,
+            Err(e) => refused(e),
+        },
+        Request::Backup { path, with_key } => backup(deps, path, with_key).await,
+    }
+}
+
+/// `hermes store backup`: flush, copy the store into a fresh one at `path`
+/// (on the blocking pool: it writes and fsyncs), and the key if asked.
+async fn backup(deps: &ClientDeps, path: String, with_key: bool) -> Response {
+    let dest = std::path::PathBuf::from(&path);
+    if !dest.is_absolute() {
+        return refused(format!("{path}: the backup path must be absolute"));
+    }
+    let store = deps.store.clone();
+    let identity = deps.me.identity.clone();
+    let job = move || -> Result<BackupReport, String> {
+        let c = store.backup_to(&dest).map_err(|e| e.to_string())?;
+        if with_key {
+            identity.save(&dest).map_err(|e| e.to_string())?;
+        }
+        Ok(BackupReport {
+            path: dest.display().to_string(),
+            generation: c.generation,
+            inbox: c.inbox,
+            outbox: c.outbox,
+            drop_list: c.drop,
+            peers: c.peers,
+            with_key,
+        })
+    };
+    match actix_rt::task::spawn_blocking(job).await {
+        Ok(Ok(report)) => {
+            slog::info!(deps.log, "store backed up"; "path" => &report.path, "generation" => report.generation);
+            Response::BackedUp(report)
+        }
+        Ok(Err(e)) => refused(format!("backup failed: {e}")),
+        Err(e) => refused(format!("backup did not finish: {e}")),
     }
 }
 

@@ -73,9 +73,18 @@ impl Handler<Deliver> for Inbox {
         });
         let store = self.store.clone();
         Box::pin(async move {
-            let new = r.ok_or(InboxError::Failed)??;
-            store.flush().await?;
-            Ok(new)
+            let written = r.ok_or(InboxError::Failed)??;
+            if let Err(e) = store.flush().await {
+                // Durability point 3: no receipt for what is not on disk,
+                // and nothing of it left visible to answer a later copy.
+                if let Some(k) = &written {
+                    if let Err(e2) = store.inbox_revoke(k) {
+                        slog::error!(log, "cannot take back a delivery that did not reach the disk"; "error" => %e2);
+                    }
+                }
+                return Err(e.into());
+            }
+            Ok(written.is_some())
         })
     }
 }

@@ -5,7 +5,13 @@
 //! `FAIL` (control characters in a text are escaped, as `hermes pull` does,
 //! so the count of lines holds). The seed's client sends no newline and never
 //! closes its side, so the answer follows the first read (of at most
-//! [`MAX_REQUEST`] bytes).
+//! [`MAX_REQUEST`] bytes). A request that fills that read may have been cut
+//! (the seed's client sends one write), so it is answered `FAIL`, as is a
+//! push whose text is over the message limit.
+//!
+//! Only the daemon's own user is served: the owner of the connecting socket
+//! is looked up ([`crate::localuser`]) by the Listener; another uid, or one that cannot be
+//! found, gets the connection closed without an answer.
 
 use std::time::Duration;
 
@@ -51,6 +57,12 @@ pub async fn serve_legacy(mut stream: TcpStream, deps: ClientDeps) {
         Ok(Ok(n)) if n > 0 => n,
         _ => return,
     };
+    if n == MAX_REQUEST {
+        // Possibly cut: answering SUCCESS would deliver a truncated text.
+        let _ = stream.write_all(b"FAIL").await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     let answer = match parse(&buf[..n]) {
         Some(LegacyRequest::Push { ip, text }) => {
             match deps.router.send(Push { to: ip, text }).await {

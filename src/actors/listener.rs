@@ -1,44 +1,100 @@
 //! Listener: accepts peer connections, local client connections and, when
 //! configured, the seed's legacy text protocol; hands each to a session.
 //!
-//! Inbound peer handshakes run as separate tasks, at most
-//! [`MAX_PENDING_HANDSHAKES`] at once (a flood of half-open connections costs
-//! only refused connections), each bounded by the handshake timeout. The
-//! bound sockets are kept in fields, so a restarted Listener re-arms its
+//! Inbound peer handshakes run as separate tasks, each bounded by the
+//! handshake and record timeouts, and each holding a slot of the admission
+//! table ([`crate::admission`]): at most `limits.handshakes_per_ip` pending
+//! from one source and `limits.handshakes_total` in all. A new connection is
+//! never refused for want of a slot: an older pending handshake (its source's
+//! own oldest, else the largest holder's oldest) is aborted and its
+//! connection closed, so renewed silent connections cannot keep a newcomer
+//! out.
+//!
+//! Every line an unauthenticated remote can cause (accept failures, refused
+//! handshakes, probes, dropped pending handshakes) goes through a
+//! [`LogLimiter`]: the first per (event, source IP) is logged, the rest are
+//! counted, and a summary per source is written every
+//! [`SUMMARY_INTERVAL`](crate::logging::SUMMARY_INTERVAL) (checked every
+//! [`LOG_FLUSH_INTERVAL`], and at shutdown).
+//!
+//! The bound sockets are kept in fields, so a restarted Listener re-arms its
 //! accept loops on the same sockets; [`StopAccepting`] is the first step of
 //! shutdown.
 
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::client_session::{ClientDeps, ClientSession};
 use super::legacy_session::serve_legacy;
 use super::neighbours::next_session_id;
 use super::peer_session::{establish, Direction, LinkError, PeerSession};
 use super::{fault_handler, guard};
+use crate::admission::{Admission, Source, Ticket};
+use crate::config::LimitsConfig;
+use crate::logging::{log_summary, LogLimiter};
 
-/// Most inbound handshakes in progress at once.
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Most local client connections served at once.
 pub const MAX_CLIENTS: usize = 64;
+/// Most legacy-port connections served at once (apart from [`MAX_CLIENTS`]).
+pub const MAX_LEGACY_CLIENTS: usize = 16;
 /// Pause after a failed accept (e.g. out of file descriptors).
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often counted log events are checked for a due summary.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Events a remote can repeat at will; each is logged once per source and
+/// then counted (see [`LogLimiter`]).
+pub const EV_ACCEPT_FAILED: &str = "accept failed";
+pub const EV_LINK_REFUSED: &str = "inbound link refused";
+pub const EV_PROBED: &str = "probed by a peer";
+pub const EV_HANDSHAKE_DROPPED: &str = "pending handshake dropped to make room";
+pub const EV_CLIENT_ACCEPT_FAILED: &str = "client accept failed";
+pub const EV_LEGACY_ACCEPT_FAILED: &str = "legacy accept failed";
+pub const EV_TOO_MANY_CLIENTS: &str = "too many clients; connection refused";
+pub const EV_LEGACY_OTHER_USER: &str =
+    "legacy connection from another user (or one that cannot be told) refused";
+
+/// What the Listener shares with its handshake tasks, which all run on the
+/// Listener's own thread (its arbiter): no lock is ever contended.
+struct Shared {
+    /// Pending inbound handshakes and the tasks running them.
+    table: Admission<JoinHandle<()>>,
+    logs: LogLimiter,
+}
+
+type SharedRef = Rc<RefCell<Shared>>;
+
+/// Counts one remote-triggered event; true if it is to be logged in full.
+fn allow(shared: &SharedRef, level: slog::Level, event: &'static str, source: &str) -> bool {
+    shared
+        .borrow_mut()
+        .logs
+        .allow(level, event, source, Instant::now())
+}
 
 pub struct Listener {
     peer: Option<Arc<TcpListener>>,
     client: Option<Arc<UnixListener>>,
     legacy: Option<Arc<TcpListener>>,
     deps: ClientDeps,
-    handshakes: Arc<Semaphore>,
+    shared: SharedRef,
     clients: Arc<Semaphore>,
+    /// The legacy port's own connection limit.
+    legacy_clients: Arc<Semaphore>,
     closing: bool,
     log: slog::Logger,
     /// Parent logger of the inbound sessions.
     session_log: slog::Logger,
+    /// Per-peer budgets of the inbound sessions.
+    limits: Arc<LimitsConfig>,
 }
 
 impl Listener {
@@ -47,6 +103,7 @@ impl Listener {
         client: UnixListener,
         legacy: Option<TcpListener>,
         deps: ClientDeps,
+        limits: Arc<LimitsConfig>,
         log: &slog::Logger,
     ) -> Listener {
         Listener {
@@ -54,11 +111,76 @@ impl Listener {
             client: Some(Arc::new(client)),
             legacy: legacy.map(Arc::new),
             deps,
-            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            shared: Rc::new(RefCell::new(Shared {
+                table: Admission::new(limits.handshakes_per_ip, limits.handshakes_total),
+                logs: LogLimiter::default(),
+            })),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            legacy_clients: Arc::new(Semaphore::new(MAX_LEGACY_CLIENTS)),
             closing: false,
             log: log.new(slog::o!("actor" => "listener")),
             session_log: log.new(slog::o!("actor" => "session")),
+            limits,
+        }
+    }
+
+    /// Writes the summaries that are due (all of them when `all`).
+    fn flush_logs(&mut self, all: bool) {
+        let now = Instant::now();
+        let summaries = {
+            let mut shared = self.shared.borrow_mut();
+            if all {
+                shared.logs.drain(now)
+            } else {
+                shared.logs.due(now)
+            }
+        };
+        for s in &summaries {
+            log_summary(&self.log, s);
+        }
+    }
+}
+
+/// Runs one inbound handshake holding `ticket`; hands an established link
+/// to a new PeerSession.
+async fn inbound(
+    ticket: Ticket,
+    stream: TcpStream,
+    remote: SocketAddr,
+    deps: ClientDeps,
+    shared: SharedRef,
+    limits: Arc<LimitsConfig>,
+    log: slog::Logger,
+) {
+    let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
+    if shared.borrow_mut().table.finish(ticket).is_none() {
+        // Dropped to make room: an aborted task does not run on, so this
+        // is only a safeguard.
+        return;
+    }
+    // Counted per admission source (an IPv4 address or an IPv6 /64).
+    let ip = Source::of(remote.ip()).to_string();
+    match r {
+        Ok(est) => {
+            PeerSession::launch(
+                est,
+                Direction::In,
+                next_session_id(),
+                deps.router,
+                deps.neighbours,
+                &limits,
+                &log,
+            );
+        }
+        Err(LinkError::HungUp) => {
+            if allow(&shared, slog::Level::Debug, EV_PROBED, &ip) {
+                slog::debug!(log, "{}", EV_PROBED; "remote" => %remote)
+            }
+        }
+        Err(e) => {
+            if allow(&shared, slog::Level::Info, EV_LINK_REFUSED, &ip) {
+                slog::info!(log, "{}", EV_LINK_REFUSED; "remote" => %remote, "reason" => %e)
+            }
         }
     }
 }
@@ -93,6 +215,7 @@ impl Actor for Listener {
         if self.closing {
             return;
         }
+        ctx.run_interval(LOG_FLUSH_INTERVAL, |this, _| this.flush_logs(false));
         if let Some(l) = self.peer.clone() {
             ctx.add_stream(accepts(
                 l,
@@ -133,44 +256,49 @@ impl StreamHandler<PeerConn> for Listener {
         guard(self, ctx, &log, "listener", |this, _| {
             let stream = match conn.0 {
                 Ok(s) => s,
-                Err(e) => return slog::warn!(this.log, "accept failed"; "error" => %e),
+                Err(e) => {
+                    if allow(&this.shared, slog::Level::Warning, EV_ACCEPT_FAILED, "") {
+                        slog::warn!(this.log, "{}", EV_ACCEPT_FAILED; "error" => %e);
+                    }
+                    return;
+                }
             };
-            let remote = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let Ok(permit) = this.handshakes.clone().try_acquire_owned() else {
-                return slog::warn!(this.log, "too many handshakes in progress; connection refused"; "remote" => remote);
+            // No address: the connection is already gone.
+            let Ok(remote) = stream.peer_addr() else {
+                return;
             };
             let _ = stream.set_nodelay(true);
-            let deps = this.deps.clone();
-            let log = this.session_log.clone();
-            actix_rt::spawn(async move {
-                let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
-                drop(permit);
-                match r {
-                    Ok(est) => {
-                        PeerSession::launch(
-                            est,
-                            Direction::In,
-                            next_session_id(),
-                            deps.router,
-                            deps.neighbours,
-                            &log,
-                        );
-                    }
-                    Err(LinkError::HungUp) => {
-                        slog::debug!(log, "probed by a peer"; "remote" => remote)
-                    }
-                    Err(e) => {
-                        slog::info!(log, "inbound link refused"; "remote" => remote, "reason" => %e)
-                    }
-                }
+            let (deps, shared, log, limits) = (
+                this.deps.clone(),
+                this.shared.clone(),
+                this.session_log.clone(),
+                this.limits.clone(),
+            );
+            let (_, evicted) = this.shared.borrow_mut().table.admit(remote.ip(), |ticket| {
+                actix_rt::spawn(inbound(ticket, stream, remote, deps, shared, limits, log))
             });
+            if let Some(ev) = evicted {
+                // Dropping the task's future closes its connection.
+                ev.value.abort();
+                this.log_dropped(ev.ip, ev.reason.as_str());
+            }
         });
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Listener {
+    fn log_dropped(&self, ip: IpAddr, reason: &'static str) {
+        if allow(
+            &self.shared,
+            slog::Level::Info,
+            EV_HANDSHAKE_DROPPED,
+            &Source::of(ip).to_string(),
+        ) {
+            slog::info!(self.log, "{}", EV_HANDSHAKE_DROPPED; "remote_ip" => %ip, "reason" => reason);
+        }
+    }
 }
 
 impl StreamHandler<ClientConn> for Listener {
@@ -179,10 +307,28 @@ impl StreamHandler<ClientConn> for Listener {
         guard(self, ctx, &log, "listener", |this, ctx| {
             let stream = match conn.0 {
                 Ok(s) => s,
-                Err(e) => return slog::warn!(this.log, "client accept failed"; "error" => %e),
+                Err(e) => {
+                    if allow(
+                        &this.shared,
+                        slog::Level::Warning,
+                        EV_CLIENT_ACCEPT_FAILED,
+                        "",
+                    ) {
+                        slog::warn!(this.log, "{}", EV_CLIENT_ACCEPT_FAILED; "error" => %e);
+                    }
+                    return;
+                }
             };
             let Ok(permit) = this.clients.clone().try_acquire_owned() else {
-                return slog::warn!(this.log, "too many clients; connection refused");
+                if allow(
+                    &this.shared,
+                    slog::Level::Warning,
+                    EV_TOO_MANY_CLIENTS,
+                    "client socket",
+                ) {
+                    slog::warn!(this.log, "{}", EV_TOO_MANY_CLIENTS; "on" => "client socket");
+                }
+                return;
             };
             ClientSession::new(stream, this.deps.clone(), ctx.address(), permit).start();
         });
@@ -197,14 +343,52 @@ impl StreamHandler<LegacyConn> for Listener {
         guard(self, ctx, &log, "listener", |this, _| {
             let stream = match conn.0 {
                 Ok(s) => s,
-                Err(e) => return slog::warn!(this.log, "legacy accept failed"; "error" => %e),
+                Err(e) => {
+                    if allow(
+                        &this.shared,
+                        slog::Level::Warning,
+                        EV_LEGACY_ACCEPT_FAILED,
+                        "",
+                    ) {
+                        slog::warn!(this.log, "{}", EV_LEGACY_ACCEPT_FAILED; "error" => %e);
+                    }
+                    return;
+                }
             };
-            let Ok(permit) = this.clients.clone().try_acquire_owned() else {
-                return slog::warn!(this.log, "too many clients; connection refused");
+            // Its own limit: idle legacy connections never starve the
+            // Unix socket's clients.
+            let Ok(permit) = this.legacy_clients.clone().try_acquire_owned() else {
+                if allow(
+                    &this.shared,
+                    slog::Level::Warning,
+                    EV_TOO_MANY_CLIENTS,
+                    "legacy port",
+                ) {
+                    slog::warn!(this.log, "{}", EV_TOO_MANY_CLIENTS; "on" => "legacy port");
+                }
+                return;
             };
             let deps = this.deps.clone();
+            let (shared, log) = (this.shared.clone(), this.log.clone());
             actix_rt::spawn(async move {
-                serve_legacy(stream, deps).await;
+                let (client, server) = (stream.peer_addr(), stream.local_addr());
+                let owner = match (client, server) {
+                    (Ok(c), Ok(s)) => {
+                        actix_rt::task::spawn_blocking(move || crate::localuser::owner_of(c, s))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                if owner == Some(crate::localuser::my_uid()) {
+                    serve_legacy(stream, deps).await;
+                } else {
+                    let who = owner.map_or("unknown".to_string(), |u| u.to_string());
+                    if allow(&shared, slog::Level::Warning, EV_LEGACY_OTHER_USER, &who) {
+                        slog::warn!(log, "{}", EV_LEGACY_OTHER_USER; "uid" => who);
+                    }
+                }
                 drop(permit);
             });
         });
@@ -225,6 +409,7 @@ impl Handler<StopAccepting> for Listener {
         self.peer = None;
         self.client = None;
         self.legacy = None;
+        self.flush_logs(true);
         slog::info!(self.log, "stopped accepting connections");
         ctx.stop();
     }

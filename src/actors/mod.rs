@@ -15,6 +15,7 @@ pub mod client_session;
 pub mod inbox;
 pub mod legacy_session;
 pub mod listener;
+pub mod names;
 pub mod neighbours;
 pub mod peer_session;
 pub mod router;

@@ -8,18 +8,27 @@
 //! which links count, and saving address-book changes to the store. On
 //! leaving, it closes every link with a farewell (records of the other
 //! neighbours) and waits, bounded, for the farewells to be written.
+//!
+//! Bans: a session whose peer broke a budget sends [`Ban`]; the peer's node
+//! address is then refused for `limits.backoff` (the Membership's bounded,
+//! in-memory ban list): its sessions are refused at [`SessionUp`] before they
+//! frame anything, and the Membership does not dial it. Refusals are counted
+//! and summarised every [`REFUSED_SUMMARY_INTERVAL`], not logged one by one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::peer_session::{dial, Close, LinkIdentity, PeerHandle, PeerSession};
 use super::router::{NeighbourDown, NeighbourUp, Router};
 use super::{fault_handler, guard};
-use crate::crypto::{unix_now_ms, SignedRecord};
+use crate::config::{LimitsConfig, NetworkConfig};
+use crate::crypto::{unix_now_ms, Address, SignedRecord};
+use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
 use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
 use crate::store::Store;
@@ -30,6 +39,10 @@ use crate::wire::link::{LinkBody, LinkFrame};
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Room in the mailbox: sessions report ups, downs, gossip and round trips.
 pub const MAILBOX: usize = 256;
+/// Links refused from banned peers are logged as one count this often.
+pub const REFUSED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+const EV_UP: &str = "neighbour up";
+const EV_DOWN: &str = "neighbour down";
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -48,6 +61,15 @@ pub struct NeighbourManager {
     log: slog::Logger,
     /// Parent logger of the sessions this manager dials.
     session_log: slog::Logger,
+    /// Per-peer budgets, for the sessions this manager dials and the bans.
+    limits: Arc<LimitsConfig>,
+    /// Links from (or dials to) banned peers refused since the last summary.
+    refused: u64,
+    /// When the next summary of refusals is due.
+    next_summary_ms: u64,
+    /// "neighbour up/down" once per source and minute, then counted: a
+    /// stranger with fresh keys can link and unlink at will.
+    logs: LogLimiter,
 }
 
 impl NeighbourManager {
@@ -55,9 +77,8 @@ impl NeighbourManager {
         me: LinkIdentity,
         store: Store,
         router: Addr<Router>,
-        bootstrap: Vec<SocketAddr>,
-        min: usize,
-        max: usize,
+        net: NetworkConfig,
+        limits: Arc<LimitsConfig>,
         log: &slog::Logger,
     ) -> NeighbourManager {
         let log = log.new(slog::o!("actor" => "neighbours"));
@@ -69,8 +90,8 @@ impl NeighbourManager {
         let membership = Membership::new(
             me.identity.clone(),
             (*me.record).clone(),
-            bootstrap,
-            MembershipConfig::new(min, max),
+            net.bootstrap,
+            MembershipConfig::new(net.min_neighbours, net.max_neighbours),
             stored,
             None,
             unix_now_ms(),
@@ -83,7 +104,29 @@ impl NeighbourManager {
             sessions: HashMap::new(),
             session_log: log.new(slog::o!("actor" => "session")),
             log,
+            limits,
+            refused: 0,
+            next_summary_ms: 0,
+            logs: LogLimiter::default(),
         }
+    }
+
+    /// Counts a refused link from a banned peer; the count is logged once
+    /// per [`REFUSED_SUMMARY_INTERVAL`] ([`NeighbourManager::summarise`]).
+    fn refuse(&mut self, address: &Address) {
+        self.refused += 1;
+        slog::debug!(self.log, "link from a banned peer refused"; "peer" => ?address);
+    }
+
+    fn summarise(&mut self, now_ms: u64) {
+        if self.refused == 0 || now_ms < self.next_summary_ms {
+            return;
+        }
+        slog::info!(self.log, "links from banned peers refused";
+            "links" => std::mem::take(&mut self.refused),
+            "banned" => self.membership.ban_count(),
+            "since_secs" => REFUSED_SUMMARY_INTERVAL.as_secs());
+        self.next_summary_ms = now_ms + REFUSED_SUMMARY_INTERVAL.as_millis() as u64;
     }
 
     /// Carries out what the membership decided, and saves book changes.
@@ -110,7 +153,13 @@ impl NeighbourManager {
                     linked = true;
                     if let Some(h) = self.sessions.get(&link) {
                         self.router.do_send(NeighbourUp(h.clone()));
-                        slog::info!(self.log, "neighbour up"; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        let source = h.listen.ip().to_string();
+                        if self
+                            .logs
+                            .allow(slog::Level::Info, EV_UP, &source, Instant::now())
+                        {
+                            slog::info!(self.log, "{}", EV_UP; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        }
                     }
                 }
                 Action::Down(link) => {
@@ -119,7 +168,13 @@ impl NeighbourManager {
                             address: h.address,
                             session_id: h.session_id,
                         });
-                        slog::info!(self.log, "neighbour down"; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        let source = h.listen.ip().to_string();
+                        if self
+                            .logs
+                            .allow(slog::Level::Info, EV_DOWN, &source, Instant::now())
+                        {
+                            slog::info!(self.log, "{}", EV_DOWN; "peer" => ?h.address, "listen" => %h.listen, "neighbours" => self.membership.neighbour_count());
+                        }
                     }
                 }
             }
@@ -161,6 +216,16 @@ impl NeighbourManager {
         let fut = async move { dial(addr, &me.identity, &me.record).await };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             match res {
+                Ok(est)
+                    if this
+                        .membership
+                        .is_banned(&est.peer.record.address, unix_now_ms()) =>
+                {
+                    // A banned node answered at a new address: a failed dial,
+                    // so that address backs off too.
+                    this.refuse(&est.peer.record.address);
+                    this.membership.dial_failed(addr, unix_now_ms());
+                }
                 Ok(est) => {
                     this.membership.dial_succeeded(addr);
                     if this.membership.is_leaving() {
@@ -172,6 +237,7 @@ impl NeighbourManager {
                         next_session_id(),
                         this.router.clone(),
                         ctx.address(),
+                        &this.limits,
                         &this.session_log,
                     );
                 }
@@ -197,8 +263,13 @@ impl Actor for NeighbourManager {
         ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(TICK, |this, ctx| {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
-                this.membership.tick(unix_now_ms());
+                let now = unix_now_ms();
+                this.membership.tick(now);
                 this.apply(ctx);
+                this.summarise(now);
+                for summary in this.logs.due(Instant::now()) {
+                    log_summary(&this.log, &summary);
+                }
             });
         });
         self.membership.tick(unix_now_ms());
@@ -215,9 +286,11 @@ impl Supervised for NeighbourManager {
     }
 }
 
-/// A session finished its handshake (from the session itself).
+/// A session finished its handshake (from the session itself). The answer
+/// says whether it may go on: false for a banned peer (the session then
+/// stops without reading a frame, and reports no down).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct SessionUp {
     pub record: SignedRecord,
     pub direction: Direction,
@@ -225,15 +298,47 @@ pub struct SessionUp {
 }
 
 impl Handler<SessionUp> for NeighbourManager {
-    type Result = ();
-    fn handle(&mut self, msg: SessionUp, ctx: &mut Context<Self>) {
+    type Result = bool;
+    fn handle(&mut self, msg: SessionUp, ctx: &mut Context<Self>) -> bool {
         let log = self.log.clone();
         guard(self, ctx, &log, "neighbours", |this, ctx| {
+            let now = unix_now_ms();
+            if this.membership.is_banned(&msg.record.record.address, now) {
+                this.refuse(&msg.record.record.address);
+                return false;
+            }
             let link = LinkId(msg.handle.session_id);
             this.sessions.insert(link, msg.handle);
             this.membership
-                .link_up(link, msg.record, msg.direction, unix_now_ms());
+                .link_up(link, msg.record, msg.direction, now);
             this.apply(ctx);
+            true
+        })
+        .unwrap_or(false)
+    }
+}
+
+/// A peer broke a budget (from its session, which logged it and stops):
+/// refuse that node for `limits.backoff`, and close any other link to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ban {
+    pub address: Address,
+    /// Where its record said it listens: not dialled meanwhile.
+    pub listen: SocketAddr,
+}
+
+impl Handler<Ban> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: Ban, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        guard(self, ctx, &log, "neighbours", |this, _| {
+            let now = unix_now_ms();
+            let until = now.saturating_add(this.limits.backoff.as_millis() as u64);
+            this.membership.ban(msg.address, msg.listen, until, now);
+            for h in this.sessions.values().filter(|h| h.address == msg.address) {
+                h.session.do_send(Close { farewell: None });
+            }
         });
     }
 }

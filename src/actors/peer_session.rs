@@ -10,25 +10,40 @@
 //! too slow to drain its queue loses frames, never the node's memory.
 //! Any bad frame, decrypt failure or missed keepalive closes the link; the
 //! NeighbourManager hears of it and redials or replaces the peer.
+//!
+//! Budgets ([`LinkBudget`], from `[limits]`): every Noise message is counted
+//! against the link's bytes per second before it is decrypted, every frame
+//! against its frames per second, and the records in membership frames
+//! against its records per minute. A peer over any budget, or reported by
+//! the Router ([`OverBudget`]), is logged once, cut off, and refused by the
+//! NeighbourManager for `limits.backoff` ([`Ban`]). A session reads no frame
+//! before the NeighbourManager has let it in ([`SessionUp`] answers whether
+//! the peer is banned). What goes out on a link is kept to a share of the
+//! same budgets ([`LinkBudget::outbound`]).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::neighbours::{FromPeer, LinkRtt, NeighbourManager, SessionDown, SessionUp};
+use super::neighbours::{Ban, FromPeer, LinkRtt, NeighbourManager, SessionDown, SessionUp};
 use super::router::{Inbound, Router};
-use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE};
+use crate::config::LimitsConfig;
+use crate::crypto::noise::{
+    self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE, TAG_LEN,
+};
 use crate::crypto::{unix_now, Address, Identity, RecordError, SignedRecord};
 pub use crate::overlay::Direction;
-use crate::wire::link::{LinkBody, LinkFrame};
+use crate::wire::link::{LinkBody, LinkFrame, MAX_RECORDS_PER_FRAME};
 use crate::wire::WireError;
 
 /// Frames waiting for the writer; past this a slow peer loses frames.
@@ -43,6 +58,116 @@ pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a graceful close waits for queued frames to be written.
 pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The fastest rate a budget is kept at (a limiter refills one unit per
+/// nanosecond at most); a larger configured rate means this one.
+pub const MAX_BUDGET_RATE: u32 = 1_000_000_000;
+
+/// What this node sends a link, in parts of the budget it would accept
+/// itself ([`OUTBOUND_SHARE_NUM`]/[`OUTBOUND_SHARE_DEN`] of the rates and
+/// bursts): relayed floods past it are dropped, so an honest relay whose
+/// neighbours keep the same `[limits]` never breaks their budgets however
+/// much it is sent (the rest is room for pings and bunching on the way).
+pub const OUTBOUND_SHARE_NUM: u32 = 3;
+pub const OUTBOUND_SHARE_DEN: u32 = 4;
+
+/// The budget names, as logged: the `[limits]` key that was broken.
+pub const BUDGET_FRAMES: &str = "limits.packets_per_sec";
+pub const BUDGET_BYTES: &str = "limits.bytes_per_sec";
+pub const BUDGET_GOSSIP: &str = "limits.gossip_records_per_min";
+
+/// What one link may bring, from `[limits]` (GCRA limiters from `governor`,
+/// each starting full):
+/// - frames: `packets_per_sec` sustained, `packet_burst` at once. Every frame
+///   counts one: packets and receipts are nearly all of an honest link's
+///   frames, and pings (each costs a pong) and membership frames count too;
+/// - bytes: `bytes_per_sec` sustained, `byte_burst` at once, counted on each
+///   Noise message as read, before it is decrypted;
+/// - records: `gossip_records_per_min` records carried by `Gossip`,
+///   `Records`, `Full` and `Leaving` frames, with a burst of a minute's worth
+///   and at least one full frame ([`MAX_RECORDS_PER_FRAME`]). An honest
+///   neighbour sends about 8 records every 5 to 15 s (one exchange sample).
+///   The Membership on top of this ignores (without cutting) any second
+///   `Gossip`/`Records` frame within 500 ms on a link; the budget is what a
+///   peer may make this node decode and verify, whatever the Membership
+///   then keeps.
+pub struct LinkBudget {
+    frames: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+    records: DefaultDirectRateLimiter,
+}
+
+fn nonzero(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
+}
+
+impl LinkBudget {
+    pub fn new(limits: &LimitsConfig) -> LinkBudget {
+        let per_sec = |rate: u32, burst: u32| {
+            Quota::per_second(nonzero(rate.min(MAX_BUDGET_RATE))).allow_burst(nonzero(burst))
+        };
+        let records = limits.gossip_records_per_min;
+        let record_burst = records.max(MAX_RECORDS_PER_FRAME as u32);
+        LinkBudget {
+            frames: RateLimiter::direct(per_sec(limits.packets_per_sec, limits.packet_burst)),
+            bytes: RateLimiter::direct(per_sec(limits.bytes_per_sec, limits.byte_burst)),
+            records: RateLimiter::direct(
+                Quota::per_minute(nonzero(records)).allow_burst(nonzero(record_burst)),
+            ),
+        }
+    }
+
+    /// The budget this node keeps to on what it sends one link (see
+    /// [`OUTBOUND_SHARE_NUM`]); a largest frame always fits its byte burst.
+    pub fn outbound(limits: &LimitsConfig) -> LinkBudget {
+        let share = |v: u32| {
+            (u64::from(v) * u64::from(OUTBOUND_SHARE_NUM) / u64::from(OUTBOUND_SHARE_DEN)).max(1)
+                as u32
+        };
+        let mut l = limits.clone();
+        l.packets_per_sec = share(l.packets_per_sec);
+        l.packet_burst = share(l.packet_burst);
+        l.bytes_per_sec = share(l.bytes_per_sec);
+        l.byte_burst = share(l.byte_burst).max(MAX_NOISE_MESSAGE as u32);
+        LinkBudget::new(&l)
+    }
+
+    /// Counts one frame of `len` bytes going out (its Noise message is
+    /// [`TAG_LEN`] longer); false if it would break the budget.
+    pub fn send(&self, len: usize) -> bool {
+        Self::take(&self.bytes, len + TAG_LEN) && self.frames.check().is_ok()
+    }
+
+    /// Takes `n` units from `limiter`; false if that breaks it.
+    fn take(limiter: &DefaultDirectRateLimiter, n: usize) -> bool {
+        match u32::try_from(n) {
+            Ok(0) => true,
+            Ok(n) => matches!(limiter.check_n(nonzero(n)), Ok(Ok(()))),
+            Err(_) => false,
+        }
+    }
+
+    /// Counts one Noise message of `len` bytes (before decrypting it).
+    pub fn bytes(&self, len: usize) -> Result<(), &'static str> {
+        Self::take(&self.bytes, len)
+            .then_some(())
+            .ok_or(BUDGET_BYTES)
+    }
+
+    /// Counts one decoded frame, and the records it carries.
+    pub fn frame(&self, body: &LinkBody) -> Result<(), &'static str> {
+        if self.frames.check().is_err() {
+            return Err(BUDGET_FRAMES);
+        }
+        let records = match body {
+            LinkBody::Gossip(g) => g.records.len(),
+            LinkBody::Records(r) | LinkBody::Full(r) | LinkBody::Leaving(r) => r.len(),
+            _ => 0,
+        };
+        Self::take(&self.records, records)
+            .then_some(())
+            .ok_or(BUDGET_GOSSIP)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -184,12 +309,16 @@ pub struct PeerHandle {
     pub session_id: u64,
     pub tx: mpsc::Sender<Outgoing>,
     pub session: Addr<PeerSession>,
+    /// What may go out on this link ([`LinkBudget::outbound`]), shared by
+    /// every holder of the handle.
+    pub out: Arc<LinkBudget>,
 }
 
 impl PeerHandle {
-    /// Queues an encoded frame; false if the peer's queue is full or gone.
+    /// Queues an encoded frame; false if the peer's queue is full or gone,
+    /// or the frame would break the link's outbound budget (dropped).
     pub fn send(&self, frame: Bytes) -> bool {
-        self.tx.try_send(Outgoing::Frame(frame)).is_ok()
+        self.out.send(frame.len()) && self.tx.try_send(Outgoing::Frame(frame)).is_ok()
     }
 }
 
@@ -207,6 +336,14 @@ pub struct PeerSession {
     graceful: bool,
     /// The keepalive ping in flight, and when it was sent.
     ping: Option<(u64, Instant)>,
+    budget: LinkBudget,
+    out: Arc<LinkBudget>,
+    /// How long a peer over budget is refused (for the log line).
+    backoff: Duration,
+    /// Set once the NeighbourManager has let the session in.
+    admitted: bool,
+    /// Set once the peer broke a budget: it is cut and banned once only.
+    over_budget: bool,
 }
 
 impl PeerSession {
@@ -217,8 +354,12 @@ impl PeerSession {
         session_id: u64,
         router: Addr<Router>,
         neighbours: Addr<NeighbourManager>,
+        limits: &LimitsConfig,
         log: &slog::Logger,
     ) -> Addr<PeerSession> {
+        let budget = LinkBudget::new(limits);
+        let out = Arc::new(LinkBudget::outbound(limits));
+        let backoff = limits.backoff;
         let Established { stream, link, peer } = est;
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -243,6 +384,11 @@ impl PeerSession {
                 log,
                 graceful: false,
                 ping: None,
+                budget,
+                out,
+                backoff,
+                admitted: false,
+                over_budget: false,
             }
         })
     }
@@ -256,6 +402,43 @@ impl PeerSession {
     fn cut(&mut self, ctx: &mut Context<Self>, why: &str) {
         slog::info!(self.log, "peer cut off"; "reason" => why);
         ctx.stop();
+    }
+
+    /// The peer broke budget `what`: one warning, then the link is cut and
+    /// the NeighbourManager refuses the peer for the backoff.
+    fn over_budget(&mut self, ctx: &mut Context<Self>, what: &'static str) {
+        if std::mem::replace(&mut self.over_budget, true) {
+            return;
+        }
+        slog::warn!(self.log, "peer over budget: link cut, peer refused";
+            "budget" => what,
+            "backoff" => %humantime::format_duration(self.backoff));
+        self.neighbours.do_send(Ban {
+            address: self.peer.record.address,
+            listen: self.peer.record.listen,
+        });
+        ctx.stop();
+    }
+
+    /// Let in by the NeighbourManager: announce, and start the keepalive.
+    fn admitted(&mut self, ctx: &mut Context<Self>) {
+        self.admitted = true;
+        // At debug: the NeighbourManager's "neighbour up" says it once per
+        // source and minute; a stranger with fresh keys can repeat this.
+        slog::debug!(self.log, "peer up"; "direction" => self.direction.as_str());
+        // A first ping at once, so the round trip is known early.
+        let nonce = rand::random();
+        self.ping = Some((nonce, Instant::now()));
+        self.send_frame(LinkBody::Ping(nonce));
+        ctx.run_interval(KEEPALIVE_INTERVAL, |this, ctx| {
+            if this.last_heard.elapsed() > KEEPALIVE_TIMEOUT {
+                this.cut(ctx, "keepalive timeout");
+                return;
+            }
+            let nonce = rand::random();
+            this.ping = Some((nonce, Instant::now()));
+            this.send_frame(LinkBody::Ping(nonce));
+        });
     }
 
     fn on_frame(&mut self, frame: LinkFrame, ctx: &mut Context<Self>) {
@@ -334,32 +517,34 @@ impl Actor for PeerSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
-        slog::info!(self.log, "peer up"; "direction" => self.direction.as_str());
         let handle = PeerHandle {
             address: self.peer.record.address,
             listen: self.peer.record.listen,
             session_id: self.session_id,
             tx: self.tx.clone(),
             session: ctx.address(),
+            out: self.out.clone(),
         };
-        self.neighbours.do_send(SessionUp {
+        let up = SessionUp {
             record: self.peer.clone(),
             direction: self.direction,
             handle,
-        });
-        // A first ping at once, so the round trip is known early.
-        let nonce = rand::random();
-        self.ping = Some((nonce, Instant::now()));
-        self.send_frame(LinkBody::Ping(nonce));
-        ctx.run_interval(KEEPALIVE_INTERVAL, |this, ctx| {
-            if this.last_heard.elapsed() > KEEPALIVE_TIMEOUT {
-                this.cut(ctx, "keepalive timeout");
-                return;
-            }
-            let nonce = rand::random();
-            this.ping = Some((nonce, Instant::now()));
-            this.send_frame(LinkBody::Ping(nonce));
-        });
+        };
+        // No frame is read until the manager has answered: a banned peer's
+        // frames never reach the Router.
+        ctx.wait(
+            self.neighbours
+                .send(up)
+                .into_actor(self)
+                .map(|answer, this, ctx| match answer {
+                    Ok(true) => this.admitted(ctx),
+                    Ok(false) => ctx.stop(),
+                    Err(e) => {
+                        slog::debug!(this.log, "neighbour manager did not answer"; "error" => %e);
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -368,7 +553,12 @@ impl Actor for PeerSession {
                 w.abort();
             }
         }
-        slog::info!(self.log, "peer down");
+        if !self.admitted {
+            // Refused (banned), counted and summarised by the manager.
+            slog::debug!(self.log, "peer refused");
+            return;
+        }
+        slog::debug!(self.log, "peer down");
         self.neighbours.do_send(SessionDown {
             session_id: self.session_id,
         });
@@ -377,17 +567,26 @@ impl Actor for PeerSession {
 
 impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerSession {
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        if self.over_budget {
+            return;
+        }
         let bytes = match item {
             Ok(b) => b,
             Err(e) => return self.cut(ctx, &format!("read: {e}")),
         };
+        if let Err(what) = self.budget.bytes(bytes.len()) {
+            return self.over_budget(ctx, what);
+        }
         self.last_heard = Instant::now();
         let plain = match self.recv.decrypt(&bytes) {
             Ok(p) => p,
             Err(e) => return self.cut(ctx, &format!("decrypt: {e}")),
         };
         match LinkFrame::decode(&plain) {
-            Ok(frame) => self.on_frame(frame, ctx),
+            Ok(frame) => match self.budget.frame(&frame.body) {
+                Ok(()) => self.on_frame(frame, ctx),
+                Err(what) => self.over_budget(ctx, what),
+            },
             Err(e) => self.cut(ctx, &format!("bad frame: {e}")),
         }
     }
@@ -429,9 +628,136 @@ impl Handler<Close> for PeerSession {
     }
 }
 
+/// A peer broke a budget kept outside the session (the Router's, for
+/// example duplicate-suppression entries per minute): handled like the
+/// session's own budgets, logged once, the link cut, the peer refused for
+/// `limits.backoff`. `what` names the budget (its `[limits]` key).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct OverBudget {
+    pub what: &'static str,
+}
+
+impl Handler<OverBudget> for PeerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: OverBudget, ctx: &mut Context<Self>) {
+        self.over_budget(ctx, msg.what);
+    }
+}
+
 /// Shared pieces every link needs: who we are and what we announce.
 #[derive(Clone)]
 pub struct LinkIdentity {
     pub identity: Arc<Identity>,
     pub record: Arc<SignedRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{unix_now, Identity};
+    use crate::wire::link::Gossip;
+
+    fn limits(f: impl FnOnce(&mut LimitsConfig)) -> LimitsConfig {
+        let mut l = LimitsConfig::default();
+        f(&mut l);
+        l
+    }
+
+    fn record() -> SignedRecord {
+        let id = Identity::generate();
+        SignedRecord::sign(&id, "10.0.0.1:58008".parse().unwrap(), true, unix_now())
+    }
+
+    #[test]
+    fn frames_beyond_the_burst_break_the_frame_budget() {
+        let b = LinkBudget::new(&limits(|l| {
+            l.packets_per_sec = 1;
+            l.packet_burst = 10;
+        }));
+        for _ in 0..10 {
+            assert_eq!(b.frame(&LinkBody::Ping(1)), Ok(()));
+        }
+        assert_eq!(b.frame(&LinkBody::Ping(1)), Err(BUDGET_FRAMES));
+    }
+
+    #[test]
+    fn bytes_are_counted_per_message_and_a_largest_frame_fits() {
+        let b = LinkBudget::new(&limits(|l| {
+            l.bytes_per_sec = 1024;
+            l.byte_burst = 65_535 * 2;
+        }));
+        assert_eq!(b.bytes(MAX_NOISE_MESSAGE), Ok(()));
+        assert_eq!(b.bytes(0), Ok(()));
+        assert_eq!(b.bytes(MAX_NOISE_MESSAGE), Ok(()));
+        assert_eq!(b.bytes(60_000), Err(BUDGET_BYTES));
+    }
+
+    #[test]
+    fn a_rate_past_the_limiters_resolution_still_limits() {
+        let b = LinkBudget::new(&limits(|l| {
+            l.bytes_per_sec = u32::MAX;
+            l.byte_burst = 65_535;
+        }));
+        assert_eq!(b.bytes(65_535), Ok(()));
+    }
+
+    #[test]
+    fn records_in_every_membership_frame_count() {
+        let b = LinkBudget::new(&limits(|l| l.gossip_records_per_min = 40));
+        let r = record();
+        let gossip = LinkBody::Gossip(Gossip {
+            neighbours: Vec::new(),
+            records: vec![r.clone(); 16],
+        });
+        assert_eq!(b.frame(&gossip), Ok(()));
+        assert_eq!(b.frame(&LinkBody::Records(vec![r.clone(); 16])), Ok(()));
+        // Neighbour lists alone are no records.
+        assert_eq!(b.frame(&LinkBody::Gossip(Gossip::default())), Ok(()));
+        assert_eq!(
+            b.frame(&LinkBody::Full(vec![r.clone(); 16])),
+            Err(BUDGET_GOSSIP)
+        );
+        let small = LinkBudget::new(&limits(|l| l.gossip_records_per_min = 1));
+        // The burst always holds one full frame.
+        assert_eq!(
+            small.frame(&LinkBody::Leaving(vec![r; MAX_RECORDS_PER_FRAME])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn what_a_node_sends_fits_what_its_peer_accepts() {
+        let l = limits(|l| {
+            l.packets_per_sec = 100;
+            l.packet_burst = 400;
+            l.bytes_per_sec = 65_536;
+            l.byte_burst = 65_535;
+        });
+        let out = LinkBudget::outbound(&l);
+        let inbound = LinkBudget::new(&l);
+        let mut sent = 0;
+        for _ in 0..1_000 {
+            if out.send(100) {
+                sent += 1;
+                assert_eq!(inbound.bytes(100 + TAG_LEN), Ok(()));
+                assert_eq!(inbound.frame(&LinkBody::Ping(0)), Ok(()));
+            }
+        }
+        assert!((300..=310).contains(&sent), "{sent} frames let out");
+        // A largest frame still goes out.
+        let big = LinkBudget::outbound(&l);
+        assert!(big.send(MAX_NOISE_MESSAGE - TAG_LEN));
+    }
+
+    #[test]
+    fn default_budget_carries_a_busy_honest_link() {
+        // 4,000 frames of a few hundred bytes at once: within the defaults.
+        let b = LinkBudget::new(&LimitsConfig::default());
+        for _ in 0..4_000 {
+            assert_eq!(b.bytes(600), Ok(()));
+            assert_eq!(b.frame(&LinkBody::Ping(0)), Ok(()));
+        }
+    }
 }

@@ -15,8 +15,8 @@
 //! restarts. A late copy of a delivered message is answered with the stored
 //! receipt, so an origin that missed the receipt still gets it.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +25,14 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::inbox::{Deliver, Inbox};
-use super::peer_session::{probe, LinkIdentity, PeerHandle};
+use super::peer_session::{LinkIdentity, PeerHandle};
 use super::{backoff_delay, fault_handler, guard};
-use crate::config::DEFAULT_PORT;
 use crate::crypto::seal;
-use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
+use crate::crypto::{unix_now, unix_now_ms, Address};
 use crate::routing::accept::{open_packet, Header};
 use crate::routing::filter::copy_key;
 use crate::routing::{CopyVerdict, FloodFilter};
-use crate::store::{Counter, DropEntry, DropKey, OutboxEntry, Store, StoreError};
+use crate::store::{Counter, DropKey, OutboxEntry, Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
@@ -100,6 +99,9 @@ pub struct Router {
     filter: FloodFilter,
     /// Per-neighbour entry budgets (only neighbours: bounded by max_neighbours).
     entries: HashMap<Address, EntryCount>,
+    /// Ids being opened, stored and flushed right now: a copy of one of them
+    /// is not answered until its delivery is on disk.
+    delivering: HashSet<MessageId>,
     log: slog::Logger,
 }
 
@@ -120,6 +122,7 @@ impl Router {
             waiters: HashMap::new(),
             filter: FloodFilter::default(),
             entries: HashMap::new(),
+            delivering: HashSet::new(),
             log: log.new(slog::o!("actor" => "router")),
         }
     }
@@ -149,7 +152,7 @@ impl Router {
             return true;
         }
         if c.count == self.cfg.new_entries_per_min.saturating_add(1) {
-            slog::warn!(self.log, "peer over budget: too many new packets"; "peer" => ?from, "budget" => "new_entries_per_min", "limit" => self.cfg.new_entries_per_min);
+            // The session logs the breach once, as for its own budgets.
             self.report_over_budget(from);
         }
         false
@@ -158,8 +161,9 @@ impl Router {
     /// Tells the peer's session it broke a budget: it is cut and backed off.
     fn report_over_budget(&mut self, from: Address) {
         if let Some(h) = self.neighbours.get(&from) {
-            h.session
-                .do_send(super::peer_session::Close { farewell: None });
+            h.session.do_send(super::peer_session::OverBudget {
+                what: "limits.new_entries_per_min",
+            });
         }
     }
 
@@ -352,6 +356,10 @@ impl Router {
         from: Option<Address>,
         now_ms: u64,
     ) -> Option<ResponseActFuture<Self, ()>> {
+        if self.delivering.contains(&p.id) {
+            // Its delivery is not on disk yet: no receipt before it is.
+            return None;
+        }
         match self
             .store
             .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)
@@ -384,6 +392,7 @@ impl Router {
             self.bump(Counter::Dropped);
             return None;
         }
+        self.delivering.insert(p.id);
         Some(self.deliver(p))
     }
 
@@ -467,14 +476,17 @@ impl Router {
             }
         };
         Box::pin(fut.into_actor(self).map(move |receipt, this, _ctx| {
+            this.delivering.remove(&id);
             let receipt = match receipt {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(()) => return this.bump(Counter::Dropped),
             };
             // Our own message to ourselves is delivered now.
-            if this.store.outbox_delivered(&id).unwrap_or(false) {
-                this.notify(&id, true);
+            match this.store.outbox_settle(&id, &receipt, unix_now()) {
+                Ok(true) => this.notify(&id, true),
+                Ok(false) => {}
+                Err(e) => slog::error!(this.log, "cannot update the outbox"; "error" => %e),
             }
             this.flood(&LinkFrame::new(LinkBody::Receipt(receipt)), None);
         }))
@@ -511,22 +523,19 @@ impl Router {
         }
         self.filter.add_receipt(r.clone());
         if let Some(out) = ours {
-            let entry = DropEntry {
-                expires_at: r.expires_at,
-                receipt: Some(r.clone()),
-            };
-            if let Err(e) = self
-                .store
-                .drop_insert_new(&DropKey::Delivered(r.id), &entry, now)
-            {
-                slog::error!(self.log, "cannot update the drop list"; "error" => %e);
-                return;
+            // Mark and outbox update in one transaction: a crash leaves the
+            // message in flight or settled, never both.
+            match self.store.outbox_settle(&r.id, &r, now) {
+                Ok(true) => {
+                    slog::info!(self.log, "delivery confirmed"; "id" => %r.id, "attempts" => out.attempts);
+                    self.notify(&r.id, true);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    slog::error!(self.log, "cannot settle a delivered message"; "id" => %r.id, "error" => %e);
+                    return;
+                }
             }
-            if let Err(e) = self.store.outbox_delivered(&r.id) {
-                slog::error!(self.log, "cannot update the outbox"; "error" => %e);
-            }
-            slog::info!(self.log, "delivery confirmed"; "id" => %r.id, "attempts" => out.attempts);
-            self.notify(&r.id, true);
         }
         if wanted && r.hops_left > 0 {
             r.hops_left -= 1;
@@ -535,50 +544,20 @@ impl Router {
     }
 }
 
-/// Finds the signed record for a `--to` value: a node address, or an IP
-/// (with optional port) looked up in the address book or asked directly.
-async fn resolve(to: &str, store: &Store, me: &LinkIdentity) -> Result<SignedRecord, PushError> {
-    let to = to.trim();
-    if to.len() == 64 {
-        if let Ok(addr) = to.parse::<Address>() {
-            return store
-                .peer_get(&addr)?
-                .ok_or_else(|| PushError::BadInput(format!("no record known for node {to}")));
-        }
-    }
-    let (ip, port): (IpAddr, Option<u16>) = if let Ok(ip) = to.parse::<IpAddr>() {
-        (ip, None)
-    } else if let Ok(sa) = to.parse::<SocketAddr>() {
-        (sa.ip(), Some(sa.port()))
-    } else {
-        return Err(PushError::BadInput(format!(
-            "--to {to:?}: expected an IP, IP:PORT or a node address (64 hex digits)"
-        )));
-    };
-    if me.record.record.listen.ip() == ip
-        && port.is_none_or(|p| p == me.record.record.listen.port())
-    {
-        return Ok((*me.record).clone());
-    }
-    if let Some(rec) = store.peer_by_ip(ip, port)? {
-        return Ok(rec);
-    }
-    let addr = SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT));
-    let rec = probe(addr, &me.identity)
-        .await
-        .map_err(|e| PushError::Unreachable {
-            addr,
-            why: e.to_string(),
-        })?;
-    store.peer_put(&rec)?;
-    Ok(rec)
-}
-
 impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
+        // A store from before settling was one step may hold messages both
+        // marked delivered and in flight: settle them now.
+        match self.store.outbox_settle_marked(unix_now()) {
+            Ok(0) => {}
+            Ok(n) => {
+                slog::info!(self.log, "settled delivered messages left in the outbox"; "count" => n)
+            }
+            Err(e) => slog::error!(self.log, "cannot settle the outbox"; "error" => %e),
+        }
         ctx.run_interval(RETRY_TICK, |this, ctx| {
             guard(this, ctx, &this.log.clone(), "router", |this, ctx| {
                 this.send_due(ctx)
@@ -629,7 +608,7 @@ impl Handler<Push> for Router {
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
         };
         let fut = async move {
-            let recipient = resolve(&msg.to, &store, &me).await?;
+            let recipient = super::names::resolve(&msg.to, &store, &me).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
             let to = recipient.record.address;

@@ -11,7 +11,7 @@ use hermes::client::{Client, ClientError};
 use hermes::config::Config;
 use hermes::crypto::unix_now;
 use hermes::wire::client::{
-    InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
+    ContactInfo, InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
 };
 use hermes::wire::message::MAX_TEXT_BYTES;
 
@@ -44,7 +44,7 @@ enum Command {
     },
     /// Hand a message to the local daemon; prints its id once it is on disk.
     Push {
-        /// Recipient: IP, IP:PORT or node address.
+        /// Recipient: IP, IP:PORT, node address or contact name.
         #[arg(long)]
         to: String,
         /// The text; "-" or absent reads standard input.
@@ -73,10 +73,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Names for nodes: each contact's key is pinned.
+    Contacts {
+        #[command(subcommand)]
+        command: ContactsCommand,
+    },
+    /// Check, salvage or back up the store (see docs/durability.md, "Damage").
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Test-only: make a supervised actor fail (daemon needs HERMES_FAULT_INJECTION=1).
     #[command(hide = true)]
     DebugFault { actor: String, kind: String },
 }
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Name a node; DEST is an IP, IP:PORT (probed now, its key pinned) or a node address.
+    Add { name: String, dest: String },
+    /// List contacts and the keys pinned for IP addresses pushed to.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a contact, or a pinned IP[:PORT] (to accept its new key).
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Show the store's state (daemon stopped); exit 0 if intact, 1 if damaged.
+    Check {
+        /// A data dir to check instead of the config's (e.g. a backup).
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Copy every record that still reads into a fresh store in DIR (daemon stopped).
+    Salvage {
+        /// A new or empty dir for the fresh store.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Copy a running node's store, consistently, into a fresh store in PATH.
+    Backup {
+        /// A new or empty dir for the copy.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Copy identity.key too (the copy then holds the node's secret key).
+        #[arg(long)]
+        with_key: bool,
+    },
+}
+
+/// Longest a backup may take before the client gives up waiting.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A failure with the exit code it maps to.
 struct Failure(u8, anyhow::Error);
@@ -125,6 +175,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Pull { json } => pull(&config, json),
         Command::Status { json } => status(&config, json),
         Command::Peers { json } => peers(&config, json),
+        Command::Contacts { command } => contacts(&config, command),
         Command::Id => match connect(&config)?.call(&Request::Id)? {
             Response::Id { address } => {
                 println!("{address}");
@@ -132,6 +183,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
             other => Err(unexpected(other)),
         },
+        Command::Store(cmd) => store_command(&config, cmd),
         Command::DebugFault { actor, kind } => {
             match connect(&config)?.call(&Request::Fault { actor, kind })? {
                 Response::Done => Ok(0),
@@ -147,6 +199,118 @@ fn daemon(config: Config) -> Result<u8, Failure> {
     drop(guard);
     result?;
     Ok(0)
+}
+
+/// A relative path taken from the current dir (the daemon's differs).
+fn absolute(path: &std::path::Path) -> Result<PathBuf, Failure> {
+    Ok(std::path::absolute(path).context("cannot resolve the path")?)
+}
+
+fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
+    use hermes::crypto::identity::IDENTITY_FILE;
+    use hermes::store::{self, StoreError};
+    let running = |data_dir: &std::path::Path| {
+        Failure(
+            EXIT_NO_DAEMON,
+            anyhow::anyhow!(
+                "{}: a daemon is running on this data dir; stop it first, or take a copy with `hermes store backup PATH` and check that",
+                data_dir.display()
+            ),
+        )
+    };
+    match cmd {
+        StoreCommand::Check { dir } => {
+            let data_dir = match dir {
+                Some(d) => absolute(&d)?,
+                None => config.node.data_dir.clone(),
+            };
+            let mut report = match store::check::inspect(&data_dir) {
+                Ok(r) => r,
+                Err(StoreError::Locked(_)) => return Err(running(&data_dir)),
+                Err(e) => return Err(e.into()),
+            };
+            let key = data_dir.join(IDENTITY_FILE);
+            match hermes::crypto::Identity::load(&data_dir) {
+                Ok(Some(id)) => match report.identity {
+                    Some(bound) if bound != id.address().0 => report.problems.push(format!(
+                        "{}: belongs to node {}, not to the store's node",
+                        key.display(),
+                        id.address()
+                    )),
+                    _ => {}
+                },
+                Ok(None) if report.store_present || report.manifest.is_some() => {
+                    report.problems.push(format!(
+                        "{}: missing: the node's identity is gone",
+                        key.display()
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => report.problems.push(e.to_string()),
+            }
+            println!("{report}");
+            Ok(if report.intact() { 0 } else { EXIT_BAD_INPUT })
+        }
+        StoreCommand::Salvage { dir } => {
+            let data_dir = &config.node.data_dir;
+            let dest = absolute(&dir)?;
+            let c = match store::check::salvage(data_dir, &dest) {
+                Ok(c) => c,
+                Err(StoreError::Locked(_)) => return Err(running(data_dir)),
+                Err(e) => return Err(e.into()),
+            };
+            println!(
+                "salvaged {} into {}: kept {} inbox, {} outbox and {} drop-list entries, and {} peers; {} records did not read or decode",
+                data_dir.join("store").display(),
+                dest.display(),
+                c.inbox,
+                c.outbox,
+                c.drop,
+                c.peers,
+                c.skipped
+            );
+            match c.source_manifest {
+                Some(m) if m > c.source_generation => println!(
+                    "the damaged store reached generation {} of the {m} its manifest records: writes of the last {} flushes are lost",
+                    c.source_generation,
+                    m - c.source_generation
+                ),
+                Some(m) => println!("the store reached generation {} (its manifest records {m}): nothing flushed is missing", c.source_generation),
+                None => println!("the store reached generation {} (no manifest to compare with)", c.source_generation),
+            }
+            if c.from_log {
+                println!("sled would not open the store as it is; its log was read without its snapshot, up to the damage");
+            }
+            println!(
+                "to run on it: copy {} to {} (cp -p), set node.data_dir = {:?} in the config, and start the daemon",
+                data_dir.join(IDENTITY_FILE).display(),
+                dest.join(IDENTITY_FILE).display(),
+                dest.display().to_string()
+            );
+            Ok(0)
+        }
+        StoreCommand::Backup { path, with_key } => {
+            let req = Request::Backup {
+                path: absolute(&path)?.display().to_string(),
+                with_key,
+            };
+            match connect(config)?.call_with(&req, BACKUP_TIMEOUT)? {
+                Response::BackedUp(b) => {
+                    println!(
+                        "backed up to {}: generation {}, inbox {}, outbox {}, drop list {}, peers {}",
+                        b.path, b.generation, b.inbox, b.outbox, b.drop_list, b.peers
+                    );
+                    if b.with_key {
+                        println!("identity.key copied too: keep the backup private");
+                    } else {
+                        println!("identity.key not copied (--with-key copies it): a store is of no use without its key, keep one safe");
+                    }
+                    Ok(0)
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+    }
 }
 
 fn connect(config: &Config) -> Result<Client, Failure> {
@@ -313,6 +477,47 @@ fn peers(config: &Config, json: bool) -> Result<u8, Failure> {
             p.address,
             if p.relay { "" } else { " (no relay)" },
         )?;
+    }
+    Ok(0)
+}
+
+fn contacts(config: &Config, command: ContactsCommand) -> Result<u8, Failure> {
+    let mut client = connect(config)?;
+    let (list, json): (Vec<ContactInfo>, bool) = match command {
+        ContactsCommand::Add { name, dest } => {
+            match client.call(&Request::ContactAdd { name, dest })? {
+                Response::Contacts(c) => (c, false),
+                other => return Err(unexpected(other)),
+            }
+        }
+        ContactsCommand::List { json } => match client.call(&Request::Contacts)? {
+            Response::Contacts(c) => (c, json),
+            other => return Err(unexpected(other)),
+        },
+        ContactsCommand::Remove { name } => {
+            return match client.call(&Request::ContactRemove { name })? {
+                Response::Done => Ok(0),
+                other => Err(unexpected(other)),
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for c in &list {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:<24} {:<4} {}{}",
+                c.name,
+                c.kind,
+                c.address,
+                c.dest
+                    .as_ref()
+                    .filter(|d| **d != c.name)
+                    .map_or(String::new(), |d| format!(" (from {d})")),
+            )?;
+        }
     }
     Ok(0)
 }

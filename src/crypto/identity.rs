@@ -1,7 +1,8 @@
 //! The node's long-term identity.
 //!
 //! A node has two key pairs, kept together in `<data_dir>/identity.key`
-//! (mode 0600): an Ed25519 key that signs its node record and its delivery
+//! (mode 0600, written atomically: a temporary file, fsync, rename, fsync of
+//! the dir; never created beside an existing store, see `node.rs`): an Ed25519 key that signs its node record and its delivery
 //! receipts, and an X25519 key used as the Noise static key of its links and
 //! as the HPKE key messages are sealed to. The node's *address* is the Ed25519
 //! public key; the signed record ties the X25519 key to it.
@@ -61,8 +62,12 @@ pub enum IdentityError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: identity key file is damaged (expected {IDENTITY_LEN} bytes)")]
-    Damaged { path: String },
+    #[error("{path}: identity key file is damaged ({len} bytes, expected {IDENTITY_LEN}); restore it from a backup, or move the data dir aside to start afresh with a new identity")]
+    Damaged { path: String, len: usize },
+    #[error("{path}: the identity key is missing, but the data dir holds a store ({store}): the node's identity is gone; restore identity.key from a backup, or move the data dir aside to start afresh with a new identity")]
+    Missing { path: String, store: String },
+    #[error("{path}: already exists; not overwritten")]
+    Exists { path: String },
     #[error("{path}: identity key file has mode {mode:o}; it must be 0600 (chmod 600 it)")]
     Permissions { path: String, mode: u32 },
     #[error("not a node address (expected 64 hex digits of an Ed25519 key)")]
@@ -94,8 +99,22 @@ impl Identity {
         }
     }
 
-    /// Loads `<dir>/identity.key`, creating it (mode 0600) on first start.
+    /// Loads `<dir>/identity.key`, creating it on first start. Callers that
+    /// must not create one beside an existing store use [`Identity::load`].
     pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
+        match Self::load(dir)? {
+            Some(id) => Ok(id),
+            None => {
+                let id = Self::generate();
+                id.save(dir)?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Loads `<dir>/identity.key`; `None` if there is none. Refuses a file
+    /// others can read and one of the wrong length.
+    pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
         let path = dir.join(IDENTITY_FILE);
         let shown = path.display().to_string();
         let io = |source| IdentityError::Io {
@@ -109,29 +128,58 @@ impl Identity {
                     return Err(IdentityError::Permissions { path: shown, mode });
                 }
                 if bytes.len() != IDENTITY_LEN {
-                    return Err(IdentityError::Damaged { path: shown });
+                    return Err(IdentityError::Damaged {
+                        path: shown,
+                        len: bytes.len(),
+                    });
                 }
                 let mut signing = [0u8; 32];
                 let mut kem = [0u8; 32];
                 signing.copy_from_slice(&bytes[..32]);
                 kem.copy_from_slice(&bytes[32..]);
-                Ok(Self::from_parts(signing, kem))
+                Ok(Some(Self::from_parts(signing, kem)))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = Self::generate();
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io)?;
-                file.write_all(&id.signing.to_bytes()).map_err(io)?;
-                file.write_all(&id.kem_secret).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok(id)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// Writes the keys to `<dir>/identity.key` atomically: a temporary file
+    /// (0600) in `dir`, fsync, rename, fsync of `dir`. Refuses to replace an
+    /// existing key file.
+    pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
+        let path = dir.join(IDENTITY_FILE);
+        let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| IdentityError::Io { path: p, source }
+        };
+        if path.exists() {
+            return Err(IdentityError::Exists {
+                path: path.display().to_string(),
+            });
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        // A temporary file left by an earlier run keeps its mode: set it.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io(&tmp))?;
+        file.write_all(&self.signing.to_bytes()).map_err(io(&tmp))?;
+        file.write_all(&self.kem_secret).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        // Not `rename`: it would replace a key file made meanwhile.
+        fs::hard_link(&tmp, &path).map_err(io(&path))?;
+        fs::remove_file(&tmp).map_err(io(&tmp))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(())
     }
 
     pub fn address(&self) -> Address {
@@ -186,6 +234,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn saved_atomically_never_over_an_existing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Identity::load(dir.path()).unwrap().is_none());
+        let a = Identity::generate();
+        a.save(dir.path()).unwrap();
+        assert!(!dir.path().join("identity.key.tmp").exists());
+        let b = Identity::generate();
+        assert!(matches!(
+            b.save(dir.path()),
+            Err(IdentityError::Exists { .. })
+        ));
+        let loaded = Identity::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.address(), a.address());
     }
 
     #[test]

@@ -37,6 +37,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
+use super::bans::BanList;
 use super::book::{AddressBook, PeerEntry, BOOK_CAPACITY};
 use crate::backoff::backoff_delay;
 use crate::crypto::{Address, Identity, SignedRecord};
@@ -232,6 +233,9 @@ pub struct Membership {
     actions: Vec<Action>,
     rng: StdRng,
     stats: MembershipStats,
+    /// Nodes over a budget: never dialled, nor their listen address, until
+    /// the ban ends (see [`Membership::ban`]).
+    bans: BanList,
 }
 
 impl Membership {
@@ -276,6 +280,7 @@ impl Membership {
             actions: Vec::new(),
             rng,
             stats: MembershipStats::default(),
+            bans: BanList::default(),
         }
     }
 
@@ -347,6 +352,29 @@ impl Membership {
             && !self.dialing.contains_key(addr)
             && !self.connected_to(addr)
             && self.ready(addr, now_ms)
+            && !self.bans.listen_banned(addr, now_ms)
+    }
+
+    /// Refuses `address` until `until_ms`: a peer that broke a budget. It is
+    /// not dialled, nor the listen address its record named, and its lost
+    /// link is not redialled; the driver refuses its links meanwhile
+    /// ([`Membership::is_banned`]).
+    pub fn ban(&mut self, address: Address, listen: SocketAddr, until_ms: u64, now_ms: u64) {
+        self.bans.ban(address, listen, until_ms, now_ms);
+        self.lost.remove(&listen);
+        if self.rotating == Some(listen) {
+            self.rotating = None;
+        }
+    }
+
+    /// True while `address` is banned ([`Membership::ban`]).
+    pub fn is_banned(&self, address: &Address, now_ms: u64) -> bool {
+        self.bans.is_banned(address, now_ms)
+    }
+
+    /// Bans held (some may have ended, until the next sweep).
+    pub fn ban_count(&self) -> usize {
+        self.bans.len()
     }
 
     fn back_off(&mut self, addr: SocketAddr, now_ms: u64) -> u32 {
@@ -387,6 +415,7 @@ impl Membership {
         if now_ms >= self.next_sweep_ms {
             self.next_sweep_ms = now_ms + ms(SWEEP_INTERVAL);
             self.owed = self.owed.saturating_sub(1);
+            self.bans.sweep(now_ms);
             let keep: HashSet<Address> = self.links.keys().copied().collect();
             for a in &keep {
                 if self
@@ -546,6 +575,7 @@ impl Membership {
                 let a = e.address();
                 let listen = e.listen();
                 if self.links.contains_key(&a)
+                    || self.bans.is_banned(&a, now_ms)
                     || !self.usable(&listen, now_ms)
                     || !seen.insert(listen)
                 {
@@ -616,6 +646,7 @@ impl Membership {
             .entries()
             .filter(|e| {
                 !self.links.contains_key(&e.address())
+                    && !self.bans.is_banned(&e.address(), now_ms)
                     && !self.bootstrap.contains(&e.listen())
                     && self.usable(&e.listen(), now_ms)
             })
@@ -823,6 +854,10 @@ impl Membership {
             Farewell::Full => {
                 let b = self.backoff.entry(listen).or_default();
                 b.next_ms = now_ms + ms(FULL_BACKOFF);
+            }
+            Farewell::None if self.bans.is_banned(&addr, now_ms) => {
+                // Replaced, never redialled.
+                self.owed = (self.owed + 1).min(self.cfg.max_neighbours);
             }
             Farewell::None => {
                 self.owed = (self.owed + 1).min(self.cfg.max_neighbours);
@@ -1183,6 +1218,88 @@ mod tests {
             gaps.iter()
                 .all(|g| *g <= 2 * REDIAL_MAX.as_millis() as u64 + 1000),
             "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn banned_nodes_are_not_dialled_until_the_ban_ends() {
+        // min 3: the node wants more links and dials whatever it may.
+        let (mut m, now) = node(3, 8, vec![]);
+        let (bad, good, other) = (peer(2), peer(3), peer(4));
+        m.link_up(LinkId(1), bad.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), good.record.clone(), Direction::Out, now);
+        m.on_frame(LinkId(1), gossip(&[], &[&other]), now);
+        let until = now + 600_000;
+        m.ban(
+            bad.record.record.address,
+            bad.record.record.listen,
+            until,
+            now,
+        );
+        assert!(m.is_banned(&bad.record.record.address, now));
+        m.link_down(LinkId(1), now);
+        // Its record moves to a second address: banned by key, it is not
+        // dialled there either.
+        let moved: SocketAddr = "10.0.0.99:58008".parse().unwrap();
+        let moved_record = SignedRecord::sign(&bad.id, moved, true, bad.record.record.time + 1);
+        m.on_frame(LinkId(2), LinkBody::Records(vec![moved_record]), now + 1000);
+        let bad_listen = bad.record.record.listen;
+        let mut dialled = Vec::new();
+        for t in (0..until - now).step_by(1000) {
+            m.tick(now + t);
+            for d in dials(&m.take_actions()) {
+                dialled.push(d);
+                m.dial_failed(d, now + t);
+            }
+        }
+        assert!(
+            !dialled.contains(&bad_listen) && !dialled.contains(&moved),
+            "a banned node was dialled: {dialled:?}"
+        );
+        assert!(
+            dialled.contains(&other.record.record.listen),
+            "the lost link is replaced: {dialled:?}"
+        );
+        // Once the ban is over the node is a candidate again (its book entry
+        // is still there).
+        assert!(!m.is_banned(&bad.record.record.address, until));
+        let mut after = Vec::new();
+        for t in (0..120_000).step_by(1000) {
+            m.tick(until + t);
+            for d in dials(&m.take_actions()) {
+                after.push(d);
+                m.dial_failed(d, until + t);
+            }
+        }
+        assert!(after.contains(&moved), "{after:?}");
+        assert_eq!(m.ban_count(), 0, "the ended ban was swept");
+    }
+
+    #[test]
+    fn a_banned_bootstrap_node_is_not_redialled() {
+        let bad = peer(2);
+        let (mut m, now) = node(1, 4, vec![bad.record.record.listen]);
+        m.tick(now);
+        assert_eq!(dials(&m.take_actions()), vec![bad.record.record.listen]);
+        m.dial_succeeded(bad.record.record.listen);
+        m.link_up(LinkId(1), bad.record.clone(), Direction::Out, now);
+        let until = now + 60_000;
+        m.ban(
+            bad.record.record.address,
+            bad.record.record.listen,
+            until,
+            now,
+        );
+        m.link_down(LinkId(1), now);
+        let before: Vec<SocketAddr> = tick_for(&mut m, now, 59)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        assert!(before.is_empty(), "dialled while banned: {before:?}");
+        let after = tick_for(&mut m, until, 5);
+        assert!(
+            !after.is_empty(),
+            "a bootstrap node is tried again after the ban"
         );
     }
 

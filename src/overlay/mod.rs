@@ -5,10 +5,12 @@
 //! [`sim`] drives thousands of them over an in-memory network to measure the
 //! same code at scale. Nothing here does I/O or knows about actors.
 
+pub mod bans;
 pub mod book;
 pub mod membership;
 pub mod sim;
 
+pub use bans::{BanList, MAX_BANS};
 pub use book::{AddressBook, PeerEntry};
 pub use membership::{
     Action, Direction, LinkId, Membership, MembershipConfig, MembershipStats, NeighbourInfo,

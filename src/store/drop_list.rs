@@ -48,7 +48,7 @@ pub struct DropEntry {
     pub receipt: Option<Receipt>,
 }
 
-fn exp_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
+pub(super) fn exp_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&expires_at.to_be_bytes());
     k.extend_from_slice(key);

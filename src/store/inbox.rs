@@ -8,23 +8,33 @@
 
 use sled::Transactional;
 
-use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
+use super::drop_list::{exp_key, insert_in_tx, is_live, DropEntry, DropKey};
 use super::{Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::Receipt;
 use crate::wire::MessageId;
 
+/// Where a new delivery was written, so a failed flush can take it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxKey {
+    key: Vec<u8>,
+    id: MessageId,
+    mark_until: u64,
+}
+
 impl Store {
     /// Stores a delivered message unless its id was delivered before, with
-    /// its delivered mark kept until `mark_until` (Unix seconds). True if it
-    /// is new. The caller flushes before sending the receipt.
+    /// its delivered mark kept until `mark_until` (Unix seconds), in one
+    /// transaction. `Some(key)` if it is new: the caller flushes before it
+    /// sends the receipt, and if the flush fails, takes the delivery back with
+    /// [`Store::inbox_revoke`] so that nothing of it stays visible.
     pub fn inbox_deliver(
         &self,
         msg: &InboxMessage,
         receipt: &Receipt,
         mark_until: u64,
         now: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<InboxKey>, StoreError> {
         let seq = self.db.generate_id()?;
         let mut key = Vec::with_capacity(24);
         key.extend_from_slice(&seq.to_be_bytes());
@@ -48,7 +58,26 @@ impl Store {
                 insert_in_tx(drop, drop_exp, &delivered, &entry)?;
                 Ok(true)
             })?;
-        Ok(r)
+        Ok(r.then_some(InboxKey {
+            key,
+            id: msg.id,
+            mark_until,
+        }))
+    }
+
+    /// Takes back a delivery whose flush failed: the inbox entry and its
+    /// delivered mark go in one transaction, so the message is delivered
+    /// afresh when a copy comes again (and no receipt was sent for it).
+    pub fn inbox_revoke(&self, k: &InboxKey) -> Result<(), StoreError> {
+        let delivered = DropKey::Delivered(k.id).bytes();
+        let exp = exp_key(k.mark_until, &delivered);
+        (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
+            inbox.remove(k.key.as_slice())?;
+            drop.remove(delivered.as_slice())?;
+            drop_exp.remove(exp.as_slice())?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
     }
 
     /// Up to `max` messages, oldest first.
@@ -104,9 +133,18 @@ mod tests {
         let me = Identity::generate();
         let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000);
         let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000);
-        assert!(s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
-        assert!(s.inbox_deliver(&msg(2, "b"), &r2, 1_000, 10).unwrap());
-        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
+        assert!(s
+            .inbox_deliver(&msg(1, "a"), &r1, 1_000, 10)
+            .unwrap()
+            .is_some());
+        assert!(s
+            .inbox_deliver(&msg(2, "b"), &r2, 1_000, 10)
+            .unwrap()
+            .is_some());
+        assert!(s
+            .inbox_deliver(&msg(1, "a"), &r1, 1_000, 10)
+            .unwrap()
+            .is_none());
         let listed: Vec<String> = s
             .inbox_list(10)
             .unwrap()
@@ -117,7 +155,10 @@ mod tests {
         assert_eq!(s.inbox_remove(&[MessageId([1; 16])]).unwrap(), 1);
         assert_eq!(s.inbox_len(), 1);
         // Pulled and confirmed, yet never delivered again while its entry lives.
-        assert!(!s.inbox_deliver(&msg(1, "a"), &r1, 1_000, 10).unwrap());
+        assert!(s
+            .inbox_deliver(&msg(1, "a"), &r1, 1_000, 10)
+            .unwrap()
+            .is_none());
         assert_eq!(s.inbox_len(), 1);
         // The stored receipt is what a late copy is answered with.
         let entry = s
@@ -125,6 +166,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(entry.receipt, Some(r1));
+    }
+
+    #[test]
+    fn a_revoked_delivery_leaves_nothing_and_can_happen_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let me = Identity::generate();
+        let r = Receipt::sign(&me, MessageId([4; 16]), 1_000);
+        let k = s
+            .inbox_deliver(&msg(4, "x"), &r, 2_000, 10)
+            .unwrap()
+            .unwrap();
+        s.inbox_revoke(&k).unwrap();
+        assert_eq!(s.inbox_len(), 0);
+        assert_eq!(s.drop_len(), 0);
+        assert!(s
+            .drop_get(&DropKey::Delivered(MessageId([4; 16])), 10)
+            .unwrap()
+            .is_none());
+        assert_eq!(s.drop_sweep(u64::MAX).unwrap(), 0, "index emptied too");
+        assert!(s
+            .inbox_deliver(&msg(4, "x"), &r, 2_000, 10)
+            .unwrap()
+            .is_some());
+        assert_eq!(s.inbox_len(), 1);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct ClientFrame<T> {
 /// Append new variants at the end only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Queue a message; `to` is an IP, IP:PORT or node address.
+    /// Queue a message; `to` is an IP, IP:PORT, node address or contact name.
     Push {
         to: String,
         text: String,
@@ -55,6 +55,25 @@ pub enum Request {
     },
     /// The address book.
     Peers,
+    /// Name a node: `dest` is an IP, IP:PORT (probed and pinned) or node address.
+    ContactAdd {
+        name: String,
+        dest: String,
+    },
+    /// Every contact and pinned IP:PORT.
+    Contacts,
+    /// Forget a contact, or a pinned IP:PORT (`name` is then that address).
+    ContactRemove {
+        name: String,
+    },
+    // --- store backup (issue 8) ---
+    /// Copy the store, consistently, into a fresh store in the new or empty
+    /// dir `path` (absolute); with `with_key` the identity key as well.
+    Backup {
+        path: String,
+        with_key: bool,
+    },
+    // --- end store backup ---
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +98,26 @@ pub enum Response {
         message: String,
     },
     Peers(Vec<PeerStatus>),
+    /// Answers `Contacts` (every entry) and `ContactAdd` (the entry added).
+    Contacts(Vec<ContactInfo>),
+    // --- store backup (issue 8) ---
+    /// The backup is written: how many records it holds.
+    BackedUp(BackupReport),
+    // --- end store backup ---
+}
+
+/// What `hermes store backup` copied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    pub path: String,
+    /// The backup store's generation (its manifest says the same).
+    pub generation: u64,
+    pub inbox: u64,
+    pub outbox: u64,
+    pub drop_list: u64,
+    pub peers: u64,
+    /// Whether identity.key was copied too.
+    pub with_key: bool,
 }
 
 /// A delivered message as `pull` shows it.
@@ -148,6 +187,22 @@ pub struct PeerStatus {
     pub last_success: Option<u64>,
     /// Dials that failed since the last success.
     pub failures: u32,
+}
+
+/// One contact or pinned address as `hermes contacts list` shows it (also
+/// printed as JSON, so field names are part of the contract).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactInfo {
+    /// The contact's name, or for a pin the IP:PORT itself.
+    pub name: String,
+    /// "name" (a contact) or "ip" (a key pinned on first use of an IP:PORT).
+    pub kind: String,
+    /// The pinned node address (64 hex digits).
+    pub address: String,
+    /// The IP:PORT probed for the key, when it came from one.
+    pub dest: Option<String>,
+    /// Seconds since the epoch when the key was pinned.
+    pub added: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +307,12 @@ mod tests {
                 ids: vec![MessageId::random()],
             },
             Request::Status,
+            Request::ContactAdd {
+                name: "bob".into(),
+                dest: "127.0.0.4:58008".into(),
+            },
+            Request::Contacts,
+            Request::ContactRemove { name: "bob".into() },
         ];
         let mut buf = Vec::new();
         for r in &reqs {
@@ -287,6 +348,35 @@ mod tests {
             let req = Request::Push { to, text };
             let bytes = encode(&req).unwrap();
             prop_assert_eq!(decode::<Request>(&bytes).unwrap(), req);
+        }
+
+        #[test]
+        fn contact_requests_round_trip(name in ".{0,80}", dest in ".{0,80}") {
+            for req in [
+                Request::ContactAdd { name: name.clone(), dest },
+                Request::ContactRemove { name },
+                Request::Contacts,
+            ] {
+                let bytes = encode(&req).unwrap();
+                prop_assert_eq!(decode::<Request>(&bytes).unwrap(), req);
+            }
+        }
+
+        #[test]
+        fn contacts_answer_round_trips(
+            entries in proptest::collection::vec(
+                (".{0,64}", "[a-z]{2,4}", "[0-9a-f]{64}", proptest::option::of(".{0,40}"), any::<u64>()),
+                0..8,
+            )
+        ) {
+            let resp = Response::Contacts(
+                entries
+                    .into_iter()
+                    .map(|(name, kind, address, dest, added)| ContactInfo { name, kind, address, dest, added })
+                    .collect(),
+            );
+            let bytes = encode(&resp).unwrap();
+            prop_assert_eq!(decode::<Response>(&bytes).unwrap(), resp);
         }
     }
 }

@@ -22,6 +22,9 @@
 //! | 21 | restarts.rs        | relay_killed_while_200_messages_flow              |
 //! | 22 | restarts.rs        | recipient_killed_between_delivery_and_pull        |
 //! | 23 | restarts.rs        | sender_killed_right_after_push_still_delivers     |
+//! | 24 | names.rs           | gossiped_record_claiming_the_recipients_ip_...    |
+//! | 25 | names.rs           | changed_key_at_a_pinned_ip_is_refused_until_...   |
+//! | 26 | names.rs           | contacts_name_pinned_keys                         |
 //! | 30 | hostile_peers.rs   | random_bytes_are_cut_off                          |
 //! | 31 | hostile_peers.rs   | oversized_length_prefix_then_silence_is_cut_off   |
 //! | 32 | hostile_peers.rs   | oversized_length_prefix_then_garbage_is_cut_off   |
@@ -36,8 +39,19 @@
 //! | 44 | cli.rs             | status_json_has_all_fields                        |
 //! | 45 | cli.rs             | usage_errors_exit_1                               |
 //! | 46 | cli.rs             | bad_listen_value_exits_1_naming_the_key           |
+//! | 47 | admission.rs       | renewed_silent_connections_do_not_keep_a_newcomer_out |
+//! | 48 | admission.rs       | connect_close_flood_is_summarised_not_logged_per_connection |
+//! | 49 | admission.rs       | fresh_keys_linking_and_unlinking_do_not_flood_the_log |
 //! |  - | cli.rs             | missing_explicit_config_exits_1 (binds nothing)   |
 //! | 50 | privacy.rs         | relay_never_stores_or_logs_plaintext              |
+//! | 51 | budgets.rs         | junk_flood_is_cut_refused_and_bounded_by_the_budget |
+//! | 52 | budgets.rs         | large_frames_break_the_byte_budget                |
+//! | 53 | budgets.rs         | busy_honest_line_stays_within_the_default_budgets |
+//! | 54 | budgets.rs         | too_many_new_packets_per_minute_cut_the_link      |
+//! | 56 | trust.rs           | replayed_and_re_timed_copies_are_delivered_once   |
+//! | 57 | trust.rs           | replay_after_the_time_to_live_with_a_new_expiry_is_refused |
+//! | 58 | trust.rs           | tampered_copies_for_any_attempt_do_not_stop_the_genuine_one |
+//! | 59 | trust.rs           | rewritten_receipts_do_not_settle_a_message        |
 //! | 60 | supervision.rs     | router_panic                                      |
 //! | 61 | supervision.rs     | router_error                                      |
 //! | 62 | supervision.rs     | neighbours_panic                                  |
@@ -48,6 +62,9 @@
 //! | 67 | supervision.rs     | listener_error                                    |
 //! | 68 | supervision.rs     | debug_fault_refused_without_env                   |
 //! | 70 | legacy.rs          | legacy_push_and_pull (legacy ports 40000+10N+h)    |
+//! | 71 | trust.rs           | retries_of_an_undeliverable_message_cost_relays_nothing_lasting |
+//! | 72 | durability.rs      | full_disk_recipient_acknowledges_only_what_it_stored |
+//! | 90-93 | store_damage.rs | (store damage, check, salvage, backup, modes)     |
 //! | 80 | shutdown.rs        | sigterm_exits_0_and_neighbour_forgets_it          |
 //! | 81 | shutdown.rs        | queued_message_survives_restart                   |
 //! | 82 | shutdown.rs        | sigint_exits_0                                    |
@@ -56,8 +73,12 @@
 //! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
+//! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
+//! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
+//! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
+//! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
 //!
-//! Free for new tests: 24-29, 37-39, 47-49, 51-59, 69, 71-79, 88-255.
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 94-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
@@ -314,6 +335,12 @@ impl Node {
             starts: 0,
         };
         fs::create_dir_all(node.data_dir()).expect("create data dir");
+        // Not writable by group or others whatever the umask: the daemon refuses such a dir.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(node.data_dir(), fs::Permissions::from_mode(0o755))
+                .expect("chmod data dir");
+        }
         fs::write(node.config_path(), node.config_text()).expect("write config");
         node
     }
@@ -362,7 +389,7 @@ impl Node {
         text
     }
 
-    fn spawn_process(&mut self) {
+    pub fn spawn_process(&mut self) {
         assert!(
             self.child.is_none(),
             "node {} is already running",
