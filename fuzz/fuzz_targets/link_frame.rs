@@ -1,13 +1,24 @@
 //! `LinkFrame::decode` on arbitrary bytes (what a peer sends inside a Noise
-//! link): it never panics, and whatever it accepts re-encodes and decodes back
+//! link): it never panics, refuses a frame over `MAX_LINK_FRAME` as
+//! `TooLarge`, and whatever it accepts re-encodes and decodes back
 //! to the same frame.
 #![no_main]
 
-use hermes::wire::link::LinkFrame;
+use hermes::wire::link::{LinkFrame, MAX_LINK_FRAME};
+use hermes::wire::WireError;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(frame) = LinkFrame::decode(data) else {
+    let decoded = LinkFrame::decode(data);
+    if data.len() > MAX_LINK_FRAME {
+        assert!(
+            matches!(decoded, Err(WireError::TooLarge { .. })),
+            "{}-byte frame not refused for its size",
+            data.len()
+        );
+        return;
+    }
+    let Ok(frame) = decoded else {
         return;
     };
     let bytes = frame
