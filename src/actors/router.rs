@@ -360,6 +360,13 @@ impl Router {
             // Its delivery is not on disk yet: no receipt before it is.
             return None;
         }
+        if self.store.write_failure().is_some() {
+            // After a failed write no mark can be trusted to be on disk (a
+            // delivery that could not be taken back may still show one):
+            // answer nothing until a restart has shown what the disk holds.
+            // The sender keeps retrying.
+            return None;
+        }
         match self
             .store
             .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)

@@ -95,13 +95,35 @@ pub enum StoreError {
     WriteFailed(String),
 }
 
+/// The first I/O error sled returned in this process, from any operation.
+///
+/// After one, sled's log may hold a hole that a later flush does not report
+/// (measured: a write failed on a full disk, a later flush succeeded, and the
+/// message acknowledged after it was gone after a restart, as sled's
+/// recovery stops at the hole). So once sled has failed to write, no store of
+/// this process acknowledges anything more until the daemon is restarted.
+/// One process runs one node; `hermes store backup` to a full disk stops the
+/// daemon's acknowledgements too, which is on the safe side.
+static IO_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn io_failure() -> Option<String> {
+    IO_FAILURE
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+fn record_io_failure(why: &str) -> String {
+    let mut f = IO_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+    f.get_or_insert_with(|| why.to_string()).clone()
+}
+
 impl From<sled::Error> for StoreError {
-    /// A full disk is a failed write, with what to do about it.
+    /// An I/O error is a failed write, with what to do about it; it stops
+    /// every later flush (see [`IO_FAILURE`]).
     fn from(e: sled::Error) -> Self {
         match &e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                StoreError::WriteFailed(io.to_string())
-            }
+            sled::Error::Io(io) => StoreError::WriteFailed(record_io_failure(&io.to_string())),
             _ => StoreError::Sled(e),
         }
     }
@@ -208,6 +230,7 @@ impl Store {
             .lock()
             .map(|f| f.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+            .or_else(io_failure)
     }
 
     fn check_failed(&self) -> Result<(), StoreError> {
@@ -219,7 +242,7 @@ impl Store {
 
     /// Records the first flush failure; returns the error to report.
     fn fail(&self, e: sled::Error) -> StoreError {
-        let why = e.to_string();
+        let why = record_io_failure(&e.to_string());
         let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         let why = f.get_or_insert(why).clone();
         StoreError::WriteFailed(why)

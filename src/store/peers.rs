@@ -5,8 +5,6 @@
 //! learns outside of links (a letter's sender, a probed recipient) with
 //! [`Store::peer_put`]. Callers verify records before storing them.
 
-use std::net::IpAddr;
-
 use super::{Store, StoreError};
 use crate::crypto::{unix_now, Address, SignedRecord};
 use crate::overlay::PeerEntry;
@@ -52,27 +50,6 @@ impl Store {
         Ok(self.peer_entry(address)?.map(|e| e.record))
     }
 
-    /// The newest record whose listen address has this IP (and port, if given).
-    pub fn peer_by_ip(
-        &self,
-        ip: IpAddr,
-        port: Option<u16>,
-    ) -> Result<Option<SignedRecord>, StoreError> {
-        let mut best: Option<SignedRecord> = None;
-        for e in self.peers_all()? {
-            let l = e.listen();
-            if l.ip() == ip
-                && port.is_none_or(|p| p == l.port())
-                && best
-                    .as_ref()
-                    .is_none_or(|b| b.record.time < e.record.record.time)
-            {
-                best = Some(e.record);
-            }
-        }
-        Ok(best)
-    }
-
     /// Every stored entry. An entry that does not decode (written by an
     /// older version) is skipped: the book refills from the network.
     pub fn peers_all(&self) -> Result<Vec<PeerEntry>, StoreError> {
@@ -108,8 +85,7 @@ mod tests {
         let all = store.peers_all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].failures, &all[0].record), (3, &newer));
-        let ip = "127.0.9.3".parse().unwrap();
-        assert_eq!(store.peer_by_ip(ip, Some(1)).unwrap(), Some(newer));
+        assert_eq!(store.peer_get(&id.address()).unwrap(), Some(newer));
         store.peer_remove(&id.address()).unwrap();
         assert!(store.peers_all().unwrap().is_empty());
     }
