@@ -46,11 +46,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Issue 8, item 1: the recipient's data dir is a 2 MB tmpfs and 400
 /// messages of 4 KiB come in. Deliveries that cannot be stored are not
 /// acknowledged (no receipt, nothing left visible); after the recipient is

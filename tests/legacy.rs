@@ -112,11 +112,6 @@ fn legacy_push_and_pull() {
     assert_eq!(nodes[1].pull(), Vec::<String>::new());
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Issue 8, item 4: the legacy port serves only the daemon's own user, has its
 /// own connection limit apart from the Unix socket, and answers FAIL to a PUSH
 /// longer than its first read.

@@ -119,6 +119,12 @@ pub const LINK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a message may take to travel end to end on a healthy line.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// True when the tests run as root (needed to mount a tmpfs or switch uid).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// `127.0.N.h`
 pub fn ip(n: u8, host: u8) -> String {
     format!("127.0.{n}.{host}")
