@@ -65,26 +65,16 @@ pub struct Deliver {
 
 impl Handler<Deliver> for Inbox {
     type Result = ResponseFuture<Result<bool, InboxError>>;
-    fn handle(&mut self, d: Deliver, ctx: &mut Context<Self>) -> Self::Result {
-        let log = self.log.clone();
-        let r = guard(self, ctx, &log, "inbox", |this, _| {
-            this.store
-                .inbox_deliver(&d.msg, &d.receipt, d.mark_until, unix_now())
-        });
+    fn handle(&mut self, d: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
+        // The store's writer writes the message with its mark and flushes
+        // once for every delivery waiting with it; a failed flush takes the
+        // delivery back (durability point 3: no receipt for what is not on
+        // disk, and nothing of it left visible to answer a later copy).
         Box::pin(async move {
-            let written = r.ok_or(InboxError::Failed)??;
-            if let Err(e) = store.flush().await {
-                // Durability point 3: no receipt for what is not on disk,
-                // and nothing of it left visible to answer a later copy.
-                if let Some(k) = &written {
-                    if let Err(e2) = store.inbox_revoke(k) {
-                        slog::error!(log, "cannot take back a delivery that did not reach the disk"; "error" => %e2);
-                    }
-                }
-                return Err(e.into());
-            }
-            Ok(written.is_some())
+            Ok(store
+                .deliver(d.msg, d.receipt, d.mark_until, unix_now())
+                .await?)
         })
     }
 }

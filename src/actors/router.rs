@@ -32,7 +32,7 @@ use crate::crypto::{unix_now, unix_now_ms, Address};
 use crate::routing::accept::{open_packet, Header};
 use crate::routing::filter::copy_key;
 use crate::routing::{CopyVerdict, FloodFilter};
-use crate::store::{Counter, DropKey, OutboxEntry, Store, StoreError};
+use crate::store::{Counter, DropKey, OutboxEntry, Reschedule, Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
@@ -102,6 +102,10 @@ pub struct Router {
     /// Ids being opened, stored and flushed right now: a copy of one of them
     /// is not answered until its delivery is on disk.
     delivering: HashSet<MessageId>,
+    /// A [`Router::send_due`] is waiting for the store's answer.
+    taking_due: bool,
+    /// Another was asked for meanwhile: run it when that one is answered.
+    due_again: bool,
     log: slog::Logger,
 }
 
@@ -123,6 +127,8 @@ impl Router {
             filter: FloodFilter::default(),
             entries: HashMap::new(),
             delivering: HashSet::new(),
+            taking_due: false,
+            due_again: false,
             log: log.new(slog::o!("actor" => "router")),
         }
     }
@@ -202,32 +208,71 @@ impl Router {
     }
 
     /// Sends every outbox entry that is due, and fails the expired ones.
+    ///
+    /// The store's writer reads the due entries and gives each its next retry
+    /// time in one step (one transaction for the whole tick), so no entry is
+    /// taken twice and no sending costs a transaction of its own.
     fn send_due(&mut self, ctx: &mut Context<Self>) {
-        let now_ms = unix_now_ms();
-        let due = match self.store.outbox_due(now_ms, SENDS_PER_TICK) {
-            Ok(d) => d,
-            Err(e) => {
-                slog::error!(self.log, "cannot read the outbox"; "error" => %e);
-                return;
-            }
-        };
-        for (id, entry) in due {
-            if entry.expires_at.saturating_mul(1000) <= now_ms {
-                slog::warn!(self.log, "message failed: time to live ran out"; "id" => %id, "attempts" => entry.attempts);
-                if let Err(e) = self.store.outbox_failed(&id) {
-                    slog::error!(self.log, "cannot update the outbox"; "error" => %e);
-                }
-                self.notify(&id, false);
-                continue;
-            }
-            self.send_entry(id, entry, now_ms, ctx);
+        if self.taking_due {
+            // A tick is still being answered; it will pick this up.
+            self.due_again = true;
+            return;
         }
+        self.taking_due = true;
+        let now_ms = unix_now_ms();
+        let me = self.my_address();
+        let linked = !self.neighbours.is_empty();
+        let retry_max = self.cfg.retry_max;
+        let reschedule: Reschedule = Box::new(move |_id, e| {
+            let mut e = e.clone();
+            if e.expires_at.saturating_mul(1000) <= now_ms {
+                // Failed below; left as it is.
+                return None;
+            }
+            if e.recipient == me || !linked {
+                // To ourselves (delivered at once), or nobody to send to
+                // (a neighbour coming up hurries it).
+                e.next_try_ms = now_ms + retry_max.as_millis() as u64;
+            } else {
+                e.attempts = e.attempts.saturating_add(1);
+                e.next_try_ms =
+                    now_ms + backoff_delay(RETRY_MIN, retry_max, e.attempts).as_millis() as u64;
+            }
+            Some(e)
+        });
+        let store = self.store.clone();
+        let fut = async move {
+            store
+                .outbox_take_due(now_ms, SENDS_PER_TICK, reschedule)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |due, this, ctx| {
+            this.taking_due = false;
+            match due {
+                Ok(due) => {
+                    for (id, entry) in due {
+                        if entry.expires_at.saturating_mul(1000) <= now_ms {
+                            slog::warn!(this.log, "message failed: time to live ran out"; "id" => %id, "attempts" => entry.attempts);
+                            this.store.outbox_failed_later(id);
+                            this.notify(&id, false);
+                            continue;
+                        }
+                        this.send_entry(id, entry, now_ms, ctx);
+                    }
+                }
+                Err(e) => slog::error!(this.log, "cannot read the outbox"; "error" => %e),
+            }
+            if std::mem::take(&mut this.due_again) {
+                this.send_due(ctx);
+            }
+        }));
     }
 
+    /// Sends one entry as it was before its retry state was advanced.
     fn send_entry(
         &mut self,
         id: MessageId,
-        mut entry: OutboxEntry,
+        entry: OutboxEntry,
         now_ms: u64,
         ctx: &mut Context<Self>,
     ) {
@@ -237,20 +282,16 @@ impl Router {
             hops_left: MAX_HOPS,
             recipient: entry.recipient,
             expires_at: entry.expires_at,
-            sealed: entry.sealed.clone(),
+            sealed: entry.sealed,
         };
-        let retry_max = self.cfg.retry_max;
         if entry.recipient == self.my_address() {
             // A message to ourselves goes straight to delivery.
-            entry.next_try_ms = now_ms + retry_max.as_millis() as u64;
-            self.save_entry(&id, &entry);
-            ctx.spawn(self.deliver(packet));
+            if self.delivering.insert(id) {
+                ctx.spawn(self.deliver(packet));
+            }
             return;
         }
         if self.neighbours.is_empty() {
-            // Nobody to send to: wait; a neighbour coming up hurries it.
-            entry.next_try_ms = now_ms + retry_max.as_millis() as u64;
-            self.save_entry(&id, &entry);
             return;
         }
         // Remember our own copy, so echoes of it are not passed on again
@@ -264,23 +305,12 @@ impl Router {
             now_ms,
         );
         let sent = self.flood(&LinkFrame::new(LinkBody::Packet(packet)), None);
-        entry.attempts = entry.attempts.saturating_add(1);
-        entry.next_try_ms =
-            now_ms + backoff_delay(RETRY_MIN, retry_max, entry.attempts).as_millis() as u64;
-        if entry.attempts > 1 {
+        let attempt = entry.attempts.saturating_add(1);
+        if attempt > 1 {
             self.bump(Counter::Retried);
-            slog::info!(self.log, "message retried"; "id" => %id, "attempt" => entry.attempts, "neighbours" => sent);
+            slog::info!(self.log, "message retried"; "id" => %id, "attempt" => attempt, "neighbours" => sent);
         } else {
             slog::info!(self.log, "message sent"; "id" => %id, "neighbours" => sent);
-        }
-        self.save_entry(&id, &entry);
-    }
-
-    fn save_entry(&self, id: &MessageId, entry: &OutboxEntry) {
-        // Only retry state changes here; losing it to a crash means an
-        // earlier retry, never a lost message, so no flush.
-        if let Err(e) = self.store.outbox_put(id, entry) {
-            slog::error!(self.log, "cannot update the outbox"; "error" => %e);
         }
     }
 
@@ -482,24 +512,45 @@ impl Router {
                 }
             }
         };
-        Box::pin(fut.into_actor(self).map(move |receipt, this, _ctx| {
+        Box::pin(fut.into_actor(self).map(move |receipt, this, ctx| {
             this.delivering.remove(&id);
             let receipt = match receipt {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(()) => return this.bump(Counter::Dropped),
             };
+            this.flood(&LinkFrame::new(LinkBody::Receipt(receipt.clone())), None);
             // Our own message to ourselves is delivered now.
-            match this.store.outbox_settle(&id, &receipt, unix_now()) {
-                Ok(true) => this.notify(&id, true),
-                Ok(false) => {}
-                Err(e) => slog::error!(this.log, "cannot update the outbox"; "error" => %e),
+            if this.in_outbox(&id) {
+                this.settle_own(id, receipt, ctx);
             }
-            this.flood(&LinkFrame::new(LinkBody::Receipt(receipt)), None);
         }))
     }
 
-    fn on_receipt(&mut self, mut r: Receipt, from: Option<Address>) {
+    /// Whether an id is in this node's outbox.
+    fn in_outbox(&self, id: &MessageId) -> bool {
+        self.store.outbox_get(id).ok().flatten().is_some()
+    }
+
+    /// Settles one of this node's own messages with its verified receipt:
+    /// mark and outbox update in one step of the store's writer, so a crash
+    /// leaves the message in flight or settled, never both.
+    fn settle_own(&mut self, id: MessageId, r: Receipt, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let fut = async move { store.settle(id, r, unix_now()).await };
+        ctx.spawn(fut.into_actor(self).map(move |settled, this, _| match settled {
+            Ok(true) => {
+                slog::info!(this.log, "delivery confirmed"; "id" => %id);
+                this.notify(&id, true);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                slog::error!(this.log, "cannot settle a delivered message"; "id" => %id, "error" => %e)
+            }
+        }));
+    }
+
+    fn on_receipt(&mut self, mut r: Receipt, from: Option<Address>, ctx: &mut Context<Self>) {
         let now_ms = unix_now_ms();
         let now = now_ms / 1000;
         if r.expires_at <= now || r.expires_at > now.saturating_add(self.max_ttl_secs()) {
@@ -529,20 +580,8 @@ impl Router {
             return;
         }
         self.filter.add_receipt(r.clone());
-        if let Some(out) = ours {
-            // Mark and outbox update in one transaction: a crash leaves the
-            // message in flight or settled, never both.
-            match self.store.outbox_settle(&r.id, &r, now) {
-                Ok(true) => {
-                    slog::info!(self.log, "delivery confirmed"; "id" => %r.id, "attempts" => out.attempts);
-                    self.notify(&r.id, true);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    slog::error!(self.log, "cannot settle a delivered message"; "id" => %r.id, "error" => %e);
-                    return;
-                }
-            }
+        if ours.is_some() {
+            self.settle_own(r.id, r.clone(), ctx);
         }
         if wanted && r.hops_left > 0 {
             r.hops_left -= 1;
@@ -648,9 +687,9 @@ impl Handler<Push> for Router {
                 next_try_ms: now_ms,
                 sealed,
             };
-            store.outbox_put(&id, &entry)?;
-            // Durability point 1: the id is shown only once this is on disk.
-            store.flush().await?;
+            // Durability point 1: the id is shown only once this is on disk
+            // (one flush for every push and delivery waiting with it).
+            store.outbox_add(id, entry).await?;
             Ok::<_, PushError>((id, to))
         };
         Box::pin(fut.into_actor(self).map(move |res, this, ctx| {
@@ -675,10 +714,10 @@ impl Handler<Inbound> for Router {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        let fut = guard(self, ctx, &log, "router", |this, _| match msg.body {
+        let fut = guard(self, ctx, &log, "router", |this, ctx| match msg.body {
             LinkBody::Packet(p) => this.on_packet(p, msg.from),
             LinkBody::Receipt(r) => {
-                this.on_receipt(r, msg.from);
+                this.on_receipt(r, msg.from, ctx);
                 None
             }
             _ => None,
@@ -698,10 +737,15 @@ impl Handler<NeighbourUp> for Router {
     fn handle(&mut self, msg: NeighbourUp, ctx: &mut Context<Self>) {
         self.neighbours.insert(msg.0.address, msg.0);
         // A new path may exist: send what waits now rather than at its backoff.
-        match self.store.outbox_hurry(unix_now_ms()) {
-            Ok(_) => self.send_due(ctx),
-            Err(e) => slog::warn!(self.log, "cannot read the outbox"; "error" => %e),
-        }
+        let store = self.store.clone();
+        let fut = async move { store.outbox_hurry_now(unix_now_ms()).await };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|hurried, this, ctx| match hurried {
+                    Ok(_) => this.send_due(ctx),
+                    Err(e) => slog::warn!(this.log, "cannot read the outbox"; "error" => %e),
+                }),
+        );
     }
 }
 

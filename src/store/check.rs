@@ -345,6 +345,7 @@ pub(super) fn open_checked(data_dir: &Path) -> Result<(Store, Opened), StoreErro
         // cut off: give it its manifest now.
         store.flush_blocking()?;
     }
+    store.start_writer()?;
     Ok((store, opened))
 }
 

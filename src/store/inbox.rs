@@ -22,6 +22,16 @@ pub struct InboxKey {
     mark_until: u64,
 }
 
+impl InboxKey {
+    pub(super) fn new(key: Vec<u8>, id: MessageId, mark_until: u64) -> InboxKey {
+        InboxKey {
+            key,
+            id,
+            mark_until,
+        }
+    }
+}
+
 impl Store {
     /// Stores a delivered message unless its id was delivered before, with
     /// its delivered mark kept until `mark_until` (Unix seconds), in one

@@ -31,6 +31,7 @@ mod inbox;
 pub mod manifest;
 mod outbox;
 mod peers;
+mod writer;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,10 @@ pub use drop_list::{DropEntry, DropKey};
 pub use inbox::InboxKey;
 pub use manifest::{ManifestError, MANIFEST_FILE};
 pub use outbox::OutboxEntry;
+pub use writer::{Reschedule, MAX_GROUP};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use writer::{Job, Op, Outcome, Reply, WriterHandle};
 
 /// `meta` key of the generation counter that [`Store::flush`] bumps.
 const GENERATION_KEY: &[u8] = b"generation";
@@ -150,6 +155,27 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// Every counter, in the order of [`Counters`].
+    pub const ALL: [Counter; 6] = [
+        Counter::Delivered,
+        Counter::Failed,
+        Counter::Relayed,
+        Counter::Dropped,
+        Counter::Retried,
+        Counter::Replays,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Counter::Delivered => 0,
+            Counter::Failed => 1,
+            Counter::Relayed => 2,
+            Counter::Dropped => 3,
+            Counter::Retried => 4,
+            Counter::Replays => 5,
+        }
+    }
+
     fn key(self) -> &'static [u8] {
         match self {
             Counter::Delivered => b"delivered",
@@ -159,6 +185,45 @@ impl Counter {
             Counter::Retried => b"retried",
             Counter::Replays => b"replays",
         }
+    }
+}
+
+/// The counters, in memory: counting a relayed packet writes nothing. The
+/// store's writer saves them with each group of writes, at every flush, and
+/// at least every second while they change (module [`writer`]).
+#[derive(Default)]
+struct Counters {
+    values: [AtomicU64; 6],
+    dirty: AtomicBool,
+}
+
+impl Counters {
+    fn load(meta: &sled::Tree) -> Result<Counters, sled::Error> {
+        let c = Counters::default();
+        for k in Counter::ALL {
+            let v = meta.get(k.key())?.map(|v| be_u64(&v)).unwrap_or(0);
+            c.values[k.index()].store(v, Ordering::Relaxed);
+        }
+        Ok(c)
+    }
+
+    fn add(&self, k: Counter, by: u64) {
+        self.values[k.index()].fetch_add(by, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn get(&self, k: Counter) -> u64 {
+        self.values[k.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every counter's key and value, if one changed since the last call.
+    fn snapshot_if_dirty(&self) -> Option<Vec<(&'static [u8], u64)>> {
+        self.dirty.swap(false, Ordering::AcqRel).then(|| {
+            Counter::ALL
+                .iter()
+                .map(|k| (k.key(), self.get(*k)))
+                .collect()
+        })
     }
 }
 
@@ -179,6 +244,10 @@ pub struct Store {
     /// Records each flush's generation; `None` for a store opened only to be
     /// read (`store check`, the source of a salvage).
     manifest: Option<Arc<manifest::ManifestWriter>>,
+    counters: Arc<Counters>,
+    /// The thread that groups the hot path's writes; `None` for a store
+    /// opened only to be read, and for the writer's own handle.
+    writer: Option<Arc<WriterHandle>>,
 }
 
 impl Store {
@@ -209,6 +278,7 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| classify_open_error(&path, e))
         };
+        let meta = tree("meta")?;
         Ok(Store {
             outbox: tree("outbox")?,
             outbox_due: tree("outbox_due")?,
@@ -217,10 +287,12 @@ impl Store {
             drop_exp: tree("drop_exp")?,
             peers: tree("peers")?,
             contacts: tree("contacts")?,
-            meta: tree("meta")?,
+            counters: Arc::new(Counters::load(&meta).map_err(|e| classify_open_error(&path, e))?),
+            meta,
             db,
             failed: Default::default(),
             manifest: None,
+            writer: None,
         })
     }
 
@@ -248,33 +320,119 @@ impl Store {
         StoreError::WriteFailed(why)
     }
 
-    /// Makes every write so far durable, without blocking the caller's
-    /// thread (sled runs the flush on its own pool and joins concurrent ones;
-    /// the manifest is written on tokio's blocking pool). After one failed
-    /// flush, every later one fails ([`StoreError::WriteFailed`]).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.check_failed()?;
-        let generation = self.next_generation()?;
-        self.db.flush_async().await.map_err(|e| self.fail(e))?;
-        // A concurrent flush may have failed meanwhile: its writes and ours
-        // share the log.
-        self.check_failed()?;
-        if let (Some(m), Some(generation)) = (self.manifest.clone(), generation) {
-            tokio::task::spawn_blocking(move || m.flushed(generation))
-                .await
-                .map_err(|e| StoreError::Io {
-                    path: PathBuf::from(MANIFEST_FILE),
-                    why: format!("the manifest write did not finish: {e}"),
-                })??;
+    /// Starts the writer thread (module [`writer`]); from now on flushes
+    /// and the hot path's writes go through it.
+    fn start_writer(&mut self) -> Result<(), StoreError> {
+        if self.writer.is_none() {
+            let handle = WriterHandle::start(self.clone())?;
+            self.writer = Some(Arc::new(handle));
         }
         Ok(())
     }
 
-    /// Blocking flush, for shutdown.
+    /// Hands a job to the writer and waits (asynchronously) for its answer.
+    async fn submit(&self, op: Op, durable: bool) -> Result<Outcome, StoreError> {
+        let Some(w) = &self.writer else {
+            return Err(writer::stopped());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            op,
+            durable,
+            reply: Reply::Async(tx),
+        };
+        if let Err(job) = w.try_submit(job) {
+            // The queue is full: wait for room off the async thread.
+            let sender = w.sender().ok_or_else(writer::stopped)?;
+            tokio::task::spawn_blocking(move || sender.send(job).map_err(|_| writer::stopped()))
+                .await
+                .map_err(|_| writer::stopped())??;
+        }
+        rx.await.map_err(|_| writer::stopped())?
+    }
+
+    /// Hands a job to the writer without waiting for it; if the writer's
+    /// queue is full (or there is no writer), the job is done here.
+    fn submit_later(&self, op: Op) {
+        let job = Job {
+            op,
+            durable: false,
+            reply: Reply::None,
+        };
+        let job = match &self.writer {
+            Some(w) => match w.try_submit(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        writer::apply_here(self, job);
+    }
+
+    /// Hands a job to the writer and blocks this thread until it is done.
+    fn submit_blocking(&self, op: Op, durable: bool) -> Result<Outcome, StoreError> {
+        let Some(w) = &self.writer else {
+            return Err(writer::stopped());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        w.submit_blocking(Job {
+            op,
+            durable,
+            reply: Reply::Blocking(tx),
+        })?;
+        rx.recv().map_err(|_| writer::stopped())?
+    }
+
+    /// Makes every write so far durable, without blocking the caller's
+    /// thread: the writer flushes once for every job and flush waiting
+    /// with it (and the manifest with it). After one failed flush, every
+    /// later one fails ([`StoreError::WriteFailed`]).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.check_failed()?;
+        if self.writer.is_some() {
+            self.submit(Op::Flush, true).await?;
+            return Ok(());
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_now())
+            .await
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::from(MANIFEST_FILE),
+                why: format!("the flush did not finish: {e}"),
+            })?
+    }
+
+    /// Blocking flush, for shutdown (never on an async thread).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.check_failed()?;
+        if self.writer.is_some() {
+            self.submit_blocking(Op::Flush, true)?;
+            return Ok(());
+        }
+        self.flush_now()
+    }
+
+    /// Saves the counters if they changed (no flush).
+    fn save_counters(&self) -> Result<(), StoreError> {
+        if let Some(c) = self.counters.snapshot_if_dirty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in c {
+                batch.insert(k, &v.to_be_bytes());
+            }
+            self.meta.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The flush itself, on the calling thread: counters, generation, sled's
+    /// flush, then the manifest.
+    fn flush_now(&self) -> Result<(), StoreError> {
+        self.check_failed()?;
+        self.save_counters()?;
         let generation = self.next_generation()?;
         self.db.flush().map_err(|e| self.fail(e))?;
+        // A concurrent flush may have failed meanwhile: its writes and ours
+        // share the log.
         self.check_failed()?;
         if let (Some(m), Some(generation)) = (&self.manifest, generation) {
             m.flushed(generation)?;
@@ -339,20 +497,14 @@ impl Store {
         }
     }
 
+    /// Counts in memory; saved by the writer (see [`Counters`]).
     pub fn bump(&self, counter: Counter, by: u64) -> Result<(), StoreError> {
-        self.meta.fetch_and_update(counter.key(), |old| {
-            let n = old.map(be_u64).unwrap_or(0).saturating_add(by);
-            Some(n.to_be_bytes().to_vec())
-        })?;
+        self.counters.add(counter, by);
         Ok(())
     }
 
     pub fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(counter.key())?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
+        Ok(self.counters.get(counter))
     }
 }
 

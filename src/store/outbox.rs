@@ -9,13 +9,13 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
-use super::{be_u64, Counter, Store, StoreError};
+use super::{Counter, Store, StoreError};
 use crate::crypto::seal::Sealed;
 use crate::crypto::Address;
 use crate::wire::link::Receipt;
 use crate::wire::MessageId;
 
-fn due_key(due_ms: u64, id: &MessageId) -> [u8; 24] {
+pub(super) fn due_key(due_ms: u64, id: &MessageId) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&due_ms.to_be_bytes());
     k[8..].copy_from_slice(&id.0);
@@ -98,7 +98,7 @@ impl Store {
 
     /// Settles a message with its verified receipt, in one transaction: the
     /// outbox entry and its index entry go, the delivered mark (with the
-    /// receipt) is written, and the delivered counter is bumped. A crash can
+    /// receipt) is written, then the delivered counter is bumped. A crash can
     /// leave the message either in flight or settled, never both. True if
     /// the message was in the outbox.
     pub fn outbox_settle(
@@ -113,15 +113,8 @@ impl Store {
             expires_at: receipt.expires_at,
             receipt: Some(receipt.clone()),
         };
-        let counter = Counter::Delivered.key();
-        let settled = (
-            &self.outbox,
-            &self.outbox_due,
-            &self.drop,
-            &self.drop_exp,
-            &self.meta,
-        )
-            .transaction(|(outbox, due, drop, drop_exp, meta)| {
+        let settled = (&self.outbox, &self.outbox_due, &self.drop, &self.drop_exp).transaction(
+            |(outbox, due, drop, drop_exp)| {
                 if !drop.get(&k)?.is_some_and(|v| is_live(&v, now)) {
                     insert_in_tx(drop, drop_exp, &key, &mark)?;
                 }
@@ -131,10 +124,12 @@ impl Store {
                 if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
                     due.remove(&due_key(old.due_ms(), id)[..])?;
                 }
-                let n = meta.get(counter)?.map(|v| be_u64(&v)).unwrap_or(0);
-                meta.insert(counter, &n.saturating_add(1).to_be_bytes())?;
                 Ok(true)
-            })?;
+            },
+        )?;
+        if settled {
+            self.bump(Counter::Delivered, 1)?;
+        }
         Ok(settled)
     }
 
@@ -189,19 +184,31 @@ impl Store {
         Ok(due)
     }
 
-    /// Makes every waiting entry due now (a new neighbour came up); returns
-    /// how many were waiting.
-    pub fn outbox_hurry(&self, now_ms: u64) -> Result<usize, StoreError> {
+    /// Entries not due yet at `now_ms` (read through the due-time index).
+    pub(super) fn outbox_waiting(
+        &self,
+        now_ms: u64,
+    ) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
         let start = now_ms.saturating_add(1).to_be_bytes();
-        let mut n = 0;
+        let mut out = Vec::new();
         for item in self.outbox_due.range(start.as_slice()..) {
             let (k, _) = item?;
             let Some(id) = due_key_id(&k) else { continue };
-            if let Some(mut entry) = self.outbox_get(&id)? {
-                entry.next_try_ms = now_ms;
-                self.outbox_put(&id, &entry)?;
-                n += 1;
+            if let Some(entry) = self.outbox_get(&id)? {
+                out.push((id, entry));
             }
+        }
+        Ok(out)
+    }
+
+    /// Makes every waiting entry due now (a new neighbour came up); returns
+    /// how many were waiting.
+    pub fn outbox_hurry(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (id, mut entry) in self.outbox_waiting(now_ms)? {
+            entry.next_try_ms = now_ms;
+            self.outbox_put(&id, &entry)?;
+            n += 1;
         }
         Ok(n)
     }

@@ -1,0 +1,591 @@
+//! The store's one writer: a thread that groups the hot path's writes.
+//!
+//! Every write a message makes on its way (a pushed message into the outbox,
+//! its retry state, a delivery with its delivered mark, a settled receipt) is
+//! a [`Job`] sent to this thread. The thread takes every job that is waiting
+//! (up to [`MAX_GROUP`]), applies them all in **one** sled transaction, and, if
+//! any of them needs it to be on disk, makes **one** flush (with the
+//! manifest's generation) for the whole group before it answers. So under
+//! load N messages cost one transaction and one flush instead of N of each,
+//! and when idle a message costs what it did before: nobody waits for a
+//! group to fill.
+//!
+//! The jobs of a group are applied in the order they were sent, inside one
+//! transaction, so each sees the ones before it (a second delivery of the
+//! same id in one group is refused as a duplicate). A failed flush fails
+//! every durable job of its group and takes back the group's deliveries
+//! ([`Store::inbox_revoke`]), exactly as one delivery's failed flush did; from
+//! then on every flush fails ([`StoreError::WriteFailed`]) until a restart.
+//!
+//! Counters live in memory ([`super::Counters`]) and are written by this
+//! thread with each group, and at least every [`COUNTER_SAVE_INTERVAL`] when
+//! they changed: a crash may lose the last second of counts, never a message.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
+use super::inbox::InboxKey;
+use super::outbox::{due_key, OutboxEntry};
+use super::{Store, StoreError};
+use crate::wire::client::InboxMessage;
+use crate::wire::link::Receipt;
+use crate::wire::MessageId;
+
+/// Most jobs applied in one transaction (and answered by one flush).
+pub const MAX_GROUP: usize = 512;
+/// Jobs waiting for the writer; a full queue makes senders wait.
+pub const QUEUE: usize = 4096;
+/// Changed counters are written at least this often.
+pub const COUNTER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Decides a due outbox entry's new retry state inside the writer: `None`
+/// leaves it as it is.
+pub type Reschedule = Box<dyn FnMut(&MessageId, &OutboxEntry) -> Option<OutboxEntry> + Send>;
+
+/// One write, or a read-and-write of the outbox's due entries.
+pub(super) enum Op {
+    /// Stores (or replaces) an outbox entry with its due-index entry.
+    OutboxPut {
+        id: MessageId,
+        entry: Box<OutboxEntry>,
+    },
+    /// Settles a message with its verified receipt (see `outbox_settle`).
+    OutboxSettle {
+        id: MessageId,
+        receipt: Box<Receipt>,
+        now: u64,
+    },
+    /// Removes a message whose time to live ran out.
+    OutboxFailed { id: MessageId },
+    /// Reads the entries due at `now_ms` and gives each its new retry state.
+    OutboxTakeDue {
+        now_ms: u64,
+        limit: usize,
+        reschedule: Reschedule,
+    },
+    /// Makes every waiting entry due at `now_ms`.
+    OutboxHurry { now_ms: u64 },
+    /// Stores a delivered message with its delivered mark, unless the id was
+    /// delivered before.
+    Deliver {
+        msg: Box<InboxMessage>,
+        receipt: Box<Receipt>,
+        mark_until: u64,
+        now: u64,
+    },
+    /// Nothing to write: only the flush (with `durable`).
+    Flush,
+}
+
+/// What a job gives back.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Done,
+    /// `OutboxSettle`/`OutboxFailed`: whether the message was in the outbox.
+    Found(bool),
+    /// `OutboxTakeDue`: the due entries, as they were before rescheduling.
+    Due(Vec<(MessageId, OutboxEntry)>),
+    /// `OutboxHurry`: how many entries were made due.
+    Hurried(usize),
+    /// `Deliver`: where a new delivery was written.
+    Delivered(Option<InboxKey>),
+}
+
+pub(super) type Answer = Result<Outcome, StoreError>;
+
+pub(super) enum Reply {
+    /// Nobody waits (retry state: losing it means an earlier retry).
+    None,
+    Async(tokio::sync::oneshot::Sender<Answer>),
+    Blocking(std::sync::mpsc::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, a: Answer) {
+        match self {
+            Reply::None => {}
+            Reply::Async(tx) => {
+                let _ = tx.send(a);
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(a);
+            }
+        }
+    }
+}
+
+pub(super) struct Job {
+    pub op: Op,
+    /// Answer only once the group's flush is on disk.
+    pub durable: bool,
+    pub reply: Reply,
+}
+
+/// The handle every [`Store`] clone shares; the last one to go stops the
+/// thread and waits for it, so the database is closed when the store is.
+pub(super) struct WriterHandle {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    /// Starts the writer over `store` (a clone without a writer of its own).
+    pub(super) fn start(store: Store) -> Result<WriterHandle, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("hermes-store-writer".into())
+            .spawn(move || run(store, rx))
+            .map_err(|e| StoreError::Io {
+                path: "store writer".into(),
+                why: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(WriterHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job without waiting; gives it back if the queue is full.
+    pub(super) fn try_submit(&self, job: Job) -> Result<(), Job> {
+        match &self.tx {
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
+            },
+            None => Err(job),
+        }
+    }
+
+    /// Queues a job, waiting while the queue is full (never on an async
+    /// thread: see [`Store::submit`]).
+    pub(super) fn submit_blocking(&self, job: Job) -> Result<(), StoreError> {
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
+    }
+
+    pub(super) fn sender(&self) -> Option<SyncSender<Job>> {
+        self.tx.clone()
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(super) fn stopped() -> StoreError {
+    StoreError::Io {
+        path: "store writer".into(),
+        why: "the store's writer has stopped".into(),
+    }
+}
+
+fn run(store: Store, rx: Receiver<Job>) {
+    loop {
+        let first = match rx.recv_timeout(COUNTER_SAVE_INTERVAL) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: save changed counters; sled's own flush takes them
+                // to disk.
+                let _ = store.save_counters();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        apply_group(&store, jobs);
+    }
+    let _ = store.save_counters();
+}
+
+/// Applies a group of jobs in one transaction, flushes once if one of them
+/// is durable, and answers each.
+fn apply_group(store: &Store, mut jobs: Vec<Job>) {
+    // Reads the transaction cannot do (range scans), and ids it needs, first.
+    let mut pre: Vec<Pre> = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        pre.push(match prepare(store, &mut job.op) {
+            Ok(p) => p,
+            Err(e) => Pre::Failed(Some(e)),
+        });
+    }
+    let durable = jobs.iter().any(|j| j.durable);
+    let result = group_tx(store, &jobs, &pre);
+    let mut answers: Vec<Answer> = match result {
+        Ok(outs) => outs.into_iter().map(Ok).collect(),
+        Err(e) if jobs.len() == 1 => vec![Err(e)],
+        Err(_) => {
+            // One job spoiled the group: apply each on its own, so each gets
+            // its own answer.
+            let mut v = Vec::with_capacity(jobs.len());
+            for (i, job) in jobs.iter().enumerate() {
+                let one = group_tx(store, std::slice::from_ref(job), &pre[i..=i]);
+                v.push(one.and_then(|mut o| o.pop().ok_or_else(stopped)));
+            }
+            v
+        }
+    };
+    for (a, p) in answers.iter_mut().zip(pre.iter_mut()) {
+        if let Pre::Failed(e) = p {
+            if let Some(e) = e.take() {
+                *a = Err(e);
+            }
+        }
+    }
+    if durable {
+        if let Err(e) = store.flush_now() {
+            let why = e.to_string();
+            for (job, a) in jobs.iter().zip(answers.iter_mut()) {
+                // Durability point 3: nothing of a delivery that did not
+                // reach the disk stays visible to answer a later copy.
+                if let Ok(Outcome::Delivered(Some(k))) = a {
+                    let _ = store.inbox_revoke(k);
+                }
+                if job.durable || matches!(a, Ok(Outcome::Delivered(Some(_)))) {
+                    *a = Err(StoreError::WriteFailed(
+                        store.write_failure().unwrap_or_else(|| why.clone()),
+                    ));
+                }
+            }
+        }
+    }
+    for (job, a) in jobs.into_iter().zip(answers) {
+        job.reply.send(a);
+    }
+}
+
+/// What a job needs that was read before its transaction.
+enum Pre {
+    None,
+    /// `Deliver`: the inbox key (its sequence number).
+    InboxKey(Vec<u8>),
+    /// `OutboxTakeDue` / `OutboxHurry`: the entries and their new states.
+    Due(Vec<(MessageId, OutboxEntry, Option<OutboxEntry>)>),
+    Failed(Option<StoreError>),
+}
+
+fn prepare(store: &Store, op: &mut Op) -> Result<Pre, StoreError> {
+    Ok(match op {
+        Op::Deliver { msg, .. } => {
+            let seq = store.db.generate_id()?;
+            let mut key = Vec::with_capacity(24);
+            key.extend_from_slice(&seq.to_be_bytes());
+            key.extend_from_slice(&msg.id.0);
+            Pre::InboxKey(key)
+        }
+        Op::OutboxTakeDue {
+            now_ms,
+            limit,
+            reschedule,
+        } => {
+            let due = store.outbox_due(*now_ms, *limit)?;
+            Pre::Due(
+                due.into_iter()
+                    .map(|(id, e)| {
+                        let new = reschedule(&id, &e);
+                        (id, e, new)
+                    })
+                    .collect(),
+            )
+        }
+        Op::OutboxHurry { now_ms } => {
+            let waiting = store.outbox_waiting(*now_ms)?;
+            let now_ms = *now_ms;
+            Pre::Due(
+                waiting
+                    .into_iter()
+                    .map(|(id, e)| {
+                        let mut new = e.clone();
+                        new.next_try_ms = now_ms;
+                        (id, e, Some(new))
+                    })
+                    .collect(),
+            )
+        }
+        _ => Pre::None,
+    })
+}
+
+type Tx = ConflictableTransactionError<StoreError>;
+
+/// The trees a group writes, in the order of `Transactional`.
+fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, StoreError> {
+    let counters = store.counters.snapshot_if_dirty();
+    let outs = (
+        &store.outbox,
+        &store.outbox_due,
+        &store.inbox,
+        &store.drop,
+        &store.drop_exp,
+        &store.meta,
+    )
+        .transaction(|(outbox, due, inbox, drop, drop_exp, meta)| {
+            let t = Trees {
+                outbox,
+                due,
+                inbox,
+                drop,
+                drop_exp,
+            };
+            let mut outs = Vec::with_capacity(jobs.len());
+            for (job, p) in jobs.iter().zip(pre) {
+                outs.push(apply(&t, &job.op, p)?);
+            }
+            if let Some(c) = &counters {
+                for (key, value) in c {
+                    meta.insert(*key, &value.to_be_bytes())?;
+                }
+            }
+            Ok::<_, Tx>(outs)
+        })?;
+    // Counts follow what was written.
+    for (job, out) in jobs.iter().zip(&outs) {
+        match (&job.op, out) {
+            (Op::OutboxSettle { .. }, Outcome::Found(true)) => {
+                store.counters.add(super::Counter::Delivered, 1)
+            }
+            (Op::OutboxFailed { .. }, Outcome::Found(true)) => {
+                store.counters.add(super::Counter::Failed, 1)
+            }
+            _ => {}
+        }
+    }
+    Ok(outs)
+}
+
+struct Trees<'a> {
+    outbox: &'a TransactionalTree,
+    due: &'a TransactionalTree,
+    inbox: &'a TransactionalTree,
+    drop: &'a TransactionalTree,
+    drop_exp: &'a TransactionalTree,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Tx> {
+    postcard::to_stdvec(v).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
+impl Trees<'_> {
+    fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), Tx> {
+        let value = encode(entry)?;
+        if let Some(old) = self.outbox.insert(&id.0, value)? {
+            if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
+                self.due.remove(&due_key(old.due_ms(), id)[..])?;
+            }
+        }
+        self.due.insert(&due_key(entry.due_ms(), id)[..], &[])?;
+        Ok(())
+    }
+
+    fn outbox_take(&self, id: &MessageId) -> Result<bool, Tx> {
+        let Some(old) = self.outbox.remove(&id.0)? else {
+            return Ok(false);
+        };
+        if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
+            self.due.remove(&due_key(old.due_ms(), id)[..])?;
+        }
+        Ok(true)
+    }
+}
+
+fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
+    if matches!(pre, Pre::Failed(_)) {
+        return Ok(Outcome::Done);
+    }
+    Ok(match op {
+        Op::OutboxPut { id, entry } => {
+            t.outbox_put(id, entry)?;
+            Outcome::Done
+        }
+        Op::OutboxSettle { id, receipt, now } => {
+            let key = DropKey::Delivered(*id);
+            let k = key.bytes();
+            if !t.drop.get(&k)?.is_some_and(|v| is_live(&v, *now)) {
+                let mark = DropEntry {
+                    expires_at: receipt.expires_at,
+                    receipt: Some(receipt.as_ref().clone()),
+                };
+                insert_in_tx(t.drop, t.drop_exp, &key, &mark)?;
+            }
+            Outcome::Found(t.outbox_take(id)?)
+        }
+        Op::OutboxFailed { id } => Outcome::Found(t.outbox_take(id)?),
+        Op::OutboxTakeDue { .. } | Op::OutboxHurry { .. } => {
+            let Pre::Due(due) = pre else {
+                return Ok(Outcome::Due(Vec::new()));
+            };
+            let mut taken = Vec::with_capacity(due.len());
+            for (id, old, new) in due {
+                // The entry may have been settled since it was read.
+                let Some(current) = t.outbox.get(id.0)? else {
+                    continue;
+                };
+                if current.as_ref() != encode(old)?.as_slice() {
+                    continue;
+                }
+                if let Some(new) = new {
+                    t.outbox_put(id, new)?;
+                }
+                taken.push((*id, old.clone()));
+            }
+            match op {
+                Op::OutboxHurry { .. } => Outcome::Hurried(taken.len()),
+                _ => Outcome::Due(taken),
+            }
+        }
+        Op::Deliver {
+            msg,
+            receipt,
+            mark_until,
+            now,
+        } => {
+            let Pre::InboxKey(key) = pre else {
+                return Ok(Outcome::Delivered(None));
+            };
+            let delivered = DropKey::Delivered(msg.id);
+            if t.drop
+                .get(delivered.bytes())?
+                .is_some_and(|v| is_live(&v, *now))
+            {
+                return Ok(Outcome::Delivered(None));
+            }
+            let value = encode(msg.as_ref())?;
+            t.inbox.insert(key.as_slice(), value)?;
+            let entry = DropEntry {
+                expires_at: *mark_until,
+                receipt: Some(receipt.as_ref().clone()),
+            };
+            insert_in_tx(t.drop, t.drop_exp, &delivered, &entry)?;
+            Outcome::Delivered(Some(InboxKey::new(key.clone(), msg.id, *mark_until)))
+        }
+        Op::Flush => Outcome::Done,
+    })
+}
+
+/// Applies one job on the calling thread (the writer's queue was full).
+pub(super) fn apply_here(store: &Store, job: Job) {
+    apply_group(store, vec![job]);
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Io {
+        path: "store writer".into(),
+        why: "the writer gave an answer of the wrong kind".into(),
+    }
+}
+
+/// The hot path's writes, through the writer (module doc).
+impl Store {
+    /// Queues a message this node originated: answered once it is on disk
+    /// (durability point 1), in one flush with whatever else is waiting.
+    pub async fn outbox_add(&self, id: MessageId, entry: OutboxEntry) -> Result<(), StoreError> {
+        self.submit(
+            Op::OutboxPut {
+                id,
+                entry: Box::new(entry),
+            },
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a delivered message with its delivered mark, unless the id was
+    /// delivered before, and flushes (with whatever else is waiting). True
+    /// if it was new. If the flush fails, the delivery is taken back and the
+    /// error returned: no receipt may be sent (durability point 3).
+    pub async fn deliver(
+        &self,
+        msg: InboxMessage,
+        receipt: Receipt,
+        mark_until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let op = Op::Deliver {
+            msg: Box::new(msg),
+            receipt: Box::new(receipt),
+            mark_until,
+            now,
+        };
+        match self.submit(op, true).await? {
+            Outcome::Delivered(k) => Ok(k.is_some()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// [`Store::outbox_settle`] through the writer; true if the message was
+    /// in the outbox. Not flushed: a settlement lost in a crash is settled
+    /// again by the next copy's receipt.
+    pub async fn settle(
+        &self,
+        id: MessageId,
+        receipt: Receipt,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        match self
+            .submit(
+                Op::OutboxSettle {
+                    id,
+                    receipt: Box::new(receipt),
+                    now,
+                },
+                false,
+            )
+            .await?
+        {
+            Outcome::Found(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// [`Store::outbox_failed`] through the writer, without waiting.
+    pub fn outbox_failed_later(&self, id: MessageId) {
+        self.submit_later(Op::OutboxFailed { id });
+    }
+
+    /// The outbox entries due at `now_ms` (at most `limit`), each given its
+    /// new retry state by `reschedule` in the same step, so the next call
+    /// never sees them due again. Not flushed: a lost retry state means an
+    /// earlier retry, never a lost message.
+    pub async fn outbox_take_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        reschedule: Reschedule,
+    ) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
+        let op = Op::OutboxTakeDue {
+            now_ms,
+            limit,
+            reschedule,
+        };
+        match self.submit(op, false).await? {
+            Outcome::Due(d) => Ok(d),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// [`Store::outbox_hurry`] through the writer.
+    pub async fn outbox_hurry_now(&self, now_ms: u64) -> Result<usize, StoreError> {
+        match self.submit(Op::OutboxHurry { now_ms }, false).await? {
+            Outcome::Hurried(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+}
