@@ -198,3 +198,50 @@ fn status_and_peers_show_links_and_the_address_book() {
         },
     );
 }
+
+#[test]
+fn push_each_line_pipelines_and_names_refused_lines() {
+    const N: u8 = 94;
+    let nodes = line(N, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let tag = random_hex(8);
+    let count = 300;
+    let mut input = String::new();
+    for i in 0..count {
+        input.push_str(&format!("line {i} {tag}\n"));
+        if i == 100 {
+            // One line over the limit, in the middle: refused, the rest go.
+            input.push_str(&"x".repeat(60_001));
+            input.push('\n');
+        }
+    }
+    let out = a.cli_input("push", &["--to", &b.ip(), "--each-line"], &input);
+    assert_eq!(out.code, Some(1), "a refused line makes the exit 1: {out}");
+    assert!(
+        out.stderr.contains("line 102") && out.stderr.contains("60000-byte limit"),
+        "the refused line is named: {out}"
+    );
+    let ids: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(ids.len(), count, "one id per accepted line: {out}");
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), count, "ids are distinct");
+
+    let mut got = Vec::new();
+    wait_for(
+        DELIVERY_TIMEOUT,
+        "every line delivered on .3",
+        &[a, b],
+        || {
+            got.extend(b.pull());
+            got.len() >= count
+        },
+    );
+    let want: Vec<String> = (0..count)
+        .map(|i| pull_line(&ip(N, 2), &format!("line {i} {tag}")))
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(sorted, want_sorted, "each line arrives once");
+}

@@ -1,10 +1,12 @@
 //! ClientSession: serves one local client connection (`hermes push`, `pull`,
-//! `status`, `id`, `peers`, `contacts`) over the Unix socket, a request at a
-//! time, then ends.
+//! `status`, `id`, `peers`, `contacts`) over the Unix socket, then ends.
+//! Requests are answered in order; pushes may be pipelined (up to
+//! [`PIPELINE`] in flight), every other request is handled on its own.
 
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -25,6 +27,8 @@ use crate::wire::client::{
 
 /// A client idle for this long between requests is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pushes of one connection handled at the same time (answered in order).
+pub const PIPELINE: usize = 64;
 /// Longest `push --wait` the daemon honours.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -85,32 +89,84 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_CLIENT_FRAME)
         .new_codec();
-    let mut framed = Framed::new(stream, codec);
+    let (mut sink, mut frames) = Framed::new(stream, codec).split();
+    // Pushes are answered in order but handled together (up to PIPELINE at
+    // a time), so a client that writes ahead (`push --each-line`) gets its
+    // messages onto disk in shared flushes. Any other request waits until
+    // the pushes before it are answered.
+    let mut pushes = FuturesOrdered::new();
     loop {
-        let bytes = match tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await {
+        let next = tokio::select! {
+            biased;
+            Some(response) = pushes.next(), if !pushes.is_empty() => {
+                if !reply(&mut sink, &response).await {
+                    return;
+                }
+                continue;
+            }
+            next = tokio::time::timeout(IDLE_TIMEOUT, frames.next()), if pushes.len() < PIPELINE => next,
+        };
+        let bytes = match next {
             Ok(Some(Ok(b))) => b,
             Ok(Some(Err(e))) => {
                 slog::info!(deps.log, "bad client frame"; "error" => %e);
                 return;
             }
-            Ok(None) | Err(_) => return,
+            Ok(None) => break,
+            Err(_) if pushes.is_empty() => return,
+            Err(_) => continue,
         };
-        let response = match client::decode::<Request>(&bytes) {
-            Ok(req) => answer(req, &deps, &listener).await,
-            Err(e) => {
-                slog::info!(deps.log, "bad client request"; "error" => %e);
-                Response::Error {
-                    code: 1,
-                    message: format!("bad request: {e}"),
+        let req = client::decode::<Request>(&bytes).map_err(|e| {
+            slog::info!(deps.log, "bad client request"; "error" => %e);
+            Response::Error {
+                code: 1,
+                message: format!("bad request: {e}"),
+            }
+        });
+        match req {
+            Ok(Request::Push { to, text }) => {
+                pushes.push_back(push(&deps, to, text));
+            }
+            other => {
+                while let Some(response) = pushes.next().await {
+                    if !reply(&mut sink, &response).await {
+                        return;
+                    }
+                }
+                let response = match other {
+                    Ok(req) => answer(req, &deps, &listener).await,
+                    Err(bad) => bad,
+                };
+                if !reply(&mut sink, &response).await {
+                    return;
                 }
             }
-        };
-        let Ok(out) = client::encode(&response) else {
-            return;
-        };
-        if framed.send(bytes::Bytes::from(out)).await.is_err() {
+        }
+    }
+    // The client closed its side: answer what it sent.
+    while let Some(response) = pushes.next().await {
+        if !reply(&mut sink, &response).await {
             return;
         }
+    }
+}
+
+/// Sends one response; false if the client is gone.
+async fn reply<S>(sink: &mut S, response: &Response) -> bool
+where
+    S: futures::Sink<bytes::Bytes> + Unpin,
+{
+    let Ok(out) = client::encode(response) else {
+        return false;
+    };
+    sink.send(bytes::Bytes::from(out)).await.is_ok()
+}
+
+async fn push(deps: &ClientDeps, to: String, text: String) -> Response {
+    match deps.router.send(Push { to, text }).await {
+        Ok(Ok(id)) => Response::Pushed { id },
+        Ok(Err(e)) => refused(e),
+        Err(e) => refused(format!("router unavailable: {e}")),
     }
 }
 
@@ -123,11 +179,7 @@ fn refused(e: impl std::fmt::Display) -> Response {
 
 async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> Response {
     match req {
-        Request::Push { to, text } => match deps.router.send(Push { to, text }).await {
-            Ok(Ok(id)) => Response::Pushed { id },
-            Ok(Err(e)) => refused(e),
-            Err(e) => refused(format!("router unavailable: {e}")),
-        },
+        Request::Push { to, text } => push(deps, to, text).await,
         Request::Wait { id, timeout_ms } => {
             let timeout = Duration::from_millis(timeout_ms).min(MAX_WAIT);
             match deps.router.send(WaitDelivered { id, timeout }).await {

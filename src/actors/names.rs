@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::peer_session::{probe, LinkIdentity};
@@ -152,15 +152,35 @@ fn cache() -> &'static Mutex<HashMap<SocketAddr, (Instant, SignedRecord)>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// One lock per address being probed, so concurrent pushes to one address
+/// (a pipelined `push --each-line`) make one probe, not one handshake each
+/// (which the recipient's admission limit would cut).
+fn probing(addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+    static PROBING: OnceLock<Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>> =
+        OnceLock::new();
+    let map = PROBING.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    // Locks nobody holds or waits for are forgotten.
+    m.retain(|_, l| Arc::strong_count(l) > 1);
+    m.entry(addr).or_default().clone()
+}
+
+fn cached(addr: &SocketAddr) -> Option<SignedRecord> {
+    let c = cache().lock().ok()?;
+    let (at, rec) = c.get(addr)?;
+    (at.elapsed() < PROBE_CACHE_TTL).then(|| rec.clone())
+}
+
 /// The record of the node answering at `addr`, probed at most once per
-/// [`PROBE_CACHE_TTL`].
+/// [`PROBE_CACHE_TTL`] (and once at a time).
 async fn probe_cached(addr: SocketAddr, identity: &Identity) -> Result<SignedRecord, String> {
-    if let Ok(c) = cache().lock() {
-        if let Some((at, rec)) = c.get(&addr) {
-            if at.elapsed() < PROBE_CACHE_TTL {
-                return Ok(rec.clone());
-            }
-        }
+    if let Some(rec) = cached(&addr) {
+        return Ok(rec);
+    }
+    let lock = probing(addr);
+    let _one_at_a_time = lock.lock().await;
+    if let Some(rec) = cached(&addr) {
+        return Ok(rec);
     }
     let rec = probe(addr, identity).await.map_err(|e| e.to_string())?;
     if let Ok(mut c) = cache().lock() {

@@ -53,6 +53,11 @@ enum Command {
         /// Wait until the delivery receipt arrives (default 60 s); exit 3 if it does not.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
         wait: Option<u64>,
+        /// Push each line of standard input as its own message, over one
+        /// connection; prints one id per accepted line, in order (a refused
+        /// line is named on stderr, and the exit status is then 1).
+        #[arg(long, conflicts_with_all = ["msg", "wait"])]
+        each_line: bool,
     },
     /// Print the messages received since the last pull, oldest first.
     Pull {
@@ -171,7 +176,12 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             config.add_bootstrap(&bootstrap)?;
             daemon(config)
         }
-        Command::Push { to, msg, wait } => push(&config, to, msg, wait),
+        Command::Push {
+            to,
+            each_line: true,
+            ..
+        } => push_each_line(&config, to),
+        Command::Push { to, msg, wait, .. } => push(&config, to, msg, wait),
         Command::Pull { json } => pull(&config, json),
         Command::Status { json } => status(&config, json),
         Command::Peers { json } => peers(&config, json),
@@ -372,6 +382,48 @@ fn push(
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// Messages of `push --each-line` sent ahead of their answers.
+const PUSH_WINDOW: usize = 64;
+
+fn push_each_line(config: &Config, to: String) -> Result<u8, Failure> {
+    let mut client = connect(config)?;
+    let stdin = std::io::stdin();
+    let lines = hermes::client::Lines::new(stdin.lock(), MAX_TEXT_BYTES).map(|line| {
+        line.map(|text| Request::Push {
+            to: to.clone(),
+            text,
+        })
+    });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut refused = 0usize;
+    let mut line = 0usize;
+    client.pipeline(lines, PUSH_WINDOW, |answer| {
+        line += 1;
+        match answer {
+            Ok(Response::Pushed { id }) => {
+                // An id is printed once its message is on disk.
+                let _ = writeln!(out, "{id}");
+            }
+            Ok(Response::Error { message, .. }) => {
+                refused += 1;
+                eprintln!("hermes: line {line}: {message}");
+            }
+            Ok(other) => {
+                refused += 1;
+                eprintln!("hermes: line {line}: unexpected answer {other:?}");
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("hermes: {e}");
+            }
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(if refused == 0 { 0 } else { EXIT_BAD_INPUT })
 }
 
 fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
