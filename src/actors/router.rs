@@ -48,6 +48,9 @@ pub const ENTRY_BUDGET_WINDOW: Duration = Duration::from_secs(60);
 pub const SENDS_PER_TICK: usize = 256;
 /// How often expired drop-list entries are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Deliveries being opened and stored at once; past this a session waits
+/// for its delivery before it reads on (back-pressure).
+pub const MAX_DELIVERING: usize = 256;
 /// Router mailbox: sessions wait (back-pressure) when it is full.
 pub const MAILBOX: usize = 256;
 
@@ -430,7 +433,17 @@ impl Router {
             return None;
         }
         self.delivering.insert(p.id);
-        Some(self.deliver(p))
+        if self.delivering.len() > MAX_DELIVERING {
+            // Back-pressure: the session reads on once this one is stored.
+            return Some(self.deliver(p));
+        }
+        // Deliveries run side by side, so the store's writer can put many
+        // in one flush; the session reads on at once.
+        Some(Box::pin(actix::fut::ready(()).map(
+            move |(), this: &mut Self, ctx| {
+                ctx.spawn(this.deliver(p));
+            },
+        )))
     }
 
     fn send_receipt_to(&self, r: Receipt, to: Option<Address>) {

@@ -212,6 +212,19 @@ impl Counters {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Adds what the writer has just saved with the same transaction.
+    fn add_saved(&self, k: Counter, by: u64) {
+        self.values[k.index()].fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
     fn get(&self, k: Counter) -> u64 {
         self.values[k.index()].load(Ordering::Relaxed)
     }

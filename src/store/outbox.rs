@@ -154,6 +154,7 @@ impl Store {
                 n += 1;
             }
         }
+        self.save_counters()?;
         Ok(n)
     }
 

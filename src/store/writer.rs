@@ -325,10 +325,21 @@ fn prepare(store: &Store, op: &mut Op) -> Result<Pre, StoreError> {
 
 type Tx = ConflictableTransactionError<StoreError>;
 
-/// The trees a group writes, in the order of `Transactional`.
+/// What a job adds to the counters once its group is written.
+fn counted(op: &Op, out: &Outcome) -> Option<super::Counter> {
+    match (op, out) {
+        (Op::OutboxSettle { .. }, Outcome::Found(true)) => Some(super::Counter::Delivered),
+        (Op::OutboxFailed { .. }, Outcome::Found(true)) => Some(super::Counter::Failed),
+        _ => None,
+    }
+}
+
+/// Applies `jobs` in one transaction over the trees they write, with the
+/// counters: the delivered and failed counts change in the same
+/// transaction as the outbox, so a crash never leaves them apart.
 fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, StoreError> {
-    let counters = store.counters.snapshot_if_dirty();
-    let outs = (
+    let dirty = store.counters.take_dirty();
+    let result = (
         &store.outbox,
         &store.outbox_due,
         &store.inbox,
@@ -348,26 +359,36 @@ fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, St
             for (job, p) in jobs.iter().zip(pre) {
                 outs.push(apply(&t, &job.op, p)?);
             }
-            if let Some(c) = &counters {
-                for (key, value) in c {
-                    meta.insert(*key, &value.to_be_bytes())?;
+            let mut added = [0u64; super::Counter::ALL.len()];
+            for (job, out) in jobs.iter().zip(&outs) {
+                if let Some(c) = counted(&job.op, out) {
+                    added[c.index()] += 1;
                 }
             }
-            Ok::<_, Tx>(outs)
-        })?;
-    // Counts follow what was written.
-    for (job, out) in jobs.iter().zip(&outs) {
-        match (&job.op, out) {
-            (Op::OutboxSettle { .. }, Outcome::Found(true)) => {
-                store.counters.add(super::Counter::Delivered, 1)
+            if dirty || added.iter().any(|n| *n > 0) {
+                for c in super::Counter::ALL {
+                    let value = store.counters.get(c).saturating_add(added[c.index()]);
+                    meta.insert(c.key(), &value.to_be_bytes())?;
+                }
             }
-            (Op::OutboxFailed { .. }, Outcome::Found(true)) => {
-                store.counters.add(super::Counter::Failed, 1)
+            Ok::<_, Tx>((outs, added))
+        });
+    match result {
+        Ok((outs, added)) => {
+            for c in super::Counter::ALL {
+                if added[c.index()] > 0 {
+                    store.counters.add_saved(c, added[c.index()]);
+                }
             }
-            _ => {}
+            Ok(outs)
+        }
+        Err(e) => {
+            if dirty {
+                store.counters.mark_dirty();
+            }
+            Err(e.into())
         }
     }
-    Ok(outs)
 }
 
 struct Trees<'a> {
