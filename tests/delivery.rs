@@ -219,3 +219,53 @@ fn probe_of_the_recipient_leaves_no_standing_link() {
     // The relay still carries everything between the ends.
     assert!(a.has_neighbour(&nodes[1].listen()) && c.has_neighbour(&nodes[1].listen()));
 }
+
+/// Receipts travel back along the reverse path: a neighbour of a relay that
+/// only saw the flooded packet (and sent nothing on) gets no receipt.
+#[test]
+fn receipt_goes_back_only_the_way_the_message_came() {
+    use common::hostile::HostilePeer;
+    use hermes::wire::link::LinkBody;
+    const N: u8 = 95;
+    let nodes = line(N, 3);
+    let (s, b, r) = (&nodes[0], &nodes[1], &nodes[2]);
+    let at = |h: u8| listen_addr(N, h).parse().expect("an address");
+    // A bystander linked to the relay only.
+    let mut h = HostilePeer::dial(at(3), at(9));
+    wait_for(LINK_TIMEOUT, "the relay links the bystander", &[b], || {
+        b.has_neighbour(&listen_addr(N, 9))
+    });
+    let out = s.cli(
+        "push",
+        &[
+            "--to",
+            &r.ip(),
+            "--msg",
+            "back the way it came",
+            "--wait",
+            "30",
+        ],
+    );
+    assert!(out.ok(), "the receipt reached the sender: {out}");
+    let id = parse_id(&out);
+    // The relay flooded the packet to the bystander too...
+    let saw_packet = h
+        .recv_until(DELIVERY_TIMEOUT, |body| match body {
+            LinkBody::Packet(p) if p.id.to_string() == id => Some(()),
+            _ => None,
+        })
+        .is_some();
+    assert!(saw_packet, "the bystander got the flooded packet");
+    // ...but sends the receipt only back towards the sender. By now the
+    // relay has passed it on (the sender has it); any copy sent to the
+    // bystander at the same time has had ample time to arrive.
+    let receipt = h.recv_until(Duration::from_secs(3), |body| match body {
+        LinkBody::Receipt(rc) if rc.id.to_string() == id => Some(()),
+        _ => None,
+    });
+    assert!(
+        receipt.is_none(),
+        "a node off the message's path got its receipt"
+    );
+    assert_eq!(r.pull().len(), 1);
+}

@@ -7,15 +7,17 @@
 //! [`FloodFilter`] keyed on a digest of the sealed bytes, so a relay stores
 //! nothing per packet and a forged copy cannot suppress the genuine one. The
 //! recipient opens and verifies the letter ([`crate::routing::accept`]), writes
-//! it to its inbox with its delivered mark (flushed), then floods a signed
-//! receipt back; relays pass a receipt on only for a message they passed on,
-//! and the origin removes the message from its outbox. Until then the origin
+//! it to its inbox with its delivered mark (flushed), then sends a signed
+//! receipt back the way the message came (over the first links its copies
+//! came from, remembered by the filter); relays pass a receipt on only for
+//! a message they passed on, and the origin removes the message from its
+//! outbox. Until then the origin
 //! resends it, as a new attempt, with exponential backoff up to
 //! `routing.retry_max`, until its time to live, across any number of
 //! restarts. A late copy of a delivered message is answered with the stored
 //! receipt, so an origin that missed the receipt still gets it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,9 +104,11 @@ pub struct Router {
     filter: FloodFilter,
     /// Per-neighbour entry budgets (only neighbours: bounded by max_neighbours).
     entries: HashMap<Address, EntryCount>,
-    /// Ids being opened, stored and flushed right now: a copy of one of them
-    /// is not answered until its delivery is on disk.
-    delivering: HashSet<MessageId>,
+    /// Ids being opened, stored and flushed right now, with how many copies
+    /// of each: a copy of one of them is not answered from the delivered
+    /// mark until its delivery is on disk (a distinct copy is still opened:
+    /// the one being opened may be a forgery).
+    delivering: HashMap<MessageId, u32>,
     /// A [`Router::send_due`] is waiting for the store's answer.
     taking_due: bool,
     /// Another was asked for meanwhile: run it when that one is answered.
@@ -129,7 +133,7 @@ impl Router {
             waiters: HashMap::new(),
             filter: FloodFilter::default(),
             entries: HashMap::new(),
-            delivering: HashSet::new(),
+            delivering: HashMap::new(),
             taking_due: false,
             due_again: false,
             log: log.new(slog::o!("actor" => "router")),
@@ -289,8 +293,9 @@ impl Router {
         };
         if entry.recipient == self.my_address() {
             // A message to ourselves goes straight to delivery.
-            if self.delivering.insert(id) {
-                ctx.spawn(self.deliver(packet));
+            if !self.delivering.contains_key(&id) {
+                self.delivering.insert(id, 1);
+                ctx.spawn(self.deliver(packet, None));
             }
             return;
         }
@@ -353,6 +358,7 @@ impl Router {
                 return None;
             }
             CopyVerdict::Duplicate => {
+                self.note_upstream(&p, from);
                 self.bump(Counter::Dropped);
                 return None;
             }
@@ -364,6 +370,7 @@ impl Router {
             }
             CopyVerdict::MoreHops => {}
         }
+        self.note_upstream(&p, from);
         if p.hops_left > 0 {
             let mut fwd = p;
             fwd.hops_left -= 1;
@@ -381,6 +388,43 @@ impl Router {
         self.cfg.relay
     }
 
+    /// Remembers the link a copy came from, for its receipt's way back.
+    fn note_upstream(&mut self, p: &FloodPacket, from: Option<Address>) {
+        if let Some(from) = from {
+            self.filter
+                .note_upstream(&p.id, &p.recipient, p.expires_at, from);
+        }
+    }
+
+    /// Sends a receipt back the way its message came: over the links the
+    /// message's first copies came from (`upstream`) that are still up,
+    /// else (none is) to every neighbour but `except`. So a receipt costs
+    /// one frame per node on the path, not one per link of the network.
+    fn send_back(&self, r: Receipt, upstream: &[Address], except: Option<Address>) {
+        let frame = LinkFrame::new(LinkBody::Receipt(r));
+        let bytes: Bytes = match frame.encode() {
+            Ok(b) => b.into(),
+            Err(e) => {
+                slog::error!(self.log, "cannot encode frame"; "error" => %e);
+                return;
+            }
+        };
+        let mut sent = 0;
+        for a in upstream {
+            if Some(*a) == except {
+                continue;
+            }
+            if let Some(h) = self.neighbours.get(a) {
+                if h.send(bytes.clone()) {
+                    sent += 1;
+                }
+            }
+        }
+        if sent == 0 {
+            self.flood(&frame, except);
+        }
+    }
+
     /// A packet addressed to this node: answered from the delivered mark if
     /// it was delivered before, else opened once (whatever its attempt).
     fn on_packet_for_me(
@@ -389,10 +433,7 @@ impl Router {
         from: Option<Address>,
         now_ms: u64,
     ) -> Option<ResponseActFuture<Self, ()>> {
-        if self.delivering.contains(&p.id) {
-            // Its delivery is not on disk yet: no receipt before it is.
-            return None;
-        }
+        let opening = self.delivering.contains_key(&p.id);
         if self.store.write_failure().is_some() {
             // After a failed write no mark can be trusted to be on disk (a
             // delivery that could not be taken back may still show one):
@@ -400,10 +441,15 @@ impl Router {
             // The sender keeps retrying.
             return None;
         }
-        match self
-            .store
-            .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)
-        {
+        // While a copy of it is being delivered, its mark may not be on disk
+        // yet: no receipt before it is.
+        let mark = if opening {
+            Ok(None)
+        } else {
+            self.store
+                .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)
+        };
+        match mark {
             Ok(Some(done)) => {
                 self.bump(Counter::Replays);
                 if let Some(r) = done.receipt {
@@ -432,16 +478,16 @@ impl Router {
             self.bump(Counter::Dropped);
             return None;
         }
-        self.delivering.insert(p.id);
+        *self.delivering.entry(p.id).or_insert(0) += 1;
         if self.delivering.len() > MAX_DELIVERING {
             // Back-pressure: the session reads on once this one is stored.
-            return Some(self.deliver(p));
+            return Some(self.deliver(p, from));
         }
         // Deliveries run side by side, so the store's writer can put many
         // in one flush; the session reads on at once.
         Some(Box::pin(actix::fut::ready(()).map(
             move |(), this: &mut Self, ctx| {
-                ctx.spawn(this.deliver(p));
+                ctx.spawn(this.deliver(p, from));
             },
         )))
     }
@@ -456,8 +502,9 @@ impl Router {
     }
 
     /// Opens a packet addressed to this node, checks its letter, stores it
-    /// with its delivered mark (flushed), then floods the receipt.
-    fn deliver(&mut self, p: FloodPacket) -> ResponseActFuture<Self, ()> {
+    /// with its delivered mark (flushed), then sends the receipt back over
+    /// the link the packet came from (`from`).
+    fn deliver(&mut self, p: FloodPacket, from: Option<Address>) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let inbox = self.inbox.clone();
         let store = self.store.clone();
@@ -526,17 +573,24 @@ impl Router {
             }
         };
         Box::pin(fut.into_actor(self).map(move |receipt, this, ctx| {
-            this.delivering.remove(&id);
+            if let Some(n) = this.delivering.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    this.delivering.remove(&id);
+                }
+            }
             let receipt = match receipt {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(()) => return this.bump(Counter::Dropped),
             };
-            this.flood(&LinkFrame::new(LinkBody::Receipt(receipt.clone())), None);
             // Our own message to ourselves is delivered now.
-            if this.in_outbox(&id) {
+            if from.is_none() && this.in_outbox(&id) {
                 this.settle_own(id, receipt, ctx);
+                return;
             }
+            let upstream: Vec<Address> = from.into_iter().collect();
+            this.send_back(receipt, &upstream, None);
         }))
     }
 
@@ -598,7 +652,8 @@ impl Router {
         }
         if wanted && r.hops_left > 0 {
             r.hops_left -= 1;
-            self.flood(&LinkFrame::new(LinkBody::Receipt(r)), from);
+            let upstream = self.filter.upstreams(&r);
+            self.send_back(r, &upstream, from);
         }
     }
 }

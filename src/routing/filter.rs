@@ -35,6 +35,10 @@ pub const SEEN_WINDOW: Duration = Duration::from_secs(120);
 pub const COPY_CAPACITY: usize = 32_768;
 /// Most messages (with or without a receipt) remembered at once.
 pub const MESSAGE_CAPACITY: usize = 32_768;
+/// Links a message's receipt is sent back over: the first ones its copies
+/// came from. More than one, so that one hostile neighbour that sent the
+/// first copy cannot hold the receipt back on its own.
+pub const UPSTREAMS: usize = 2;
 
 const COPY_DOMAIN: &[u8] = b"hermes/copy/1\0";
 const MESSAGE_DOMAIN: &[u8] = b"hermes/message/1\0";
@@ -93,6 +97,9 @@ struct Copy {
 #[derive(Debug)]
 struct Message {
     receipt: Option<Receipt>,
+    /// The first links copies came from ([`UPSTREAMS`] at most): where its
+    /// receipt goes back.
+    upstream: Vec<Address>,
     at_ms: u64,
 }
 
@@ -170,6 +177,7 @@ impl FloodFilter {
                 mkey,
                 Message {
                     receipt: None,
+                    upstream: Vec::new(),
                     at_ms: now_ms,
                 },
             );
@@ -202,6 +210,34 @@ impl FloodFilter {
             }
             _ => false,
         }
+    }
+
+    /// Remembers that a copy of the message came from `from` (a link), as
+    /// one of the links its receipt goes back over.
+    pub fn note_upstream(
+        &mut self,
+        id: &MessageId,
+        recipient: &Address,
+        expires_at: u64,
+        from: Address,
+    ) {
+        if let Some(m) = self
+            .messages
+            .get_mut(&message_key(id, recipient, expires_at))
+        {
+            if m.upstream.len() < UPSTREAMS && !m.upstream.contains(&from) {
+                m.upstream.push(from);
+            }
+        }
+    }
+
+    /// The links the receipt `r` goes back over (empty if the message is not
+    /// remembered, or this node sent it).
+    pub fn upstreams(&self, r: &Receipt) -> Vec<Address> {
+        self.messages
+            .get(&message_key(&r.id, &r.recipient, r.expires_at))
+            .map(|m| m.upstream.clone())
+            .unwrap_or_default()
     }
 
     /// Copies and messages remembered now.
@@ -287,6 +323,32 @@ mod tests {
             p.hops_left,
             now_ms,
         )
+    }
+
+    #[test]
+    fn receipts_go_back_over_the_first_links_copies_came_from() {
+        let mut f = FloodFilter::default();
+        let p = packet(1);
+        let me = Identity::generate();
+        let r = Receipt::sign(&me, p.id, p.expires_at);
+        let r = Receipt {
+            recipient: p.recipient,
+            ..r
+        };
+        assert!(f.upstreams(&r).is_empty(), "unknown message: nowhere");
+        judge(&mut f, &p, 0);
+        let (a, b, c) = (Address([7; 32]), Address([8; 32]), Address([9; 32]));
+        for from in [a, a, b, c] {
+            f.note_upstream(&p.id, &p.recipient, p.expires_at, from);
+        }
+        assert_eq!(
+            f.upstreams(&r),
+            vec![a, b],
+            "the first {UPSTREAMS}, once each"
+        );
+        // Forgotten with the message.
+        judge(&mut f, &packet(2), SEEN_WINDOW.as_millis() as u64 + 1);
+        assert!(f.upstreams(&r).is_empty());
     }
 
     #[test]

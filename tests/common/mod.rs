@@ -78,6 +78,7 @@
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
 //! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
 //! | 94 | client.rs          | push_each_line_pipelines_and_names_refused_lines  |
+//! | 95 | delivery.rs        | receipt_goes_back_only_the_way_the_message_came   |
 //!
 //! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 94-255.
 //!
