@@ -68,7 +68,7 @@ pub fn run(ctx: &Ctx, b: &Bounds) -> anyhow::Result<LineOut> {
         for n in nodes.iter_mut() {
             n.start()?;
         }
-        run_on(ctx, b, &nodes)
+        run_on(ctx, b, &mut nodes)
     })();
     let bad = stop_all(&mut nodes);
     let mut out = match out {
@@ -88,7 +88,7 @@ pub fn run(ctx: &Ctx, b: &Bounds) -> anyhow::Result<LineOut> {
     Ok(out)
 }
 
-fn run_on(ctx: &Ctx, b: &Bounds, nodes: &[Daemon]) -> anyhow::Result<LineOut> {
+fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut> {
     let deadline = ctx.deadline;
     ctx.phase("line: 5 daemons starting, waiting for the links");
     // Exact line: each node linked to the one before and after.
@@ -145,7 +145,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &[Daemon]) -> anyhow::Result<LineOut> {
         .fold(0.0, f64::max);
 
     // ---- unloaded latency, 1 hop (.2 -> .3) and 2 hops (.2 -> .4) ----
-    let k = if ctx.quick { 100 } else { 300 };
+    let k = if ctx.quick { 200 } else { 500 };
     let mut lat: [Vec<f64>; 2] = [vec![], vec![]];
     let mut seq = 0u64;
     for (hops, lat_h) in lat.iter_mut().enumerate() {
@@ -188,7 +188,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &[Daemon]) -> anyhow::Result<LineOut> {
     drop(far);
 
     // ---- the flood ----
-    let push_s = if ctx.quick { 10.0 } else { 30.0 };
+    let push_s = if ctx.quick { 20.0 } else { 60.0 };
     ctx.phase(&format!(
         "line: flood .2 -> .6 for {push_s:.0} s (1 KiB, one pipelined connection)"
     ));
@@ -331,6 +331,44 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &[Daemon]) -> anyhow::Result<LineOut> {
             }
         }
     }
+    // ---- accept: the sender alone (the others stopped), pushing to .6 ----
+    let accept_s = if ctx.quick { 5.0 } else { 15.0 };
+    ctx.phase(&format!(
+        "line: accept, .2 alone (.3-.6 stopped) for {accept_s:.0} s"
+    ));
+    for n in nodes[1..].iter_mut() {
+        if !n.stop() {
+            problems.push(format!("{}: not a clean exit 0 on SIGTERM", n.name));
+        }
+    }
+    let t1 = Instant::now();
+    let mut aseq = 0u64;
+    let alone = daemons::push_pipelined(
+        &nodes[0].socket(),
+        &dests,
+        &format!("{tag}a"),
+        ctx.size,
+        WINDOW,
+        t1 + Duration::from_secs_f64(accept_s),
+        t1,
+        || {
+            aseq += 1;
+            Some((0, aseq))
+        },
+        || {},
+    )
+    .context("pushing for the accept row")?;
+    let alone_rate = alone.accepted.len() as f64 / alone.elapsed_s.max(1e-3);
+    let mut alone_call = alone.call_us.clone();
+    alone_call.sort_unstable();
+    if alone.refused > 0 {
+        problems.push(format!(
+            "accept: {} pushes refused (first: {})",
+            alone.refused,
+            alone.first_refusal.clone().unwrap_or_default()
+        ));
+    }
+
     let hops = NODES - 1;
     let prim = b.primitives_us(hops);
     let ncpu = ctx.ncpu as f64;
@@ -376,14 +414,17 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &[Daemon]) -> anyhow::Result<LineOut> {
             )),
     );
     rows.push(
-        Row::new("accept", Some(accept_rate), "msg/s")
+        Row::new("accept", Some(alone_rate), "msg/s")
             .bound(1e6 / b.sled_group_us)
             .target(Goal::RatioAtLeast, 0.5)
             .note(format!(
-                "{accepted} pushes answered Pushed in {:.1} s over one connection, {WINDOW} requests in flight; push call p50 {} µs / p99 {} µs; bound = sled group commit of {} (1 KiB)",
-                pushed.elapsed_s,
+                "{} pushes to .6 answered Pushed in {:.1} s by .2 alone (its peers stopped, so nothing is sent), one connection, {WINDOW} requests in flight, push call p50 {} µs / p99 {} µs; during the flood .2 accepted {:.0} msg/s (p50 {} µs); bound = sled group commit of {} (1 KiB)",
+                alone.accepted.len(),
+                alone.elapsed_s,
+                pct(&alone_call, 50.0),
+                pct(&alone_call, 99.0),
+                accept_rate,
                 pct(&call, 50.0),
-                pct(&call, 99.0),
                 crate::bounds::GROUP
             )),
     );

@@ -76,6 +76,10 @@ struct Args {
     /// budgets so that they do not cap what is measured).
     #[arg(long)]
     default_limits: bool,
+    /// Run the wan phase's namespaces without netem (no delay, no loss): to
+    /// check the machinery on a kernel without the netem qdisc.
+    #[arg(long)]
+    wan_without_netem: bool,
     /// Daemon log level.
     #[arg(long, default_value = "warning")]
     log_level: String,
@@ -98,6 +102,7 @@ pub struct Ctx {
     pub net_wan: String,
     pub log_level: String,
     pub default_limits: bool,
+    pub wan_without_netem: bool,
     pub deadline: Instant,
     pub ncpu: usize,
     pub pb: ProgressBar,
@@ -203,6 +208,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         net_wan: args.net_wan.clone(),
         log_level: args.log_level.clone(),
         default_limits: args.default_limits,
+        wan_without_netem: args.wan_without_netem,
         deadline,
         ncpu: thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         pb: pb.clone(),
