@@ -106,20 +106,12 @@ pub fn measure(dir: &Path, quick: bool) -> anyhow::Result<Bounds> {
     let mode_s = OpModeS::<X25519HkdfSha256>::Auth((sk_s.clone(), pk_s.clone()));
     b.hpke_seal_raw_us = time_us(n, rounds, || {
         let out = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-            &mode_s,
-            &pk_r,
-            INFO,
-            &plain,
-            b"aad",
+            &mode_s, &pk_r, INFO, &plain, b"aad",
         );
         std::hint::black_box(out.ok());
     });
     let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-        &mode_s,
-        &pk_r,
-        INFO,
-        &plain,
-        b"aad",
+        &mode_s, &pk_r, INFO, &plain, b"aad",
     )
     .map_err(|e| anyhow::anyhow!("hpke seal: {e:?}"))?;
     let mode_r = OpModeR::<X25519HkdfSha256>::Auth(pk_s.clone());

@@ -76,7 +76,7 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon]) -> anyhow::Result<ChurnOut> {
     let t = Instant::now();
     daemons::wait_links(nodes, 2, ctx.deadline)?;
     let linked_s = t.elapsed().as_secs_f64();
-    let secs = if ctx.quick { 30 } else { 60 };
+    let secs = if ctx.quick { 45 } else { 60 };
     ctx.phase(&format!(
         "churn: {secs} s of load, {CHURNED} of {NODES} nodes SIGKILLed and restarted"
     ));
@@ -99,9 +99,16 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon]) -> anyhow::Result<ChurnOut> {
     let ratio = out.delivered as f64 / out.accepted.max(1) as f64;
     let mut problems = Vec::new();
     if !out.restart_failures.is_empty() {
-        problems.push(format!("churn: restarts failed: {:?}", out.restart_failures));
+        problems.push(format!(
+            "churn: restarts failed: {:?}",
+            out.restart_failures
+        ));
     }
-    let kills = out.events.iter().filter(|e| e.1.starts_with("kill")).count();
+    let kills = out
+        .events
+        .iter()
+        .filter(|e| e.1.starts_with("kill"))
+        .count();
     let rows = vec![
         Row::new("churn_delivery", Some(ratio), "ratio")
             .target(Goal::AtLeast, 1.0)
@@ -111,7 +118,7 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon]) -> anyhow::Result<ChurnOut> {
                 out.accepted,
                 out.refused,
                 out.first_refusal.as_ref().map(|r| format!(", first: {r}")).unwrap_or_default(),
-                if ctx.quick { " (--quick: 30 s instead of 60 s)" } else { "" },
+                if ctx.quick { " (--quick: 45 s instead of 60 s)" } else { "" },
                 if out.drained { "all arrived".to_string() } else { format!("NOT all arrived within the drain time ({} s)", load.drain.as_secs()) },
                 pct(&lat, 50.0),
                 pct(&lat, 99.0),

@@ -141,7 +141,9 @@ impl Daemon {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", self.hermes.display()))?;
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(child.id());
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -238,20 +240,15 @@ pub fn wait_until(
 
 /// Waits until every node answers status, then until each has at least
 /// `min_links` neighbours (`want` lists exact neighbours to wait for instead).
-pub fn wait_links(
-    nodes: &[Daemon],
-    min_links: usize,
-    deadline: Instant,
-) -> anyhow::Result<()> {
+pub fn wait_links(nodes: &[Daemon], min_links: usize, deadline: Instant) -> anyhow::Result<()> {
     wait_until(
         deadline,
         Duration::from_millis(50),
         "every node has its links",
         || {
-            Ok(nodes.iter().all(|n| {
-                n.status()
-                    .is_some_and(|s| s.neighbours.len() >= min_links)
-            }))
+            Ok(nodes
+                .iter()
+                .all(|n| n.status().is_some_and(|s| s.neighbours.len() >= min_links)))
         },
     )
 }
@@ -339,8 +336,7 @@ pub fn push_pipelined(
             match resp {
                 Response::Pushed { .. } => {
                     out.call_us.push(t.elapsed().as_micros() as u64);
-                    out.accepted
-                        .push((seq, d, t0.elapsed().as_secs_f64()));
+                    out.accepted.push((seq, d, t0.elapsed().as_secs_f64()));
                 }
                 Response::Error { message, .. } => {
                     out.refused += 1;

@@ -123,20 +123,30 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
     let mut pusher = Client::connect(&nodes[0].socket())?;
     let mut far = Client::connect(&nodes[NODES - 1].socket())?;
     let warm = format!("warm-up {}", now_us());
-    daemons::wait_until(deadline, Duration::from_millis(50), "warm-up push accepted", || {
-        Ok(matches!(
-            pusher.call(&Request::Push {
-                to: nodes[NODES - 1].ip.clone(),
-                text: warm.clone(),
-            })?,
-            Response::Pushed { .. }
-        ))
-    })?;
-    daemons::wait_until(deadline, Duration::from_millis(5), "warm-up delivered", || {
-        let m = pull(&mut far)?;
-        daemons::confirm(&mut far, &m)?;
-        Ok(m.iter().any(|m| m.text == warm))
-    })?;
+    daemons::wait_until(
+        deadline,
+        Duration::from_millis(50),
+        "warm-up push accepted",
+        || {
+            Ok(matches!(
+                pusher.call(&Request::Push {
+                    to: nodes[NODES - 1].ip.clone(),
+                    text: warm.clone(),
+                })?,
+                Response::Pushed { .. }
+            ))
+        },
+    )?;
+    daemons::wait_until(
+        deadline,
+        Duration::from_millis(5),
+        "warm-up delivered",
+        || {
+            let m = pull(&mut far)?;
+            daemons::confirm(&mut far, &m)?;
+            Ok(m.iter().any(|m| m.text == warm))
+        },
+    )?;
     // Let the receipt travel back and the links go quiet.
     thread::sleep(Duration::from_millis(300));
     let rss_idle = nodes
@@ -145,12 +155,14 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
         .fold(0.0, f64::max);
 
     // ---- unloaded latency, 1 hop (.2 -> .3) and 2 hops (.2 -> .4) ----
-    let k = if ctx.quick { 200 } else { 500 };
+    let k = if ctx.quick { 300 } else { 500 };
     let mut lat: [Vec<f64>; 2] = [vec![], vec![]];
     let mut seq = 0u64;
     for (hops, lat_h) in lat.iter_mut().enumerate() {
         let hops = hops + 1;
-        ctx.phase(&format!("line: unloaded latency, {hops} hop(s), {k} messages"));
+        ctx.phase(&format!(
+            "line: unloaded latency, {hops} hop(s), {k} messages"
+        ));
         let target = &nodes[hops];
         let mut puller = Client::connect(&target.socket())?;
         let mut tally = Tally::default();
@@ -188,7 +200,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
     drop(far);
 
     // ---- the flood ----
-    let push_s = if ctx.quick { 20.0 } else { 60.0 };
+    let push_s = if ctx.quick { 30.0 } else { 60.0 };
     ctx.phase(&format!(
         "line: flood .2 -> .6 for {push_s:.0} s (1 KiB, one pipelined connection)"
     ));
@@ -332,7 +344,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
         }
     }
     // ---- accept: the sender alone (the others stopped), pushing to .6 ----
-    let accept_s = if ctx.quick { 5.0 } else { 15.0 };
+    let accept_s = if ctx.quick { 10.0 } else { 20.0 };
     ctx.phase(&format!(
         "line: accept, .2 alone (.3-.6 stopped) for {accept_s:.0} s"
     ));

@@ -16,7 +16,7 @@
 //! Prints a table; `--json PATH` writes the rows
 //! `{"name","value","unit","bound","ratio","target","pass"}` and SVG pictures
 //! next to it (`PATH` stem + `-latency.svg`, `-flood.svg`, `-churn.svg`,
-//! `-wan.svg`). `--quick` takes ~4 min on 2 cores. See docs/benchmarks.md.
+//! `-wan.svg`). `--quick` takes ~2-3 min on 2 cores. See docs/benchmarks.md.
 //!
 //! Exit code: 0 every phase ran (targets may be missed: the table says);
 //! 1 a phase failed or lost/duplicated messages were seen with an error;
@@ -51,7 +51,7 @@ struct Args {
     /// The hermes binary (default: `hermes` next to this executable).
     #[arg(long, value_name = "PATH")]
     hermes: Option<PathBuf>,
-    /// The short run (~4 min on 2 cores): fewer samples, a 30 s churn run.
+    /// The short run (~2-3 min on 2 cores): fewer samples, a 45 s churn run.
     #[arg(long)]
     quick: bool,
     /// Write the rows as JSON here, and the SVG pictures next to it.
@@ -159,7 +159,9 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let n = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{n} x {cpu}, Linux {kernel}")
 }
 
@@ -210,7 +212,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         default_limits: args.default_limits,
         wan_without_netem: args.wan_without_netem,
         deadline,
-        ncpu: thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        ncpu: thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         pb: pb.clone(),
         start,
     };
@@ -221,7 +225,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         thread::spawn(move || {
             thread::sleep(deadline.saturating_duration_since(Instant::now()));
             eprintln!("\nhermes-bench: DEADLINE: {secs} s passed; killing the daemons");
-            for pid in daemons::LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for pid in daemons::LIVE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
                 // SAFETY: kill(2) on daemons this process spawned.
                 unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
             }
@@ -325,7 +333,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
             let p = report::svg_path(path, "latency");
-            report::latency_cdf(&p, "push to inbox, unloaded, 5-node line (client clock)", &series)?;
+            report::latency_cdf(
+                &p,
+                "push to inbox, unloaded, 5-node line (client clock)",
+                &series,
+            )?;
             pics.push(p);
             series.clear();
             let p = report::svg_path(path, "flood");
@@ -334,8 +346,14 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 "flood: 5-node line, 1 KiB, one pushing connection",
                 "messages per second",
                 &[
-                    ("accepted at .2".to_string(), report::rate_series(&o.accepted_s, 0.5, o.flood_s)),
-                    ("delivered at .6".to_string(), report::rate_series(&o.delivered_s, 0.5, o.flood_s)),
+                    (
+                        "accepted at .2".to_string(),
+                        report::rate_series(&o.accepted_s, 0.5, o.flood_s),
+                    ),
+                    (
+                        "delivered at .6".to_string(),
+                        report::rate_series(&o.delivered_s, 0.5, o.flood_s),
+                    ),
                 ],
                 &[],
             )?;
@@ -353,8 +371,14 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 "churn: 20 nodes, 6 SIGKILLed and restarted",
                 "messages per second",
                 &[
-                    ("accepted".to_string(), report::rate_series(&o.accepted_s, 1.0, until)),
-                    ("delivered".to_string(), report::rate_series(&o.delivered_s, 1.0, until)),
+                    (
+                        "accepted".to_string(),
+                        report::rate_series(&o.accepted_s, 1.0, until),
+                    ),
+                    (
+                        "delivered".to_string(),
+                        report::rate_series(&o.delivered_s, 1.0, until),
+                    ),
                 ],
                 &o.events,
             )?;
@@ -371,4 +395,3 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     Ok(problems.is_empty())
 }
-

@@ -51,7 +51,13 @@ pub struct Out {
     pub restart_failures: Vec<String>,
 }
 
-pub fn run(ctx: &Ctx, nodes: &mut [Daemon], tag: &str, load: &Load, churn: Option<&Churn>) -> anyhow::Result<Out> {
+pub fn run(
+    ctx: &Ctx,
+    nodes: &mut [Daemon],
+    tag: &str,
+    load: &Load,
+    churn: Option<&Churn>,
+) -> anyhow::Result<Out> {
     let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.socket()).collect();
     let ips: Vec<String> = nodes.iter().map(|n| n.ip.clone()).collect();
     let t0 = Instant::now();
@@ -93,7 +99,9 @@ pub fn run(ctx: &Ctx, nodes: &mut [Daemon], tag: &str, load: &Load, churn: Optio
                         if clients[i].is_none() {
                             clients[i] = Client::connect(sock).ok();
                         }
-                        let Some(c) = clients[i].as_mut() else { continue };
+                        let Some(c) = clients[i].as_mut() else {
+                            continue;
+                        };
                         let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
                         match pull_round(c, &mut t, tag, t0) {
                             Ok(k) => any += k,
@@ -153,7 +161,10 @@ pub fn run(ctx: &Ctx, nodes: &mut [Daemon], tag: &str, load: &Load, churn: Optio
             while kills.peek().is_some_and(|k| k.0 <= now) {
                 if let Some((_, up, i)) = kills.next() {
                     nodes[i].kill9();
-                    events.push((now, format!("kill {}", nodes[i].name)));
+                    events.push((
+                        now,
+                        format!("kill .{}", nodes[i].ip.rsplit('.').next().unwrap_or("?")),
+                    ));
                     ups.push((up, i));
                 }
             }
@@ -161,7 +172,10 @@ pub fn run(ctx: &Ctx, nodes: &mut [Daemon], tag: &str, load: &Load, churn: Optio
             while ups.first().is_some_and(|u| u.0 <= now) {
                 let (_, i) = ups.remove(0);
                 match nodes[i].start() {
-                    Ok(()) => events.push((now, format!("up {}", nodes[i].name))),
+                    Ok(()) => events.push((
+                        now,
+                        format!("up .{}", nodes[i].ip.rsplit('.').next().unwrap_or("?")),
+                    )),
                     Err(e) => restart_failures.push(format!("{}: {e:#}", nodes[i].name)),
                 }
             }
@@ -198,10 +212,8 @@ pub fn run(ctx: &Ctx, nodes: &mut [Daemon], tag: &str, load: &Load, churn: Optio
             let t = tally.lock().unwrap_or_else(|e| e.into_inner());
             let got = want.iter().filter(|s| t.got.contains_key(s)).count();
             drop(t);
-            ctx.pb.set_message(format!(
-                "{tag}: draining, {got} / {} delivered",
-                want.len()
-            ));
+            ctx.pb
+                .set_message(format!("{tag}: draining, {got} / {} delivered", want.len()));
             if got == want.len() {
                 drained = true;
                 break;

@@ -205,9 +205,7 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> a
         let colour = COLOURS[i % COLOURS.len()];
         chart
             .draw_series(LineSeries::new(
-                v.iter()
-                    .enumerate()
-                    .map(|(k, &x)| (x, (k + 1) as f64 / n)),
+                v.iter().enumerate().map(|(k, &x)| (x, (k + 1) as f64 / n)),
                 colour.stroke_width(2),
             ))
             .map_err(err)?
@@ -259,18 +257,24 @@ pub fn rate_over_time(
         .y_desc(y_desc)
         .draw()
         .map_err(err)?;
-    for (x, label) in marks {
+    for (k, (x, label)) in marks.iter().enumerate() {
+        // Kills red, the rest green; labels staggered so that they stay readable.
+        let colour = if label.starts_with("kill") {
+            RED
+        } else {
+            RGBColor(0, 140, 0)
+        };
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(*x, 0.0), (*x, ymax)],
-                BLACK.mix(0.3),
+                colour.mix(0.4),
             )))
             .map_err(err)?;
         chart
             .draw_series(std::iter::once(Text::new(
                 label.clone(),
-                (*x, ymax * 0.97),
-                ("sans-serif", 11),
+                (*x, ymax * (0.98 - 0.045 * (k % 8) as f64)),
+                ("sans-serif", 11).into_font().color(&colour),
             )))
             .map_err(err)?;
     }
@@ -286,7 +290,7 @@ pub fn rate_over_time(
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerLeft)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;

@@ -30,13 +30,29 @@ pub struct WanOut {
 }
 
 fn skipped(reason: &str) -> WanOut {
-    let rows = ["wan_converge", "wan_latency_p50", "wan_latency_p99", "wan_delivery"]
-        .iter()
-        .map(|n| {
-            Row::new(n, None, if n.contains("latency") { "ms" } else if *n == "wan_converge" { "s" } else { "ratio" })
-                .note(format!("skipped: {reason}"))
-        })
-        .collect();
+    let rows = [
+        "wan_converge",
+        "wan_latency_p50",
+        "wan_latency_p99",
+        "wan_delivery",
+    ]
+    .iter()
+    .map(|n| {
+        let unit = if n.contains("latency") {
+            "ms"
+        } else if *n == "wan_converge" {
+            "s"
+        } else {
+            "ratio"
+        };
+        let r = Row::new(n, None, unit);
+        if *n == "wan_converge" {
+            r.note(format!("skipped (all wan rows): {reason}"))
+        } else {
+            r
+        }
+    })
+    .collect();
     WanOut {
         rows,
         latency_ms: vec![],
@@ -109,7 +125,11 @@ pub fn run(ctx: &Ctx) -> WanOut {
 fn run_root(ctx: &Ctx) -> anyhow::Result<WanOut> {
     ctx.phase(&format!(
         "wan: {NODES} network namespaces{}",
-        if ctx.wan_without_netem { " (without netem)" } else { " with netem" }
+        if ctx.wan_without_netem {
+            " (without netem)"
+        } else {
+            " with netem"
+        }
     ));
     let tag = format!("{:04x}", rand::random::<u16>());
     let mut net = Net {
@@ -135,12 +155,21 @@ fn run_root(ctx: &Ctx) -> anyhow::Result<WanOut> {
         sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &b])?;
         sh(&["ip", "-n", &ns, "link", "set", &b, "up"])?;
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        let d: u32 = if ctx.wan_without_netem { 0 } else { rng.gen_range(10..=40) };
+        let d: u32 = if ctx.wan_without_netem {
+            0
+        } else {
+            rng.gen_range(10..=40)
+        };
         delays.push(d);
         let delay = format!("{d}ms");
         if !ctx.wan_without_netem {
-            sh(&["tc", "-n", &ns, "qdisc", "add", "dev", &b, "root", "netem", "delay", &delay, "loss", "0.5%"])?;
-            sh(&["tc", "qdisc", "add", "dev", &a, "root", "netem", "delay", &delay, "loss", "0.5%"])?;
+            sh(&[
+                "tc", "-n", &ns, "qdisc", "add", "dev", &b, "root", "netem", "delay", &delay,
+                "loss", "0.5%",
+            ])?;
+            sh(&[
+                "tc", "qdisc", "add", "dev", &a, "root", "netem", "delay", &delay, "loss", "0.5%",
+            ])?;
         }
     }
     let mut nodes = Vec::new();
@@ -176,7 +205,9 @@ fn run_root(ctx: &Ctx) -> anyhow::Result<WanOut> {
 }
 
 fn run_on(ctx: &Ctx, nodes: &mut [Daemon], delays: &[u32]) -> anyhow::Result<WanOut> {
-    ctx.phase(&format!("wan: starting {NODES} daemons, waiting for {MIN_LINKS} links each"));
+    ctx.phase(&format!(
+        "wan: starting {NODES} daemons, waiting for {MIN_LINKS} links each"
+    ));
     let t = Instant::now();
     for n in nodes.iter_mut() {
         n.start()?;
@@ -203,7 +234,9 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon], delays: &[u32]) -> anyhow::Result<Wan
     lat.sort_unstable();
     let ratio = out.delivered as f64 / out.accepted.max(1) as f64;
     let conv_note = match &converged {
-        Ok(()) => format!("every node had {MIN_LINKS} links after {converge_s:.1} s (from the first start)"),
+        Ok(()) => format!(
+            "every node had {MIN_LINKS} links after {converge_s:.1} s (from the first start)"
+        ),
         Err(_) => format!("NOT converged within {converge_s:.0} s: links per node {linked:?}"),
     };
     let netem = if ctx.wan_without_netem {
@@ -212,9 +245,8 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon], delays: &[u32]) -> anyhow::Result<Wan
         format!("one-way delays d_i+d_j with d_i in 10-40 ms (this run: {delays:?}), ~1% loss")
     };
     let rows = vec![
-        Row::new("wan_converge", converged.is_ok().then_some(converge_s), "s").note(format!(
-            "{conv_note}; {netem}"
-        )),
+        Row::new("wan_converge", converged.is_ok().then_some(converge_s), "s")
+            .note(format!("{conv_note}; {netem}")),
         Row::new("wan_latency_p50", Some(pct(&lat, 50.0) as f64), "ms")
             .note("daemon stamps (received - sent, 1 ms steps), every delivered message"),
         Row::new("wan_latency_p99", Some(pct(&lat, 99.0) as f64), "ms"),
@@ -224,7 +256,11 @@ fn run_on(ctx: &Ctx, nodes: &mut [Daemon], delays: &[u32]) -> anyhow::Result<Wan
             out.accepted,
             out.refused,
             out.tally.duplicates + out.tally.reshown,
-            if out.drained { "all arrived".to_string() } else { format!("not all within {} s of the last push", load.drain.as_secs()) }
+            if out.drained {
+                "all arrived".to_string()
+            } else {
+                format!("not all within {} s of the last push", load.drain.as_secs())
+            }
         )),
     ];
     Ok(WanOut {
