@@ -311,6 +311,8 @@ pub fn push_pipelined(
     let (tx, rx) = mpsc::sync_channel::<(u64, usize, Instant)>(window.max(1));
     let started = Instant::now();
     let result = thread::scope(|s| -> anyhow::Result<Pushed> {
+        // Owned here, so that an early return drops it and unblocks the writer.
+        let rx = rx;
         let writer = s.spawn(move || -> anyhow::Result<()> {
             let mut w = BufWriter::new(stream);
             while Instant::now() < until {
@@ -365,6 +367,8 @@ pub struct Got {
     pub latency_us: u64,
     /// Daemon stamps: received - sent, ms.
     pub daemon_ms: u64,
+    /// The recipient daemon's stamp: put in its inbox, ms since the epoch.
+    pub received_ms: u64,
 }
 
 /// Tallies pulls: delivered by seq, duplicates (a seq shown again with
@@ -405,6 +409,7 @@ impl Tally {
                             at_s: t0.elapsed().as_secs_f64(),
                             latency_us: now.saturating_sub(sent),
                             daemon_ms: m.received.saturating_sub(m.sent),
+                            received_ms: m.received,
                         },
                     );
                 }
