@@ -16,7 +16,7 @@
 //! Prints a table; `--json PATH` writes the rows
 //! `{"name","value","unit","bound","ratio","target","pass"}` and SVG pictures
 //! next to it (`PATH` stem + `-latency.svg`, `-flood.svg`, `-churn.svg`,
-//! `-wan.svg`). `--quick` takes ~2-3 min on 2 cores. See docs/benchmarks.md.
+//! `-wan.svg`). `--quick` takes ~2 min on 2 cores (the full run ~3). See docs/benchmarks.md.
 //!
 //! Exit code: 0 every phase ran (targets may be missed: the table says);
 //! 1 a phase failed or lost/duplicated messages were seen with an error;
@@ -51,7 +51,7 @@ struct Args {
     /// The hermes binary (default: `hermes` next to this executable).
     #[arg(long, value_name = "PATH")]
     hermes: Option<PathBuf>,
-    /// The short run (~2-3 min on 2 cores): fewer samples, a 45 s churn run.
+    /// The short run (~2 min on 2 cores): fewer samples, a 45 s churn run.
     #[arg(long)]
     quick: bool,
     /// Write the rows as JSON here, and the SVG pictures next to it.
