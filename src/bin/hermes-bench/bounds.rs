@@ -241,3 +241,25 @@ fn tcp_rtt_1k(n: usize) -> anyhow::Result<Vec<u64>> {
     times.sort_unstable();
     Ok(times)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitives_are_seal_open_a_hop_each_and_two_commit_shares() {
+        let b = Bounds {
+            hpke_seal_raw_us: 180.0,
+            hpke_open_raw_us: 140.0,
+            aead_us: 4.0,
+            sled_group_us: 30.0,
+            sled_flush_us: 150.0,
+            rtt_p50_us: 50.0,
+            ..Bounds::default()
+        };
+        assert_eq!(b.primitives_us(4), 180.0 + 140.0 + 16.0 + 60.0);
+        assert!(
+            (b.latency_floor_ms(1) - (180.0 + 140.0 + 4.0 + 25.0 + 300.0) / 1000.0).abs() < 1e-9
+        );
+    }
+}

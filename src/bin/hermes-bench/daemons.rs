@@ -487,3 +487,51 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (ticks(14) + ticks(15)) as f64 / hz
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: MessageId, t: &str) -> InboxMessage {
+        InboxMessage {
+            id,
+            sender: String::new(),
+            sender_ip: String::new(),
+            sent: 1,
+            received: 3,
+            text: t.to_string(),
+        }
+    }
+
+    #[test]
+    fn texts_carry_tag_seq_and_time_and_have_the_size() {
+        let t = text("abc", 42, 1024);
+        assert_eq!(t.len(), 1024);
+        let (tag, seq, sent) = parse_text(&t).unwrap();
+        assert_eq!((tag, seq), ("abc", 42));
+        assert!(sent > 0);
+        assert!(parse_text("warm-up 1").is_none());
+    }
+
+    #[test]
+    fn tally_tells_a_re_shown_pull_from_a_duplicate() {
+        let t0 = Instant::now();
+        let mut t = Tally::default();
+        let (a, b) = (MessageId::random(), MessageId::random());
+        let first = [msg(a, &text("x", 1, 64))];
+        t.add("x", t0, &first);
+        // Shown again before our Confirm landed: not counted.
+        t.add("x", t0, &first);
+        assert_eq!((t.duplicates, t.reshown), (0, 0));
+        t.confirmed(&first);
+        t.add("x", t0, &first);
+        assert_eq!(t.reshown, 1);
+        // The same text under another id.
+        t.add("x", t0, &[msg(b, &first[0].text)]);
+        assert_eq!(t.duplicates, 1);
+        t.add("x", t0, &[msg(b, "hello"), msg(b, &text("other", 2, 64))]);
+        assert_eq!(t.unexpected, 2);
+        assert_eq!(t.got.len(), 1);
+        assert_eq!(t.got[&1].daemon_ms, 2);
+    }
+}

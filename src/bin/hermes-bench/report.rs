@@ -313,3 +313,50 @@ pub fn rate_series(times_s: &[f64], step: f64, until: f64) -> Vec<(f64, f64)> {
         .map(|(i, &c)| ((i as f64 + 0.5) * step, c as f64 / step))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_apply_to_the_ratio_or_the_value() {
+        let r = Row::new("flood", Some(300.0), "msg/s")
+            .bound(1000.0)
+            .target(Goal::RatioAtLeast, 0.75);
+        assert_eq!(r.ratio, Some(0.3));
+        assert_eq!(r.pass, Some(false));
+        let r = Row::new("cpu", Some(900.0), "µs")
+            .bound(1000.0)
+            .target(Goal::RatioAtMost, 1.5);
+        assert_eq!(r.pass, Some(true));
+        let r = Row::new("lat", Some(0.9), "ms").target(Goal::AtMost, 1.0);
+        assert_eq!(r.pass, Some(true));
+        assert_eq!(r.ratio, None);
+        let r = Row::new("flood", Some(900.0), "msg/s")
+            .bound(1000.0)
+            .target(Goal::RatioAtLeast, 0.75)
+            .and_also(false);
+        assert_eq!(r.pass, Some(false), "a lost message fails the row");
+        let r = Row::new("wan", None, "s").target(Goal::AtMost, 1.0);
+        assert_eq!(r.pass, None, "no value, no verdict");
+    }
+
+    #[test]
+    fn json_rows_have_exactly_the_seven_fields() {
+        let r = Row::new("x", Some(1.0), "ms").note("not in the JSON");
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["bound", "name", "pass", "ratio", "target", "unit", "value"]
+        );
+    }
+
+    #[test]
+    fn rate_series_counts_per_step() {
+        let s = rate_series(&[0.1, 0.2, 0.6, 1.4], 0.5, 1.5);
+        assert_eq!(s, vec![(0.25, 4.0), (0.75, 2.0), (1.25, 2.0)]);
+        assert_eq!(pct(&[1, 2, 3, 4, 5], 50.0), 3);
+        assert_eq!(pct(&[], 99.0), 0);
+    }
+}
