@@ -293,8 +293,8 @@ impl Router {
         };
         if entry.recipient == self.my_address() {
             // A message to ourselves goes straight to delivery.
-            if !self.delivering.contains_key(&id) {
-                self.delivering.insert(id, 1);
+            if let std::collections::hash_map::Entry::Vacant(e) = self.delivering.entry(id) {
+                e.insert(1);
                 ctx.spawn(self.deliver(packet, None));
             }
             return;
