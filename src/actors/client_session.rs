@@ -130,7 +130,10 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
             Ok(None) | Err(_) => return,
         };
         let response = match client::decode::<Request>(&bytes) {
-            Ok(req) => answer(req, &deps, &listener).await,
+            Ok(req) => {
+                slog::debug!(deps.log, "client request"; "request" => request_name(&req));
+                answer(req, &deps, &listener).await
+            }
             Err(e) => {
                 slog::info!(deps.log, "bad client request"; "error" => %e);
                 Response::Error {
@@ -145,6 +148,27 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
         if framed.send(bytes::Bytes::from(out)).await.is_err() {
             return;
         }
+    }
+}
+
+/// A request's kind, for the log (never its content: texts stay out of logs).
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Push { .. } => "push",
+        Request::Wait { .. } => "wait",
+        Request::Pull { .. } => "pull",
+        Request::Confirm { .. } => "confirm",
+        Request::Status => "status",
+        Request::Id => "id",
+        Request::Fault { .. } => "fault",
+        Request::Peers => "peers",
+        Request::ContactAdd { .. } => "contact add",
+        Request::Contacts => "contacts",
+        Request::ContactRemove { .. } => "contact remove",
+        Request::Backup { .. } => "backup",
+        Request::Outbox { .. } => "outbox",
+        Request::OutboxCancel { .. } => "outbox cancel",
+        Request::Peek { .. } => "peek",
     }
 }
 

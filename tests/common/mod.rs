@@ -77,8 +77,13 @@
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
 //! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
+//! | 100 | cli.rs            | errors_say_their_cause_once_and_how_to_go_on      |
+//! | 101 | cli.rs            | long_multibyte_and_empty_messages_are_refused_... (binds nothing) |
+//! | 102 | client.rs         | readiness_status_warnings_and_sighup_reload       |
+//! | 103 | client.rs         | outbox_cancel_peek_and_peers_without_self         |
+//! | 104-109 | (ops, issue 12) | reserved                                      |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 94-255.
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 94-99, 110-255.
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
