@@ -1417,7 +1417,10 @@ mod tests {
             "unknown key; did you mean `bootstrap`?"
         );
         assert_eq!(
-            assert_key("[limits]\npackets_per_second = 5", "limits.packets_per_second"),
+            assert_key(
+                "[limits]\npackets_per_second = 5",
+                "limits.packets_per_second"
+            ),
             "unknown key; did you mean `packets_per_sec`?"
         );
     }

@@ -218,9 +218,9 @@ pub fn build_to<W: std::io::Write + Send + 'static>(
             let decorator = slog_term::PlainDecorator::new(out);
             Box::new(OneKeyEach(slog_term::FullFormat::new(decorator).build()).fuse())
         }
-        LogFormat::Json => Box::new(
-            OneKeyEach(slog_json::Json::new(out).add_default_keys().build()).fuse(),
-        ),
+        LogFormat::Json => {
+            Box::new(OneKeyEach(slog_json::Json::new(out).add_default_keys().build()).fuse())
+        }
     };
     let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(LOG_QUEUE)
@@ -431,7 +431,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         for line in &lines {
-            assert_eq!(line.matches("\"actor\"").count(), 1, "one actor key: {line}");
+            assert_eq!(
+                line.matches("\"actor\"").count(),
+                1,
+                "one actor key: {line}"
+            );
         }
         let up: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(up["actor"], "session");

@@ -46,10 +46,10 @@ use crate::actors::neighbours::{
 use crate::actors::peer_session::LinkIdentity;
 use crate::actors::router::{Router, RouterConfig};
 use crate::config::{Config, ConfigError};
-use crate::logging::LevelHandle;
-use crate::service::{status_line, Notifier};
 use crate::crypto::identity::IDENTITY_FILE;
 use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
+use crate::logging::LevelHandle;
+use crate::service::{status_line, Notifier};
 use crate::store::{Opened, Store, StoreError, MANIFEST_FILE};
 
 /// Environment variable that enables the test-only fault-injection requests.

@@ -330,9 +330,16 @@ fn errors_say_their_cause_once_and_how_to_go_on() {
     const N: u8 = 100;
     let node = Node::start(N, 2, NodeOpts::default());
     let second = daemon_run_to_exit(&node);
-    assert_eq!(second.code, Some(1), "a second daemon on the same data dir: {second}");
     assert_eq!(
-        second.stderr.matches("another daemon uses this data dir").count(),
+        second.code,
+        Some(1),
+        "a second daemon on the same data dir: {second}"
+    );
+    assert_eq!(
+        second
+            .stderr
+            .matches("another daemon uses this data dir")
+            .count(),
         1,
         "the cause once: {second}"
     );
@@ -353,7 +360,8 @@ fn errors_say_their_cause_once_and_how_to_go_on() {
     let out = run_hermes(&["status", "--config", &typo], node.dir(), &[], CMD_TIMEOUT);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
-        out.stderr.contains("network.bootstrp: unknown key; did you mean `bootstrap`?"),
+        out.stderr
+            .contains("network.bootstrp: unknown key; did you mean `bootstrap`?"),
         "{out}"
     );
 
@@ -395,9 +403,18 @@ fn long_multibyte_and_empty_messages_are_refused_for_what_they_are() {
     assert_eq!(out.code, Some(2), "60,000 bytes are allowed: {out}");
 
     for (how, out) in [
-        ("--msg \"\"", node.cli("push", &["--to", &ip(N, 3), "--msg", ""])),
-        ("empty stdin", node.cli_input("push", &["--to", &ip(N, 3)], "")),
-        ("a lone newline", node.cli_input("push", &["--to", &ip(N, 3)], "\n")),
+        (
+            "--msg \"\"",
+            node.cli("push", &["--to", &ip(N, 3), "--msg", ""]),
+        ),
+        (
+            "empty stdin",
+            node.cli_input("push", &["--to", &ip(N, 3)], ""),
+        ),
+        (
+            "a lone newline",
+            node.cli_input("push", &["--to", &ip(N, 3)], "\n"),
+        ),
     ] {
         assert_eq!(out.code, Some(1), "{how}: {out}");
         assert!(out.stderr.contains("the message is empty"), "{how}: {out}");
@@ -454,19 +471,31 @@ fn help_describes_every_option_the_lookup_and_the_limit() {
                     .trim()
                     .split_once("  ")
                     .is_some_and(|(_, d)| !d.trim().is_empty());
-                assert!(described, "`hermes {}`: undescribed option: {line:?}", sub.join(" "));
+                assert!(
+                    described,
+                    "`hermes {}`: undescribed option: {line:?}",
+                    sub.join(" ")
+                );
             }
         }
     }
     let shipped = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/node.toml"))
         .expect("config/node.toml");
     let head: String = shipped.lines().take(12).collect::<Vec<_>>().join("\n");
-    for cmd in ["push", "pull", "status", "id", "peers", "contacts", "outbox"] {
-        assert!(head.contains(cmd), "config/node.toml's head names `{cmd}`:\n{head}");
+    for cmd in [
+        "push", "pull", "status", "id", "peers", "contacts", "outbox",
+    ] {
+        assert!(
+            head.contains(cmd),
+            "config/node.toml's head names `{cmd}`:\n{head}"
+        );
     }
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    assert!(readme.contains("60,000 bytes"), "README states the size limit");
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    assert!(
+        readme.contains("60,000 bytes"),
+        "README states the size limit"
+    );
 }
 
 /// Defect 10 of issue 12: the licenses Cargo.toml names are shipped.
@@ -489,7 +518,10 @@ fn completions_parse_and_the_man_page_renders() {
     for shell in ["bash", "zsh", "fish"] {
         let out = run_hermes(&["completions", shell], home.path(), &[], CMD_TIMEOUT);
         assert_eq!(out.code, Some(0), "{out}");
-        assert!(out.stdout.contains("outbox"), "{shell}: the commands are in: {out}");
+        assert!(
+            out.stdout.contains("outbox"),
+            "{shell}: the commands are in: {out}"
+        );
     }
     let bash = run_hermes(&["completions", "bash"], home.path(), &[], CMD_TIMEOUT);
     let script = home.path().join("hermes.bash");
@@ -505,11 +537,18 @@ fn completions_parse_and_the_man_page_renders() {
         String::from_utf8_lossy(&check.stderr)
     );
     let bad = run_hermes(&["completions", "tcsh"], home.path(), &[], CMD_TIMEOUT);
-    assert_eq!(bad.code, Some(1), "an unknown shell is a usage error: {bad}");
+    assert_eq!(
+        bad.code,
+        Some(1),
+        "an unknown shell is a usage error: {bad}"
+    );
 
     let man = run_hermes(&["man"], home.path(), &[], CMD_TIMEOUT);
     assert_eq!(man.code, Some(0), "{man}");
-    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH hermes"), "roff: {man}");
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH hermes"),
+        "roff: {man}"
+    );
     let page = home.path().join("hermes.1");
     fs::write(&page, &man.stdout).expect("write man page");
     let rendered = std::process::Command::new("man")
@@ -526,7 +565,11 @@ fn completions_parse_and_the_man_page_renders() {
         Err(e) => panic!("cannot run man: {e}"),
         Ok(r) => {
             let text = String::from_utf8_lossy(&r.stdout);
-            assert!(r.status.success(), "man -l: {}", String::from_utf8_lossy(&r.stderr));
+            assert!(
+                r.status.success(),
+                "man -l: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
             assert!(text.contains("NAME") && text.contains("hermes"), "{text}");
             assert!(text.contains("outbox"), "the commands are listed: {text}");
         }

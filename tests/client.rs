@@ -96,7 +96,10 @@ fn json_logs_are_json_and_never_hold_the_text() {
             assert!(v.get("msg").is_some() && v.get("level").is_some(), "{line}");
             // Each key once (issue 12, defect 4): serde_json keeps the last
             // of duplicates, so count the key as written.
-            assert!(line.matches("\"actor\":").count() <= 1, "duplicate keys: {line}");
+            assert!(
+                line.matches("\"actor\":").count() <= 1,
+                "duplicate keys: {line}"
+            );
             events += 1;
         }
         assert!(events > 0, "no log lines from {}", node.listen());
@@ -276,7 +279,9 @@ fn readiness_status_warnings_and_sighup_reload() {
             ..NodeOpts::default()
         },
     );
-    let info = node.config_text().replace("level = \"debug\"", "level = \"info\"");
+    let info = node
+        .config_text()
+        .replace("level = \"debug\"", "level = \"info\"");
     assert!(info.contains("level = \"info\""));
     fs::write(node.config_path(), &info).expect("write config");
     let notify_path = node.dir().join("notify.sock");
@@ -286,21 +291,33 @@ fn readiness_status_warnings_and_sighup_reload() {
     let mut daemon = spawn_with_notify(&node, &notify_path);
 
     let ready = notified(&sock, "READY=1", &node);
-    assert!(ready.contains("STATUS="), "READY=1 comes with a status: {ready:?}");
+    assert!(
+        ready.contains("STATUS="),
+        "READY=1 comes with a status: {ready:?}"
+    );
     // Ready means ready: the client socket answers at once, no polling.
     let s = node.status();
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s}");
     assert!(s["uptime_secs"].is_u64(), "{s}");
     assert_eq!(s["config_file"], node.config_str(), "{s}");
-    assert_eq!(s["data_dir"], node.data_dir().to_str().expect("utf-8"), "{s}");
+    assert_eq!(
+        s["data_dir"],
+        node.data_dir().to_str().expect("utf-8"),
+        "{s}"
+    );
     assert_eq!(s["log_level"], "info", "{s}");
     assert!(node.log().contains("ready"), "a `ready` log line");
 
     // The dead bootstrap address: its error in status, a warning in both.
-    let s = wait_for_value(LINK_TIMEOUT, "the bootstrap error in status", &[&node], || {
-        node.try_status()
-            .filter(|s| s["bootstrap"][0]["last_error"].is_string())
-    });
+    let s = wait_for_value(
+        LINK_TIMEOUT,
+        "the bootstrap error in status",
+        &[&node],
+        || {
+            node.try_status()
+                .filter(|s| s["bootstrap"][0]["last_error"].is_string())
+        },
+    );
     assert_eq!(s["bootstrap"][0]["address"], listen_addr(N, 9), "{s}");
     let warning = s["warnings"][0].as_str().unwrap_or_default().to_string();
     assert!(
@@ -316,11 +333,16 @@ fn readiness_status_warnings_and_sighup_reload() {
         human.stdout.contains("last error:") && human.stdout.contains("log level  info"),
         "{human}"
     );
-    wait_for(LINK_TIMEOUT, "the no-neighbours warning in the log", &[&node], || {
-        let log = node.log();
-        log.contains("cannot reach a bootstrap node")
-            && log.contains(&format!("no neighbours; bootstrap: {}", listen_addr(N, 9)))
-    });
+    wait_for(
+        LINK_TIMEOUT,
+        "the no-neighbours warning in the log",
+        &[&node],
+        || {
+            let log = node.log();
+            log.contains("cannot reach a bootstrap node")
+                && log.contains(&format!("no neighbours; bootstrap: {}", listen_addr(N, 9)))
+        },
+    );
     assert!(
         !node.log().contains("client request"),
         "at info, client requests are not logged"
@@ -328,22 +350,49 @@ fn readiness_status_warnings_and_sighup_reload() {
 
     // SIGHUP with log.level = "debug": the daemon stays, logs the reload,
     // and logs at debug from then on.
-    fs::write(node.config_path(), info.replace("level = \"info\"", "level = \"debug\""))
-        .expect("write config");
+    // The bootstrap list changes live too; [limits] is reported as needing
+    // a restart.
+    let reloaded = format!(
+        "{}\n[limits]\nhandshakes_per_ip = 9\n",
+        info.replace("level = \"info\"", "level = \"debug\"")
+            .replace(&format!("{dead:?}"), &format!("{:?}", ip(N, 8)))
+    );
+    assert!(reloaded.contains(&ip(N, 8)), "{reloaded}");
+    fs::write(node.config_path(), reloaded).expect("write config");
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGHUP) };
     notified(&sock, "READY=1", &node);
     wait_for(LINK_TIMEOUT, "the reload in the log", &[&node], || {
         node.log().contains("log.level info -> debug")
     });
-    assert!(daemon.child.try_wait().expect("try_wait").is_none(), "SIGHUP must not kill it");
-    assert_eq!(node.status()["log_level"], "debug");
-    wait_for(LINK_TIMEOUT, "a debug line after the reload", &[&node], || {
-        let log = node.log();
-        log.split("log.level info -> debug")
-            .nth(1)
-            .is_some_and(|after| after.contains("client request"))
-    });
+    assert!(
+        daemon.child.try_wait().expect("try_wait").is_none(),
+        "SIGHUP must not kill it"
+    );
+    let s = node.status();
+    assert_eq!(s["log_level"], "debug", "{s}");
+    assert_eq!(s["bootstrap"][0]["address"], listen_addr(N, 8), "{s}");
+    let log = node.log();
+    assert!(
+        log.contains(&format!(
+            "network.bootstrap [{}] -> [{}]",
+            listen_addr(N, 9),
+            listen_addr(N, 8)
+        )) && log.contains("[limits]"),
+        "what was applied and what needs a restart: {}",
+        node.log_tail(10)
+    );
+    wait_for(
+        LINK_TIMEOUT,
+        "a debug line after the reload",
+        &[&node],
+        || {
+            let log = node.log();
+            log.split("log.level info -> debug")
+                .nth(1)
+                .is_some_and(|after| after.contains("client request"))
+        },
+    );
 
     // SIGTERM: STOPPING=1, exit 0, the socket removed.
     // SAFETY: kill(2) of our own child.
@@ -353,7 +402,10 @@ fn readiness_status_warnings_and_sighup_reload() {
         daemon.child.try_wait().expect("try_wait")
     });
     assert_eq!(status.code(), Some(0), "{}", node.log_tail(20));
-    assert!(!node.data_dir().join("hermes.sock").exists(), "socket removed");
+    assert!(
+        !node.data_dir().join("hermes.sock").exists(),
+        "socket removed"
+    );
 }
 
 /// Issue 12: `hermes outbox` shows what waits and `outbox cancel` removes
@@ -370,7 +422,25 @@ fn outbox_cancel_peek_and_peers_without_self() {
     wait_for(LINK_TIMEOUT, "the link to .3 to go", &[a], || {
         a.neighbour_listens().is_empty()
     });
-    let id = a.push(&b_address, "for a node that is gone");
+    // On a terminal (script(1) gives the command one), `push --wait` shows a
+    // spinner while it waits; here it times out (exit 3), the message queued.
+    let cmd = format!(
+        "{BIN} --config {} push --to {b_address} --msg 'for a node that is gone' --wait 1",
+        a.config_str()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1)");
+    let shown = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert_eq!(tty.status.code(), Some(3), "--wait 1 times out: {shown}");
+    assert!(
+        shown.contains("waiting for the delivery receipt"),
+        "a spinner on a terminal: {shown:?}"
+    );
+    let id = shown.lines().next().unwrap_or_default().trim().to_string();
+    assert_eq!(id.len(), 32, "the id first: {shown:?}");
     let out = a.cli("outbox", &["--json"]);
     assert!(out.ok(), "{out}");
     let entries: Vec<serde_json::Value> = out
@@ -387,7 +457,10 @@ fn outbox_cancel_peek_and_peers_without_self() {
         assert!(e[k].is_u64(), "{k}: {e}");
     }
     let text = a.cli("outbox", &[]);
-    assert!(text.ok() && text.stdout.contains(&id) && text.stdout.contains("queued"), "{text}");
+    assert!(
+        text.ok() && text.stdout.contains(&id) && text.stdout.contains("queued"),
+        "{text}"
+    );
 
     let out = a.cli("outbox", &["cancel", &id]);
     assert!(out.ok(), "{out}");
@@ -400,14 +473,24 @@ fn outbox_cancel_peek_and_peers_without_self() {
     assert_eq!(bad.code, Some(1), "{bad}");
 
     // To itself: delivered; --wait quiet on a pipe.
-    let own = a.cli("push", &["--to", &a.ip(), "--msg", "note to self", "--wait", "20"]);
+    let own = a.cli(
+        "push",
+        &["--to", &a.ip(), "--msg", "note to self", "--wait", "20"],
+    );
     assert_eq!(own.code, Some(0), "{own}");
-    assert_eq!(own.stderr, "", "no spinner when stderr is not a terminal: {own}");
+    assert_eq!(
+        own.stderr, "",
+        "no spinner when stderr is not a terminal: {own}"
+    );
     let want = vec![pull_line(&a.ip(), "note to self")];
     for _ in 0..2 {
         let peek = a.cli("pull", &["--peek"]);
         assert!(peek.ok(), "{peek}");
-        assert_eq!(peek.stdout.lines().collect::<Vec<_>>(), want, "peek keeps: {peek}");
+        assert_eq!(
+            peek.stdout.lines().collect::<Vec<_>>(),
+            want,
+            "peek keeps: {peek}"
+        );
     }
     assert_eq!(a.pull(), want);
     assert!(a.pull().is_empty());

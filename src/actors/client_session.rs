@@ -270,7 +270,12 @@ fn outbox(deps: &ClientDeps, max: u32) -> Response {
                 .map(|(id, e)| OutboxItem {
                     id: id.to_string(),
                     to: e.recipient.to_string(),
-                    state: if e.attempts == 0 { "queued" } else { "in flight" }.to_string(),
+                    state: if e.attempts == 0 {
+                        "queued"
+                    } else {
+                        "in flight"
+                    }
+                    .to_string(),
                     attempts: e.attempts,
                     created_ms: e.created_ms,
                     next_try_ms: e.next_try_ms,

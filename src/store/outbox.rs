@@ -348,8 +348,16 @@ mod tests {
         let (total, listed) = s.outbox_list(10).unwrap();
         assert_eq!(total, 2);
         assert_eq!(listed.len(), 2);
-        assert_eq!(s.outbox_due(u64::MAX, 10).unwrap().len(), 2, "index entry gone");
-        assert_eq!(s.counter(Counter::Failed).unwrap(), 0, "a cancel is no failure");
+        assert_eq!(
+            s.outbox_due(u64::MAX, 10).unwrap().len(),
+            2,
+            "index entry gone"
+        );
+        assert_eq!(
+            s.counter(Counter::Failed).unwrap(),
+            0,
+            "a cancel is no failure"
+        );
     }
 
     #[test]

@@ -432,9 +432,10 @@ mod tests {
         assert!(seen >= 20, "{seen} seeds");
         let peek: Request = decode(&std::fs::read(format!("{dir}/req_peek")).unwrap()).unwrap();
         assert_eq!(peek, Request::Peek { skip: 16, max: 16 });
-        let out: Response =
-            decode(&std::fs::read(format!("{dir}/resp_outbox")).unwrap()).unwrap();
-        assert!(matches!(out, Response::Outbox { total: 2, ref entries } if entries[0].state == "in flight"));
+        let out: Response = decode(&std::fs::read(format!("{dir}/resp_outbox")).unwrap()).unwrap();
+        assert!(
+            matches!(out, Response::Outbox { total: 2, ref entries } if entries[0].state == "in flight")
+        );
     }
 
     proptest! {
