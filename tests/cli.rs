@@ -422,7 +422,7 @@ fn long_multibyte_and_empty_messages_are_refused_for_what_they_are() {
     }
 }
 
-/// Defect 9 of issue 12: every option of every command is described; the
+/// Defect 9 of issue 12: every option and argument of every command is described; the
 /// config lookup and the size limit are in `--help`; `config/node.toml`
 /// names every client command that reads it.
 #[test]
@@ -461,11 +461,17 @@ fn help_describes_every_option_the_lookup_and_the_limit() {
         let text = help(&args);
         let mut in_options = false;
         for line in text.lines() {
-            if line.starts_with("Options:") {
+            if line.starts_with("Options:") || line.starts_with("Arguments:") {
                 in_options = true;
                 continue;
             }
-            if in_options && line.trim_start().starts_with('-') {
+            if line.starts_with("Commands:") {
+                in_options = false;
+            }
+            let item = line.trim_start();
+            if in_options
+                && (item.starts_with('-') || item.starts_with('<') || item.starts_with('['))
+            {
                 // "  -h, --help  Print help": a flag, then two spaces and words.
                 let described = line
                     .trim()

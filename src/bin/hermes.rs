@@ -110,7 +110,12 @@ enum Command {
 #[derive(Subcommand)]
 enum ContactsCommand {
     /// Name a node; DEST is an IP, IP:PORT (probed now, its key pinned) or a node address.
-    Add { name: String, dest: String },
+    Add {
+        /// The name: letters, digits, -, _ and ., starting with a letter.
+        name: String,
+        /// IP, IP:PORT or node address (64 hex digits).
+        dest: String,
+    },
     /// List contacts and the keys pinned for IP addresses pushed to.
     List {
         /// One JSON object per line.
@@ -118,7 +123,10 @@ enum ContactsCommand {
         json: bool,
     },
     /// Forget a contact, or a pinned IP[:PORT] (to accept its new key).
-    Remove { name: String },
+    Remove {
+        /// The contact's name, or the pinned IP[:PORT].
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +202,90 @@ fn main() -> ExitCode {
     }
 }
 
+/// Text for roff: backslashes escaped, and no line taken for a request.
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The man page: clap_mangen's title, name, synopsis, description and
+/// options, then every command with its usage and options (one page for
+/// all, so no hermes-push(1) pages are needed), exit status, environment
+/// and files.
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    fn commands(out: &mut dyn Write, parent: &clap::Command) -> std::io::Result<()> {
+        for sub in parent.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let usage = sub.clone().render_usage().to_string();
+            let usage = usage.trim_start_matches("Usage: ").trim();
+            writeln!(out, ".SS \"{}\"", roff(usage))?;
+            if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+                writeln!(out, "{}", roff(&about.to_string()))?;
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || ["help", "version", "config"].contains(&id) {
+                    continue;
+                }
+                let name = match (arg.get_long(), arg.get_value_names()) {
+                    (Some(long), Some(v))
+                        if arg.get_num_args().is_some_and(|n| n.takes_values()) =>
+                    {
+                        format!("\\-\\-{long} <{}>", v.join(" "))
+                    }
+                    (Some(long), _) => format!("\\-\\-{long}"),
+                    (None, Some(v)) => format!("<{}>", v.join(" ")),
+                    (None, None) => format!("<{}>", id.to_uppercase()),
+                };
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                writeln!(out, ".TP\n{name}\n{}", roff(&help))?;
+            }
+            commands(out, sub)?;
+        }
+        Ok(())
+    }
+    commands(out, &cmd)?;
+    writeln!(
+        out,
+        ".SH \"EXIT STATUS\"\n0 success; 1 usage or bad input (a one-line message); 2 the daemon \
+         is not running or not reachable (the message says where it looked); 3 \\fBpush \\-\\-wait\\fR \
+         timed out (the message stays queued).\n\
+         .SH ENVIRONMENT\n.TP\nHERMES_CONFIG\nThe config file, when \\fB\\-\\-config\\fR is not given.\n\
+         .TP\nXDG_CONFIG_HOME\n$XDG_CONFIG_HOME/hermes/node.toml is read if it exists \
+         (default ~/.config).\n.TP\nXDG_DATA_HOME\nThe default data dir is $XDG_DATA_HOME/hermes \
+         (default ~/.local/share/hermes).\n.TP\nNOTIFY_SOCKET\nSet by systemd for \
+         Type=notify: the daemon sends READY=1, STATUS= and STOPPING=1 there.\n\
+         .SH SIGNALS\nSIGTERM, SIGINT: leave the network, flush the store, exit 0. SIGHUP: \
+         reload the config (log.level and network.bootstrap at once; other keys at the next start).\n\
+         .SH FILES\n.TP\n/etc/hermes/node.toml\nThe config of the packaged service; every key is \
+         documented there.\n.TP\n<data_dir>/identity.key, <data_dir>/store, <data_dir>/hermes.sock\n\
+         The node's key (mode 0600), its store, and the client socket (mode 0600).\n\
+         .SH \"SEE ALSO\"\nsystemctl(1), journalctl(1); README.md and docs/ in the source."
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
 /// The error and its causes on one line, each said once: many errors
 /// already include their cause's text, which `{:#}` would print again.
 fn one_line(e: &anyhow::Error) -> String {
@@ -220,9 +312,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             return Ok(0);
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("cannot write the man page")?;
+            let mut out = std::io::stdout().lock();
+            man_page(&mut out).context("cannot write the man page")?;
+            out.flush().context("cannot write the man page")?;
             return Ok(0);
         }
         _ => {}
