@@ -4,7 +4,8 @@
 //! to a Unix datagram socket (a path, or an abstract name written `@name`).
 //! The daemon sends one datagram of newline-separated `KEY=VALUE` lines per
 //! state change: `READY=1` once it accepts clients and peers, `STATUS=...`
-//! with the neighbour count as it changes, `RELOADING=1` ... `READY=1` around a
+//! with the neighbour count as it changes, `RELOADING=1` (with
+//! `MONOTONIC_USEC=`) ... `READY=1` around a
 //! SIGHUP reload, and `STOPPING=1` when it starts to leave. Without
 //! `NOTIFY_SOCKET` every call does nothing. A failed send is reported to the
 //! caller (to log), never fatal: the node works the same without a manager.

@@ -306,7 +306,11 @@ fn readiness_status_warnings_and_sighup_reload() {
         "{s}"
     );
     assert_eq!(s["log_level"], "info", "{s}");
-    assert!(node.log().contains("ready"), "a `ready` log line");
+    assert!(
+        node.log().lines().any(|l| l.contains(" INFO ready")),
+        "a `ready` log line: {}",
+        node.log_tail(10)
+    );
 
     // The dead bootstrap address: its error in status, a warning in both.
     let s = wait_for_value(
@@ -361,6 +365,8 @@ fn readiness_status_warnings_and_sighup_reload() {
     fs::write(node.config_path(), reloaded).expect("write config");
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGHUP) };
+    let reloading = notified(&sock, "RELOADING=1", &node);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
     notified(&sock, "READY=1", &node);
     wait_for(LINK_TIMEOUT, "the reload in the log", &[&node], || {
         node.log().contains("log.level info -> debug")
