@@ -15,7 +15,8 @@
 //! addresses and their last errors.
 //!
 //! SIGHUP reloads the config file: `log.level` and `network.bootstrap` take
-//! effect at once (new bootstrap addresses are dialled); changes to other keys
+//! effect at once (new bootstrap addresses are dialled once and shown by
+//! `status`; the Membership's redials keep the list it started with); changes to other keys
 //! are logged as needing a restart. A config that no longer loads is
 //! logged and the running one kept.
 //!
