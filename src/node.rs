@@ -257,7 +257,9 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
                 notify(&notifier, &log, &format!("READY=1\n{}", status_line(shown)));
             }
             _ = tick.tick() => {
-                let Ok(now) = neighbours.send(GetNeighbours).await else { continue };
+                // Bounded, so a busy neighbour manager never holds up a signal.
+                let asked = tokio::time::timeout(STATUS_INTERVAL, neighbours.send(GetNeighbours));
+                let Ok(Ok(now)) = asked.await else { continue };
                 if now.len() != shown {
                     shown = now.len();
                     notify(&notifier, &log, &status_line(shown));
@@ -267,7 +269,11 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
                 } else if started.elapsed() >= NO_NEIGHBOURS_GRACE
                     && warned.is_none_or(|t| t.elapsed() >= NO_NEIGHBOURS_REPEAT)
                 {
-                    let bootstrap = neighbours.send(GetBootstrap).await.unwrap_or_default();
+                    let bootstrap = tokio::time::timeout(STATUS_INTERVAL, neighbours.send(GetBootstrap))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
                     slog::warn!(log, "{}", no_neighbours_warning(&bootstrap));
                     warned = Some(Instant::now());
                 }
