@@ -691,11 +691,29 @@ fn parse_raw(text: &str) -> Result<RawConfig, Bad> {
                 } else {
                     format!("{path}.{field}")
                 };
-                bad(&key, "unknown key")
+                match did_you_mean(field, &message) {
+                    Some(near) => bad(&key, format!("unknown key; did you mean `{near}`?")),
+                    None => bad(&key, "unknown key"),
+                }
             }
             None => bad(if path.is_empty() { "(file)" } else { &path }, message),
         }
     })
+}
+
+/// The known key closest to a mistyped one, from serde's "unknown field `x`,
+/// expected `a`" / "expected one of `a`, `b`" message; none when nothing is
+/// close (a wholly different word gets no guess).
+fn did_you_mean(field: &str, message: &str) -> Option<String> {
+    let expected = message.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::jaro_winkler(field, k), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.to_string())
 }
 
 /// The field named by serde's "unknown field `x`, expected ..." message.
@@ -1378,11 +1396,11 @@ mod tests {
     fn unknown_keys_are_named() {
         assert_eq!(
             assert_key("[node]\nlisen = \"1.2.3.4\"", "node.lisen"),
-            "unknown key"
+            "unknown key; did you mean `listen`?"
         );
         assert_eq!(
             assert_key("[nod]\nlisten = \"1.2.3.4\"", "nod"),
-            "unknown key"
+            "unknown key; did you mean `node`?"
         );
         assert_eq!(assert_key("relay = true", "relay"), "unknown key");
         assert_eq!(
@@ -1392,6 +1410,18 @@ mod tests {
         assert_eq!(
             assert_key("[routing.extra]\nx = 1", "routing.extra"),
             "unknown key"
+        );
+        // Close misspellings get a guess, from the keys of their own section.
+        assert_eq!(
+            assert_key("[network]\nbootstrp = []", "network.bootstrp"),
+            "unknown key; did you mean `bootstrap`?"
+        );
+        assert_eq!(
+            assert_key(
+                "[limits]\npackets_per_second = 5",
+                "limits.packets_per_second"
+            ),
+            "unknown key; did you mean `packets_per_sec`?"
         );
     }
 
@@ -1783,7 +1813,10 @@ mod tests {
         let err = load_with_env(Some(&explicit), &base).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("{}: node.lisen: unknown key", explicit.display())
+            format!(
+                "{}: node.lisen: unknown key; did you mean `listen`?",
+                explicit.display()
+            )
         );
 
         // A folder cannot be read.

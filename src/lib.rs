@@ -5,7 +5,8 @@
 //! membership policy (who links to whom) as pure logic; [`store`] is the only
 //! code that touches sled; [`actors`] are the running node; [`node`] wires the
 //! actors together and runs the daemon; [`client`] is what `hermes push/pull`
-//! use to talk to it.
+//! use to talk to it; [`service`] tells a service manager (systemd) how the
+//! daemon is doing.
 
 pub mod actors;
 pub mod admission;
@@ -18,5 +19,6 @@ pub mod logging;
 pub mod node;
 pub mod overlay;
 pub mod routing;
+pub mod service;
 pub mod store;
 pub mod wire;

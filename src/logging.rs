@@ -1,5 +1,11 @@
 //! slog set-up: text or JSON lines on stderr, filtered by `log.level`.
 //!
+//! Every level reaches the filter in every build: slog compiles `debug!` and
+//! `trace!` out of release builds unless its `release_max_level_trace`
+//! feature is on (Cargo.toml turns it and `max_level_trace` on), so
+//! `log.level` alone decides. The level can change while the node runs
+//! ([`LevelHandle`], set on SIGHUP), and each key appears once per line.
+//!
 //! Records go through slog-async with the `Block` overflow strategy: a burst
 //! of log lines slows the node briefly rather than silently losing lines.
 //! Keep the returned guard alive until exit so the last lines are flushed.
@@ -8,6 +14,8 @@
 //! line each: they are counted and summarised once per [`SUMMARY_INTERVAL`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slog::Drain;
@@ -28,26 +36,204 @@ fn level(l: LogLevel) -> slog::Level {
     }
 }
 
-/// Builds the root logger; the guard flushes pending records when dropped.
-pub fn build(cfg: &LogConfig) -> (slog::Logger, slog_async::AsyncGuard) {
+/// The least severe level written, shared by the logger and whoever may
+/// change it while the node runs (SIGHUP reloads `log.level`).
+#[derive(Clone)]
+pub struct LevelHandle(Arc<AtomicUsize>);
+
+impl LevelHandle {
+    pub fn new(l: LogLevel) -> LevelHandle {
+        LevelHandle(Arc::new(AtomicUsize::new(level(l).as_usize())))
+    }
+
+    /// Takes effect for every record logged after it returns.
+    pub fn set(&self, l: LogLevel) {
+        self.0.store(level(l).as_usize(), Ordering::Relaxed);
+    }
+
+    /// The level in force now, as `log.level` names it.
+    pub fn get(&self) -> LogLevel {
+        match slog::Level::from_usize(self.0.load(Ordering::Relaxed)) {
+            Some(slog::Level::Critical) => LogLevel::Critical,
+            Some(slog::Level::Error) => LogLevel::Error,
+            Some(slog::Level::Warning) => LogLevel::Warning,
+            Some(slog::Level::Debug) => LogLevel::Debug,
+            Some(slog::Level::Trace) => LogLevel::Trace,
+            _ => LogLevel::Info,
+        }
+    }
+
+    fn allows(&self, l: slog::Level) -> bool {
+        l.as_usize() <= self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Filters records by a [`LevelHandle`] that can change at run time.
+struct LiveLevel<D> {
+    drain: D,
+    level: LevelHandle,
+}
+
+impl<D: Drain> Drain for LiveLevel<D> {
+    type Ok = Option<D::Ok>;
+    type Err = D::Err;
+    fn log(&self, r: &slog::Record, v: &slog::OwnedKVList) -> Result<Self::Ok, Self::Err> {
+        if self.level.allows(r.level()) {
+            self.drain.log(r, v).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// One logged value, kept with its type so JSON numbers stay numbers.
+#[derive(Clone, Debug, PartialEq)]
+enum Val {
+    Str(String),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Unit,
+}
+
+/// Collects key/value pairs, keeping the first value of each key.
+#[derive(Default)]
+struct Collect {
+    pairs: Vec<(slog::Key, Val)>,
+    skip: Vec<slog::Key>,
+}
+
+impl Collect {
+    fn put(&mut self, key: slog::Key, v: Val) {
+        if !self.skip.contains(&key) && !self.pairs.iter().any(|(k, _)| *k == key) {
+            self.pairs.push((key, v));
+        }
+    }
+}
+
+impl slog::Serializer for Collect {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+        self.put(key, Val::Str(val.to_string()));
+        Ok(())
+    }
+    fn emit_str(&mut self, key: slog::Key, val: &str) -> slog::Result {
+        self.put(key, Val::Str(val.to_string()));
+        Ok(())
+    }
+    fn emit_u64(&mut self, key: slog::Key, val: u64) -> slog::Result {
+        self.put(key, Val::U64(val));
+        Ok(())
+    }
+    fn emit_u32(&mut self, key: slog::Key, val: u32) -> slog::Result {
+        self.put(key, Val::U64(val.into()));
+        Ok(())
+    }
+    fn emit_usize(&mut self, key: slog::Key, val: usize) -> slog::Result {
+        self.put(key, Val::U64(val as u64));
+        Ok(())
+    }
+    fn emit_i64(&mut self, key: slog::Key, val: i64) -> slog::Result {
+        self.put(key, Val::I64(val));
+        Ok(())
+    }
+    fn emit_i32(&mut self, key: slog::Key, val: i32) -> slog::Result {
+        self.put(key, Val::I64(val.into()));
+        Ok(())
+    }
+    fn emit_f64(&mut self, key: slog::Key, val: f64) -> slog::Result {
+        self.put(key, Val::F64(val));
+        Ok(())
+    }
+    fn emit_bool(&mut self, key: slog::Key, val: bool) -> slog::Result {
+        self.put(key, Val::Bool(val));
+        Ok(())
+    }
+    fn emit_unit(&mut self, key: slog::Key) -> slog::Result {
+        self.put(key, Val::Unit);
+        Ok(())
+    }
+    fn emit_none(&mut self, key: slog::Key) -> slog::Result {
+        self.put(key, Val::Unit);
+        Ok(())
+    }
+}
+
+/// The logger values of one record, each key once.
+struct Pairs(Vec<(slog::Key, Val)>);
+
+impl slog::KV for Pairs {
+    fn serialize(&self, _: &slog::Record, s: &mut dyn slog::Serializer) -> slog::Result {
+        for (k, v) in &self.0 {
+            match v {
+                Val::Str(x) => s.emit_str(k, x)?,
+                Val::U64(x) => s.emit_u64(k, *x)?,
+                Val::I64(x) => s.emit_i64(k, *x)?,
+                Val::F64(x) => s.emit_f64(k, *x)?,
+                Val::Bool(x) => s.emit_bool(k, *x)?,
+                Val::Unit => s.emit_unit(k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes each key of a record once: a child logger that adds a key its
+/// parent already has (`actor`, for a session started by the neighbour
+/// manager) would otherwise write both, and JSON consumers see duplicate
+/// keys. The innermost logger's value wins, and a key given at the call
+/// site wins over the loggers' values.
+struct OneKeyEach<D>(D);
+
+impl<D: Drain> Drain for OneKeyEach<D> {
+    type Ok = D::Ok;
+    type Err = D::Err;
+    fn log(&self, r: &slog::Record, v: &slog::OwnedKVList) -> Result<Self::Ok, Self::Err> {
+        let mut at_call = Collect::default();
+        let _ = slog::KV::serialize(&r.kv(), r, &mut at_call);
+        let mut values = Collect {
+            skip: at_call.pairs.iter().map(|(k, _)| *k).collect(),
+            ..Collect::default()
+        };
+        // Logger values come innermost first: the first of each key wins.
+        let _ = slog::KV::serialize(v, r, &mut values);
+        let list = slog::OwnedKVList::from(slog::OwnedKV(Pairs(values.pairs)));
+        self.0.log(r, &list)
+    }
+}
+
+/// Builds the root logger on stderr; the guard flushes pending records when
+/// dropped, and the handle changes the level while the node runs.
+pub fn build(cfg: &LogConfig) -> (slog::Logger, slog_async::AsyncGuard, LevelHandle) {
+    build_to(cfg, std::io::stderr())
+}
+
+/// [`build`], writing to `out` (tests read what was written).
+pub fn build_to<W: std::io::Write + Send + 'static>(
+    cfg: &LogConfig,
+    out: W,
+) -> (slog::Logger, slog_async::AsyncGuard, LevelHandle) {
     let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match cfg.format {
         LogFormat::Text => {
-            let decorator = slog_term::PlainDecorator::new(std::io::stderr());
-            Box::new(slog_term::FullFormat::new(decorator).build().fuse())
+            let decorator = slog_term::PlainDecorator::new(out);
+            Box::new(OneKeyEach(slog_term::FullFormat::new(decorator).build()).fuse())
         }
-        LogFormat::Json => Box::new(
-            slog_json::Json::new(std::io::stderr())
-                .add_default_keys()
-                .build()
-                .fuse(),
-        ),
+        LogFormat::Json => {
+            Box::new(OneKeyEach(slog_json::Json::new(out).add_default_keys().build()).fuse())
+        }
     };
-    let drain = slog::LevelFilter::new(drain, level(cfg.level)).fuse();
     let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(LOG_QUEUE)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .build_with_guard();
-    (slog::Logger::root(drain.fuse(), slog::o!()), guard)
+    // Filtered on the calling thread, before the queue: a level change
+    // applies to the very next record.
+    let handle = LevelHandle::new(cfg.level);
+    let drain = LiveLevel {
+        drain: drain.fuse(),
+        level: handle.clone(),
+    };
+    (slog::Logger::root(drain.fuse(), slog::o!()), guard, handle)
 }
 
 /// How long repeated events from one source are counted before one summary
@@ -206,6 +392,90 @@ pub fn log_summary(log: &slog::Logger, s: &Summary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn cfg(level: LogLevel, format: LogFormat) -> LogConfig {
+        LogConfig { level, format }
+    }
+
+    #[test]
+    fn json_lines_carry_each_key_once_the_innermost_winning() {
+        let buf = Buf::default();
+        let (root, guard, _) = build_to(&cfg(LogLevel::Info, LogFormat::Json), buf.clone());
+        let parent = root.new(slog::o!("actor" => "neighbours", "n" => 3u64));
+        let child = parent.new(slog::o!("actor" => "session"));
+        slog::info!(child, "peer up"; "peer" => "x");
+        slog::info!(parent, "fault"; "actor" => "router");
+        drop(guard);
+        let text = buf.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert_eq!(
+                line.matches("\"actor\"").count(),
+                1,
+                "one actor key: {line}"
+            );
+        }
+        let up: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(up["actor"], "session");
+        assert_eq!(up["n"], 3, "numbers stay numbers");
+        assert_eq!(up["peer"], "x");
+        let fault: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(fault["actor"], "router", "the call site wins");
+    }
+
+    #[test]
+    fn text_lines_carry_each_key_once() {
+        let buf = Buf::default();
+        let (root, guard, _) = build_to(&cfg(LogLevel::Info, LogFormat::Text), buf.clone());
+        let child = root
+            .new(slog::o!("actor" => "neighbours"))
+            .new(slog::o!("actor" => "session"));
+        slog::info!(child, "peer up");
+        drop(guard);
+        let text = buf.text();
+        assert_eq!(text.matches("actor").count(), 1, "{text}");
+        assert!(text.contains("actor: session"), "{text}");
+    }
+
+    #[test]
+    fn trace_and_debug_are_written_when_asked_and_the_level_changes_live() {
+        let buf = Buf::default();
+        let (log, guard, level) = build_to(&cfg(LogLevel::Trace, LogFormat::Text), buf.clone());
+        slog::trace!(log, "a trace line");
+        slog::debug!(log, "a debug line");
+        level.set(LogLevel::Warning);
+        assert_eq!(level.get(), LogLevel::Warning);
+        slog::info!(log, "an info line after the change");
+        slog::warn!(log, "a warning");
+        drop(guard);
+        let text = buf.text();
+        assert!(text.contains("a trace line"), "trace compiled in: {text}");
+        assert!(text.contains("a debug line"), "{text}");
+        assert!(!text.contains("an info line"), "live level: {text}");
+        assert!(text.contains("a warning"), "{text}");
+    }
 
     const E: &str = "inbound link refused";
 

@@ -8,7 +8,19 @@
 //! identity is lost: refused); the store is opened and proved intact
 //! (`store::check`; refused if not), and tied to the key's address.
 //!
-//! Shutdown order (on SIGTERM or SIGINT):
+//! Readiness: once the sockets are bound and the actors started, the daemon
+//! logs `ready` and tells a service manager `READY=1` (see [`crate::service`]);
+//! it then keeps `STATUS=` up to date with the neighbour count, and warns
+//! in the log when it has had no neighbours for a while, naming the bootstrap
+//! addresses and their last errors.
+//!
+//! SIGHUP reloads the config file: `log.level` and `network.bootstrap` take
+//! effect at once (new bootstrap addresses are dialled once and shown by
+//! `status`; the Membership's redials keep the list it started with); changes to other keys
+//! are logged as needing a restart. A config that no longer loads is
+//! logged and the running one kept.
+//!
+//! Shutdown order (on SIGTERM or SIGINT; `STOPPING=1` first):
 //! 1. stop accepting: the Listener closes the peer port, the client socket
 //!    and the legacy port;
 //! 2. tell neighbours: each gets a `Leaving` frame with the records of the
@@ -21,19 +33,24 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::actors::client_session::ClientDeps;
+use crate::actors::client_session::{no_neighbours_warning, ClientDeps, NodeInfo};
 use crate::actors::inbox::Inbox;
 use crate::actors::listener::{Listener, StopAccepting};
-use crate::actors::neighbours::{Leave, NeighbourManager};
+use crate::actors::neighbours::{
+    GetBootstrap, GetNeighbours, Leave, NeighbourManager, SetBootstrap,
+};
 use crate::actors::peer_session::LinkIdentity;
 use crate::actors::router::{Router, RouterConfig};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::crypto::identity::IDENTITY_FILE;
 use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
+use crate::logging::LevelHandle;
+use crate::service::{status_line, Notifier};
 use crate::store::{Opened, Store, StoreError, MANIFEST_FILE};
 
 /// Environment variable that enables the test-only fault-injection requests.
@@ -66,13 +83,42 @@ pub enum NodeError {
     Signals(std::io::Error),
 }
 
+/// How often the neighbour count is checked (for `STATUS=` and the warning).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a node may run without neighbours before the log warns.
+pub const NO_NEIGHBOURS_GRACE: Duration = Duration::from_secs(5);
+/// How often the "no neighbours" warning repeats while it holds.
+pub const NO_NEIGHBOURS_REPEAT: Duration = Duration::from_secs(60);
+
+/// What the daemon needs besides its config to run as a service.
+pub struct Service {
+    /// The log level in force; a reload changes it.
+    pub level: LevelHandle,
+    /// Loads the config again, as at start (SIGHUP).
+    pub reload: Box<dyn Fn() -> Result<Config, ConfigError>>,
+}
+
+impl Service {
+    /// A service whose reload gives back `config` unchanged (tests, tools).
+    pub fn fixed(config: &Config) -> Service {
+        let c = config.clone();
+        Service {
+            level: LevelHandle::new(config.log.level),
+            reload: Box::new(move || Ok(c.clone())),
+        }
+    }
+}
+
 /// Runs a node until SIGTERM/SIGINT, then leaves gracefully. Must be called
 /// inside an actix `System`.
-pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
+pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<(), NodeError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first, so a signal during start-up is not fatal.
     let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(NodeError::Signals)?;
+    let started = Instant::now();
+    let notifier = Notifier::from_env();
 
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0o077) };
@@ -160,6 +206,12 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         neighbours: neighbours.clone(),
         faults: std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1"),
         log: log.new(slog::o!("actor" => "client")),
+        info: Arc::new(NodeInfo {
+            started,
+            config_file: config.source.clone(),
+            data_dir: data_dir.clone(),
+            level: service.level.clone(),
+        }),
     };
     let listener = {
         let (log, limits) = (log.clone(), limits.clone());
@@ -182,10 +234,53 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
         "socket" => %socket_path.display(),
         "mode" => config.routing.mode.as_str());
 
-    tokio::select! {
-        _ = term.recv() => slog::info!(log, "SIGTERM: leaving"),
-        _ = int.recv() => slog::info!(log, "SIGINT: leaving"),
+    slog::info!(log, "ready"; "notify_socket" => notifier.enabled());
+    notify(&notifier, &log, &format!("READY=1\n{}", status_line(0)));
+
+    let mut config = config;
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut shown = 0usize;
+    let mut warned: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                slog::info!(log, "SIGTERM: leaving");
+                break;
+            }
+            _ = int.recv() => {
+                slog::info!(log, "SIGINT: leaving");
+                break;
+            }
+            _ = hup.recv() => {
+                notify(&notifier, &log, &format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+                reload(&mut config, &service, &neighbours, &log);
+                notify(&notifier, &log, &format!("READY=1\n{}", status_line(shown)));
+            }
+            _ = tick.tick() => {
+                // Bounded, so a busy neighbour manager never holds up a signal.
+                let asked = tokio::time::timeout(STATUS_INTERVAL, neighbours.send(GetNeighbours));
+                let Ok(Ok(now)) = asked.await else { continue };
+                if now.len() != shown {
+                    shown = now.len();
+                    notify(&notifier, &log, &status_line(shown));
+                }
+                if shown > 0 {
+                    warned = None;
+                } else if started.elapsed() >= NO_NEIGHBOURS_GRACE
+                    && warned.is_none_or(|t| t.elapsed() >= NO_NEIGHBOURS_REPEAT)
+                {
+                    let bootstrap = tokio::time::timeout(STATUS_INTERVAL, neighbours.send(GetBootstrap))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
+                    slog::warn!(log, "{}", no_neighbours_warning(&bootstrap));
+                    warned = Some(Instant::now());
+                }
+            }
+        }
     }
+    notify(&notifier, &log, "STOPPING=1");
 
     // The shutdown order of the module doc.
     let _ = listener.send(StopAccepting).await;
@@ -194,6 +289,85 @@ pub async fn run(config: Config, log: slog::Logger) -> Result<(), NodeError> {
     store.flush().await?;
     slog::info!(log, "node stopped");
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd wants it beside `RELOADING=1`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000) + ts.tv_nsec as u64 / 1_000
+}
+
+/// Sends one `sd_notify` message; a failure is logged, never fatal.
+fn notify(notifier: &Notifier, log: &slog::Logger, state: &str) {
+    if let Err(e) = notifier.notify(state) {
+        slog::warn!(log, "{}", e);
+    }
+}
+
+/// SIGHUP: loads the config again and applies what can change while the
+/// node runs; logs what it did, and what needs a restart.
+fn reload(
+    current: &mut Config,
+    service: &Service,
+    neighbours: &Addr<NeighbourManager>,
+    log: &slog::Logger,
+) {
+    let new = match (service.reload)() {
+        Ok(c) => c,
+        Err(e) => {
+            slog::error!(log, "SIGHUP: the config does not load; the running one stays"; "error" => %e);
+            return;
+        }
+    };
+    let mut applied = Vec::new();
+    if new.log.level != current.log.level {
+        service.level.set(new.log.level);
+        applied.push(format!(
+            "log.level {} -> {}",
+            current.log.level, new.log.level
+        ));
+        current.log.level = new.log.level;
+    }
+    if new.network.bootstrap != current.network.bootstrap {
+        let list = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        applied.push(format!(
+            "network.bootstrap [{}] -> [{}]",
+            list(&current.network.bootstrap),
+            list(&new.network.bootstrap)
+        ));
+        neighbours.do_send(SetBootstrap(new.network.bootstrap.clone()));
+        current.network.bootstrap = new.network.bootstrap.clone();
+    }
+    let mut restart = Vec::new();
+    let mut later = |changed: bool, what: &'static str| {
+        if changed {
+            restart.push(what)
+        }
+    };
+    later(new.node != current.node, "[node]");
+    later(
+        new.network.min_neighbours != current.network.min_neighbours
+            || new.network.max_neighbours != current.network.max_neighbours,
+        "network.min_neighbours/max_neighbours",
+    );
+    later(new.routing != current.routing, "[routing]");
+    later(new.client != current.client, "[client]");
+    later(new.log.format != current.log.format, "log.format");
+    later(new.limits != current.limits, "[limits]");
+    slog::info!(log, "SIGHUP: config reloaded";
+        "file" => new.source_label(),
+        "applied" => if applied.is_empty() { "nothing changed".to_string() } else { applied.join("; ") },
+        "needs_restart" => restart.join(", "));
 }
 
 /// The address announced in the signed record: `advertise`, else `listen`

@@ -94,6 +94,12 @@ fn json_logs_are_json_and_never_hold_the_text() {
             let v: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
             assert!(v.get("msg").is_some() && v.get("level").is_some(), "{line}");
+            // Each key once (issue 12, defect 4): serde_json keeps the last
+            // of duplicates, so count the key as written.
+            assert!(
+                line.matches("\"actor\":").count() <= 1,
+                "duplicate keys: {line}"
+            );
             events += 1;
         }
         assert!(events > 0, "no log lines from {}", node.listen());
@@ -244,4 +250,309 @@ fn push_each_line_pipelines_and_names_refused_lines() {
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(sorted, want_sorted, "each line arrives once");
+}
+
+/// A daemon started by the test itself (like a service manager would), with
+/// `NOTIFY_SOCKET` set; SIGKILLed when dropped.
+struct Supervised {
+    child: std::process::Child,
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_with_notify(node: &Node, notify: &std::path::Path) -> Supervised {
+    use std::os::unix::process::CommandExt;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.log_path())
+        .expect("open node log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["daemon", "--config", &node.config_str()])
+        .env_remove("HERMES_CONFIG")
+        .env("XDG_CONFIG_HOME", node.dir().join("xdg-config"))
+        .env("XDG_DATA_HOME", node.dir().join("xdg-data"))
+        .env("NOTIFY_SOCKET", notify)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("clone log fd"))
+        .stderr(log);
+    // SAFETY: prctl only asks the kernel to SIGKILL the daemon if this thread dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Supervised {
+        child: cmd.spawn().expect("spawn daemon"),
+    }
+}
+
+/// The next datagram holding `want` (others, like STATUS= updates, are skipped).
+fn notified(sock: &std::os::unix::net::UnixDatagram, want: &str, node: &Node) -> String {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == want) {
+                return msg;
+            }
+        }
+    }
+    panic!("no {want} on NOTIFY_SOCKET{}", node.describe_for_failure());
+}
+
+/// Issue 12: readiness (READY=1 once clients are served, STOPPING=1 on
+/// SIGTERM) through a NOTIFY_SOCKET; an unreachable bootstrap address is
+/// warned about in the log and in `status` with its error (defect 3);
+/// `status` shows version, uptime, config, data dir and log level; SIGHUP
+/// reloads the config, and a new log level takes effect, instead of killing
+/// the daemon (defect 7).
+#[test]
+fn readiness_status_warnings_and_sighup_reload() {
+    const N: u8 = 102;
+    let dead = ip(N, 9); // nothing listens there
+    let node = Node::configure(
+        N,
+        2,
+        NodeOpts {
+            bootstrap: vec![dead.clone()],
+            ..NodeOpts::default()
+        },
+    );
+    let info = node
+        .config_text()
+        .replace("level = \"debug\"", "level = \"info\"");
+    assert!(info.contains("level = \"info\""));
+    fs::write(node.config_path(), &info).expect("write config");
+    let notify_path = node.dir().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .expect("timeout");
+    let mut daemon = spawn_with_notify(&node, &notify_path);
+
+    let ready = notified(&sock, "READY=1", &node);
+    assert!(
+        ready.contains("STATUS="),
+        "READY=1 comes with a status: {ready:?}"
+    );
+    // Ready means ready: the client socket answers at once, no polling.
+    let s = node.status();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert!(s["uptime_secs"].is_u64(), "{s}");
+    assert_eq!(s["config_file"], node.config_str(), "{s}");
+    assert_eq!(
+        s["data_dir"],
+        node.data_dir().to_str().expect("utf-8"),
+        "{s}"
+    );
+    assert_eq!(s["log_level"], "info", "{s}");
+    assert!(
+        node.log().lines().any(|l| l.contains(" INFO ready")),
+        "a `ready` log line: {}",
+        node.log_tail(10)
+    );
+
+    // The dead bootstrap address: its error in status, a warning in both.
+    let s = wait_for_value(
+        LINK_TIMEOUT,
+        "the bootstrap error in status",
+        &[&node],
+        || {
+            node.try_status()
+                .filter(|s| s["bootstrap"][0]["last_error"].is_string())
+        },
+    );
+    assert_eq!(s["bootstrap"][0]["address"], listen_addr(N, 9), "{s}");
+    let warning = s["warnings"][0].as_str().unwrap_or_default().to_string();
+    assert!(
+        warning.contains("no neighbours") && warning.contains(&listen_addr(N, 9)),
+        "{s}"
+    );
+    let human = node.cli("status", &[]);
+    assert!(
+        human.ok() && human.stderr.contains("warning: no neighbours"),
+        "{human}"
+    );
+    assert!(
+        human.stdout.contains("last error:") && human.stdout.contains("log level  info"),
+        "{human}"
+    );
+    wait_for(
+        LINK_TIMEOUT,
+        "the no-neighbours warning in the log",
+        &[&node],
+        || {
+            let log = node.log();
+            log.contains("cannot reach a bootstrap node")
+                && log.contains(&format!("no neighbours; bootstrap: {}", listen_addr(N, 9)))
+        },
+    );
+    assert!(
+        !node.log().contains("client request"),
+        "at info, client requests are not logged"
+    );
+
+    // SIGHUP with log.level = "debug": the daemon stays, logs the reload,
+    // and logs at debug from then on.
+    // The bootstrap list changes live too; [limits] is reported as needing
+    // a restart.
+    let reloaded = format!(
+        "{}\n[limits]\nhandshakes_per_ip = 9\n",
+        info.replace("level = \"info\"", "level = \"debug\"")
+            .replace(&format!("{dead:?}"), &format!("{:?}", ip(N, 8)))
+    );
+    assert!(reloaded.contains(&ip(N, 8)), "{reloaded}");
+    fs::write(node.config_path(), reloaded).expect("write config");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGHUP) };
+    let reloading = notified(&sock, "RELOADING=1", &node);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    notified(&sock, "READY=1", &node);
+    wait_for(LINK_TIMEOUT, "the reload in the log", &[&node], || {
+        node.log().contains("log.level info -> debug")
+    });
+    assert!(
+        daemon.child.try_wait().expect("try_wait").is_none(),
+        "SIGHUP must not kill it"
+    );
+    let s = node.status();
+    assert_eq!(s["log_level"], "debug", "{s}");
+    assert_eq!(s["bootstrap"][0]["address"], listen_addr(N, 8), "{s}");
+    let log = node.log();
+    assert!(
+        log.contains(&format!(
+            "network.bootstrap [{}] -> [{}]",
+            listen_addr(N, 9),
+            listen_addr(N, 8)
+        )) && log.contains("[limits]"),
+        "what was applied and what needs a restart: {}",
+        node.log_tail(10)
+    );
+    wait_for(
+        LINK_TIMEOUT,
+        "a debug line after the reload",
+        &[&node],
+        || {
+            let log = node.log();
+            log.split("log.level info -> debug")
+                .nth(1)
+                .is_some_and(|after| after.contains("client request"))
+        },
+    );
+
+    // SIGTERM: STOPPING=1, exit 0, the socket removed.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
+    notified(&sock, "STOPPING=1", &node);
+    let status = wait_for_value(LINK_TIMEOUT, "the daemon to exit", &[&node], || {
+        daemon.child.try_wait().expect("try_wait")
+    });
+    assert_eq!(status.code(), Some(0), "{}", node.log_tail(20));
+    assert!(
+        !node.data_dir().join("hermes.sock").exists(),
+        "socket removed"
+    );
+}
+
+/// Issue 12: `hermes outbox` shows what waits and `outbox cancel` removes
+/// it; `pull --peek` shows without removing; `peers` does not list the node
+/// itself after it wrote to its own IP (defect 6); `push --wait` prints
+/// nothing on a standard error that is not a terminal.
+#[test]
+fn outbox_cancel_peek_and_peers_without_self() {
+    const N: u8 = 103;
+    let mut nodes = line(N, 2);
+    let b_address = nodes[1].address();
+    nodes[1].kill();
+    let a = &nodes[0];
+    wait_for(LINK_TIMEOUT, "the link to .3 to go", &[a], || {
+        a.neighbour_listens().is_empty()
+    });
+    // On a terminal (script(1) gives the command one), `push --wait` shows a
+    // spinner while it waits; here it times out (exit 3), the message queued.
+    let cmd = format!(
+        "{BIN} --config {} push --to {b_address} --msg 'for a node that is gone' --wait 1",
+        a.config_str()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1)");
+    let shown = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert_eq!(tty.status.code(), Some(3), "--wait 1 times out: {shown}");
+    assert!(
+        shown.contains("waiting for the delivery receipt"),
+        "a spinner on a terminal: {shown:?}"
+    );
+    let id = shown.lines().next().unwrap_or_default().trim().to_string();
+    assert_eq!(id.len(), 32, "the id first: {shown:?}");
+    let out = a.cli("outbox", &["--json"]);
+    assert!(out.ok(), "{out}");
+    let entries: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("outbox --json prints JSON lines"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{out}");
+    let e = &entries[0];
+    assert_eq!(e["id"], id.as_str(), "{e}");
+    assert_eq!(e["to"], b_address.as_str(), "{e}");
+    assert_eq!(e["state"], "queued", "{e}");
+    for k in ["attempts", "created_ms", "next_try_ms", "expires_at"] {
+        assert!(e[k].is_u64(), "{k}: {e}");
+    }
+    let text = a.cli("outbox", &[]);
+    assert!(
+        text.ok() && text.stdout.contains(&id) && text.stdout.contains("queued"),
+        "{text}"
+    );
+
+    let out = a.cli("outbox", &["cancel", &id]);
+    assert!(out.ok(), "{out}");
+    let out = a.cli("outbox", &["--json"]);
+    assert!(out.ok() && out.stdout.trim().is_empty(), "cancelled: {out}");
+    let again = a.cli("outbox", &["cancel", &id]);
+    assert_eq!(again.code, Some(1), "nothing left to cancel: {again}");
+    assert!(again.stderr.contains("no message"), "{again}");
+    let bad = a.cli("outbox", &["cancel", "not-an-id"]);
+    assert_eq!(bad.code, Some(1), "{bad}");
+
+    // To itself: delivered; --wait quiet on a pipe.
+    let own = a.cli(
+        "push",
+        &["--to", &a.ip(), "--msg", "note to self", "--wait", "20"],
+    );
+    assert_eq!(own.code, Some(0), "{own}");
+    assert_eq!(
+        own.stderr, "",
+        "no spinner when stderr is not a terminal: {own}"
+    );
+    let want = vec![pull_line(&a.ip(), "note to self")];
+    for _ in 0..2 {
+        let peek = a.cli("pull", &["--peek"]);
+        assert!(peek.ok(), "{peek}");
+        assert_eq!(
+            peek.stdout.lines().collect::<Vec<_>>(),
+            want,
+            "peek keeps: {peek}"
+        );
+    }
+    assert_eq!(a.pull(), want);
+    assert!(a.pull().is_empty());
+
+    let peers = a.cli("peers", &["--json"]);
+    assert!(peers.ok(), "{peers}");
+    assert!(
+        !peers.stdout.contains(&a.address()),
+        "the node is not its own peer: {peers}"
+    );
+    assert!(peers.stdout.contains(&b_address), "{peers}");
 }

@@ -1,9 +1,12 @@
 //! ClientSession: serves one local client connection (`hermes push`, `pull`,
-//! `status`, `id`, `peers`, `contacts`) over the Unix socket, then ends.
-//! Requests are answered in order; pushes may be pipelined (up to
-//! [`PIPELINE`] in flight), every other request is handled on its own.
+//! `status`, `id`, `peers`, `contacts`, `outbox`, `store backup`) over the
+//! Unix socket, then ends. Requests are answered in order; pushes may be
+//! pipelined (up to [`PIPELINE`] in flight), every other request is handled
+//! on its own.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::stream::FuturesOrdered;
@@ -15,15 +18,17 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::inbox::{Confirm, Inbox, Pull};
 use super::listener::Listener;
 use super::names;
-use super::neighbours::{GetNeighbours, GetPeers, NeighbourManager};
+use super::neighbours::{GetBootstrap, GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
-use super::router::{Push, PushError, Router, WaitDelivered};
+use super::router::{CancelOutbox, Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
+use crate::logging::LevelHandle;
 use crate::store::{Counter, Store};
 use crate::wire::client::{
-    self, BackupReport, Counters, OutboxCounts, Request, Response, StatusReport, MAX_CLIENT_FRAME,
-    MAX_PULL_BATCH,
+    self, BackupReport, BootstrapStatus, Counters, OutboxCounts, OutboxItem, Request, Response,
+    StatusReport, MAX_CLIENT_FRAME, MAX_OUTBOX_LIST, MAX_PULL_BATCH,
 };
+use crate::wire::MessageId;
 
 /// A client idle for this long between requests is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +48,36 @@ pub struct ClientDeps {
     /// `HERMES_FAULT_INJECTION=1`: honour `Fault` requests (tests only).
     pub faults: bool,
     pub log: slog::Logger,
+    /// What `status` says about the daemon itself.
+    pub info: Arc<NodeInfo>,
+}
+
+/// The daemon's own facts for `status`.
+pub struct NodeInfo {
+    pub started: Instant,
+    /// The config file read; none for the built-in defaults.
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    /// `log.level` in force (changed by a SIGHUP reload).
+    pub level: LevelHandle,
+}
+
+/// The warning for a node without neighbours: which bootstrap addresses it
+/// tries and how the last dial of each went, or that it has none.
+pub fn no_neighbours_warning(bootstrap: &[BootstrapStatus]) -> String {
+    if bootstrap.is_empty() {
+        return "no neighbours, and no bootstrap address (network.bootstrap, or `hermes daemon ADDR`): \
+                this node waits for another node to dial it"
+            .to_string();
+    }
+    let tried: Vec<String> = bootstrap
+        .iter()
+        .map(|b| match &b.last_error {
+            Some(e) => format!("{} (last error: {e})", b.address),
+            None => format!("{} (no failed dial yet)", b.address),
+        })
+        .collect();
+    format!("no neighbours; bootstrap: {}", tried.join(", "))
 }
 
 pub struct ClientSession {
@@ -123,6 +158,9 @@ async fn serve(stream: UnixStream, deps: ClientDeps, listener: Addr<Listener>) {
                 message: format!("bad request: {e}"),
             }
         });
+        if let Ok(req) = &req {
+            slog::debug!(deps.log, "client request"; "request" => request_name(req));
+        }
         match req {
             Ok(Request::Push { to, text }) => {
                 pushes.push_back(push(&deps, to, text));
@@ -163,10 +201,34 @@ where
 }
 
 async fn push(deps: &ClientDeps, to: String, text: String) -> Response {
+    if text.is_empty() {
+        return refused("the message is empty: there is nothing to send");
+    }
     match deps.router.send(Push { to, text }).await {
         Ok(Ok(id)) => Response::Pushed { id },
         Ok(Err(e)) => refused(e),
         Err(e) => refused(format!("router unavailable: {e}")),
+    }
+}
+
+/// A request's kind, for the log (never its content: texts stay out of logs).
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Push { .. } => "push",
+        Request::Wait { .. } => "wait",
+        Request::Pull { .. } => "pull",
+        Request::Confirm { .. } => "confirm",
+        Request::Status => "status",
+        Request::Id => "id",
+        Request::Fault { .. } => "fault",
+        Request::Peers => "peers",
+        Request::ContactAdd { .. } => "contact add",
+        Request::Contacts => "contacts",
+        Request::ContactRemove { .. } => "contact remove",
+        Request::Backup { .. } => "backup",
+        Request::Outbox { .. } => "outbox",
+        Request::OutboxCancel { .. } => "outbox cancel",
+        Request::Peek { .. } => "peek",
     }
 }
 
@@ -213,7 +275,13 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
         },
         Request::Fault { actor, kind } => fault(deps, listener, &actor, &kind),
         Request::Peers => match deps.neighbours.send(GetPeers).await {
-            Ok(peers) => Response::Peers(peers),
+            Ok(mut peers) => {
+                // The node's own record lands in the store when it writes
+                // to itself; it is not a peer.
+                let me = deps.me.record.record.address.to_string();
+                peers.retain(|p| p.address != me);
+                Response::Peers(peers)
+            }
             Err(e) => refused(format!("neighbour manager unavailable: {e}")),
         },
         Request::ContactAdd { name, dest } => {
@@ -231,6 +299,65 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             Err(e) => refused(e),
         },
         Request::Backup { path, with_key } => backup(deps, path, with_key).await,
+        Request::Outbox { max } => outbox(deps, max),
+        Request::OutboxCancel { id } => cancel(deps, &id).await,
+        Request::Peek { skip, max } => {
+            let max = (max as usize).clamp(1, MAX_PULL_BATCH);
+            let skip = skip as usize;
+            match deps.store.inbox_list(skip.saturating_add(max)) {
+                Ok(msgs) => Response::Messages(msgs.into_iter().skip(skip).collect()),
+                Err(e) => refused(e),
+            }
+        }
+    }
+}
+
+/// `hermes outbox`: what waits, the next due first.
+fn outbox(deps: &ClientDeps, max: u32) -> Response {
+    let max = (max as usize).min(MAX_OUTBOX_LIST);
+    match deps.store.outbox_list(max) {
+        Ok((total, list)) => Response::Outbox {
+            total,
+            entries: list
+                .into_iter()
+                .map(|(id, e)| OutboxItem {
+                    id: id.to_string(),
+                    to: e.recipient.to_string(),
+                    state: if e.attempts == 0 {
+                        "queued"
+                    } else {
+                        "in flight"
+                    }
+                    .to_string(),
+                    attempts: e.attempts,
+                    created_ms: e.created_ms,
+                    next_try_ms: e.next_try_ms,
+                    expires_at: e.expires_at,
+                })
+                .collect(),
+        },
+        Err(e) => refused(e),
+    }
+}
+
+/// `hermes outbox cancel ID`: through the Router (it owns the outbox and
+/// the waiters), then flushed so the cancel outlives a crash.
+async fn cancel(deps: &ClientDeps, id: &str) -> Response {
+    let Ok(msg_id) = id.trim().parse::<MessageId>() else {
+        return refused(format!(
+            "{id:?} is not a message id (32 hex digits, as `hermes push` prints it)"
+        ));
+    };
+    match deps.router.send(CancelOutbox { id: msg_id }).await {
+        Ok(Ok(true)) => match deps.store.flush().await {
+            Ok(()) => Response::Done,
+            Err(e) => refused(e),
+        },
+        Ok(Ok(false)) => refused(format!(
+            "no message {msg_id} in the outbox (delivered, failed or cancelled already?)"
+        )),
+        Ok(Err(e)) => refused(e),
+        Err(e) => refused(format!("router unavailable: {e}")),
     }
 }
 
@@ -274,6 +401,15 @@ async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
         .send(GetNeighbours)
         .await
         .map_err(|e| e.to_string())?;
+    let bootstrap = deps
+        .neighbours
+        .send(GetBootstrap)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut warnings = Vec::new();
+    if neighbours.is_empty() {
+        warnings.push(no_neighbours_warning(&bootstrap));
+    }
     let s = &deps.store;
     let counts = s.outbox_counts().map_err(|e| e.to_string())?;
     let c = |k| s.counter(k).map_err(|e| e.to_string());
@@ -295,6 +431,17 @@ async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
             retried: c(Counter::Retried)?,
             replays: c(Counter::Replays)?,
         },
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: deps.info.started.elapsed().as_secs(),
+        config_file: deps
+            .info
+            .config_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        data_dir: deps.info.data_dir.display().to_string(),
+        log_level: deps.info.level.get().as_str().to_string(),
+        bootstrap,
+        warnings,
     })
 }
 

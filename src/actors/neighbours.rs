@@ -32,7 +32,7 @@ use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
 use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
 use crate::store::Store;
-use crate::wire::client::{NeighbourStatus, PeerStatus};
+use crate::wire::client::{BootstrapStatus, NeighbourStatus, PeerStatus};
 use crate::wire::link::{LinkBody, LinkFrame};
 
 /// How long leaving may take before the links are dropped anyway.
@@ -43,6 +43,7 @@ pub const MAILBOX: usize = 256;
 pub const REFUSED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 const EV_UP: &str = "neighbour up";
 const EV_DOWN: &str = "neighbour down";
+const EV_BOOTSTRAP: &str = "cannot reach a bootstrap node";
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -70,6 +71,11 @@ pub struct NeighbourManager {
     /// "neighbour up/down" once per source and minute, then counted: a
     /// stranger with fresh keys can link and unlink at will.
     logs: LogLimiter,
+    /// `network.bootstrap`, for `status` (the Membership dials them).
+    bootstrap: Vec<SocketAddr>,
+    /// The last failed dial of each bootstrap address (why, when in seconds
+    /// since the epoch), until a dial to it succeeds.
+    bootstrap_errors: HashMap<SocketAddr, (String, u64)>,
 }
 
 impl NeighbourManager {
@@ -87,6 +93,7 @@ impl NeighbourManager {
             Vec::new()
         });
         slog::info!(log, "address book loaded"; "entries" => stored.len());
+        let bootstrap = net.bootstrap.clone();
         let membership = Membership::new(
             me.identity.clone(),
             (*me.record).clone(),
@@ -108,6 +115,8 @@ impl NeighbourManager {
             refused: 0,
             next_summary_ms: 0,
             logs: LogLimiter::default(),
+            bootstrap,
+            bootstrap_errors: HashMap::new(),
         }
     }
 
@@ -227,6 +236,7 @@ impl NeighbourManager {
                     this.membership.dial_failed(addr, unix_now_ms());
                 }
                 Ok(est) => {
+                    this.bootstrap_errors.remove(&addr);
                     this.membership.dial_succeeded(addr);
                     if this.membership.is_leaving() {
                         return;
@@ -240,6 +250,22 @@ impl NeighbourManager {
                         &this.limits,
                         &this.session_log,
                     );
+                }
+                Err(e) if this.bootstrap.contains(&addr) => {
+                    // The way into the network: worth a warning (once per
+                    // address and minute, then counted).
+                    let why = e.to_string();
+                    if this.logs.allow(
+                        slog::Level::Warning,
+                        EV_BOOTSTRAP,
+                        &addr.to_string(),
+                        Instant::now(),
+                    ) {
+                        slog::warn!(this.log, "{}", EV_BOOTSTRAP; "addr" => %addr, "error" => &why);
+                    }
+                    let now = unix_now_ms();
+                    this.bootstrap_errors.insert(addr, (why, now / 1000));
+                    this.membership.dial_failed(addr, now);
                 }
                 Err(e) => {
                     slog::debug!(this.log, "dial failed"; "addr" => %addr, "error" => %e);
@@ -419,6 +445,52 @@ impl Handler<GetNeighbours> for NeighbourManager {
                 rtt_us: n.rtt_us,
             })
             .collect()
+    }
+}
+
+/// The bootstrap addresses and their last errors, for `status`.
+#[derive(Message)]
+#[rtype(result = "Vec<BootstrapStatus>")]
+pub struct GetBootstrap;
+
+impl Handler<GetBootstrap> for NeighbourManager {
+    type Result = Vec<BootstrapStatus>;
+    fn handle(&mut self, _: GetBootstrap, _: &mut Context<Self>) -> Vec<BootstrapStatus> {
+        self.bootstrap
+            .iter()
+            .map(|a| {
+                let err = self.bootstrap_errors.get(a);
+                BootstrapStatus {
+                    address: a.to_string(),
+                    last_error: err.map(|(why, _)| why.clone()),
+                    failed_at: err.map(|(_, at)| *at),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A reloaded `network.bootstrap` (SIGHUP): shown by `status` from now on,
+/// and each address not listed before is dialled once now (the Membership
+/// keeps dialling the list it started with).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBootstrap(pub Vec<SocketAddr>);
+
+impl Handler<SetBootstrap> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: SetBootstrap, ctx: &mut Context<Self>) {
+        let added: Vec<SocketAddr> = msg
+            .0
+            .iter()
+            .filter(|a| !self.bootstrap.contains(a))
+            .copied()
+            .collect();
+        self.bootstrap_errors.retain(|a, _| msg.0.contains(a));
+        self.bootstrap = msg.0;
+        for addr in added {
+            self.dial(addr, ctx);
+        }
     }
 }
 

@@ -886,4 +886,26 @@ impl Handler<WaitDelivered> for Router {
     }
 }
 
+/// Stop sending one of this node's own messages (`hermes outbox cancel`):
+/// it leaves the outbox and its waiters hear "not delivered". True if it
+/// was in the outbox.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct CancelOutbox {
+    pub id: MessageId,
+}
+
+impl Handler<CancelOutbox> for Router {
+    type Result = Result<bool, StoreError>;
+
+    fn handle(&mut self, msg: CancelOutbox, _ctx: &mut Context<Self>) -> Self::Result {
+        let removed = self.store.outbox_cancel(&msg.id)?;
+        if removed {
+            slog::info!(self.log, "message cancelled"; "id" => %msg.id);
+            self.notify(&msg.id, false);
+        }
+        Ok(removed)
+    }
+}
+
 fault_handler!(Router, "router");

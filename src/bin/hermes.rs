@@ -1,17 +1,18 @@
 //! The `hermes` command: parses the command line and calls the library.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hermes::client::{Client, ClientError};
 use hermes::config::Config;
 use hermes::crypto::unix_now;
 use hermes::wire::client::{
-    ContactInfo, InboxMessage, PeerStatus, Request, Response, StatusReport, MAX_PULL_BATCH,
+    ContactInfo, InboxMessage, OutboxItem, PeerStatus, Request, Response, StatusReport,
+    MAX_OUTBOX_LIST, MAX_PULL_BATCH,
 };
 use hermes::wire::message::MAX_TEXT_BYTES;
 
@@ -24,10 +25,11 @@ const EXIT_WAIT_TIMED_OUT: u8 = 3;
 #[command(
     name = "hermes",
     version,
-    about = "Hermes: peer-to-peer messaging, sealed end to end"
+    about = "Hermes: peer-to-peer messaging, sealed end to end",
+    after_help = "Exit codes: 0 ok, 1 usage or bad input, 2 the daemon is not running or not reachable, 3 `push --wait` timed out."
 )]
 struct Cli {
-    /// Config file (else $HERMES_CONFIG, else ~/.config/hermes/node.toml if it exists, else built-in defaults).
+    /// Config file; else $HERMES_CONFIG, else $XDG_CONFIG_HOME/hermes/node.toml (usually ~/.config/hermes/node.toml) if it exists, else the built-in defaults.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -47,7 +49,7 @@ enum Command {
         /// Recipient: IP, IP:PORT, node address or contact name.
         #[arg(long)]
         to: String,
-        /// The text; "-" or absent reads standard input.
+        /// The text, at most 60,000 bytes of UTF-8 and not empty; "-" or absent reads standard input (one trailing newline is dropped).
         #[arg(long)]
         msg: Option<String>,
         /// Wait until the delivery receipt arrives (default 60 s); exit 3 if it does not.
@@ -64,9 +66,13 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Show the messages without removing them from the inbox.
+        #[arg(long)]
+        peek: bool,
     },
-    /// Show this node's address, neighbours, outbox, inbox and counters.
+    /// Show this node's address, version, uptime, config, neighbours, outbox, inbox and counters.
     Status {
+        /// One JSON object (the fields scripts rely on; see docs/protocol.md).
         #[arg(long)]
         json: bool,
     },
@@ -86,6 +92,21 @@ enum Command {
     /// Check, salvage or back up the store (see docs/durability.md, "Damage").
     #[command(subcommand)]
     Store(StoreCommand),
+    /// What is queued or in flight: attempts, next try, expiry.
+    Outbox {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<OutboxCommand>,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output; `hermes man | man -l -` shows it.
+    Man,
     /// Test-only: make a supervised actor fail (daemon needs HERMES_FAULT_INJECTION=1).
     #[command(hide = true)]
     DebugFault { actor: String, kind: String },
@@ -94,7 +115,12 @@ enum Command {
 #[derive(Subcommand)]
 enum ContactsCommand {
     /// Name a node; DEST is an IP, IP:PORT (probed now, its key pinned) or a node address.
-    Add { name: String, dest: String },
+    Add {
+        /// The name: letters, digits, -, _ and ., starting with a letter.
+        name: String,
+        /// IP, IP:PORT or node address (64 hex digits).
+        dest: String,
+    },
     /// List contacts and the keys pinned for IP addresses pushed to.
     List {
         /// One JSON object per line.
@@ -102,7 +128,19 @@ enum ContactsCommand {
         json: bool,
     },
     /// Forget a contact, or a pinned IP[:PORT] (to accept its new key).
-    Remove { name: String },
+    Remove {
+        /// The contact's name, or the pinned IP[:PORT].
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Stop sending a message; ID as `hermes push` printed it. A copy already on its way may still arrive.
+    Cancel {
+        /// The message id (32 hex digits).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,26 +201,150 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, e)) => {
-            eprintln!("hermes: {e:#}");
+            eprintln!("hermes: {}", one_line(&e));
             ExitCode::from(code)
         }
     }
 }
 
+/// Text for roff: backslashes escaped, and no line taken for a request.
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The man page: clap_mangen's title, name, synopsis, description and
+/// options, then every command with its usage and options (one page for
+/// all, so no hermes-push(1) pages are needed), exit status, environment
+/// and files.
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    fn commands(out: &mut dyn Write, parent: &clap::Command) -> std::io::Result<()> {
+        for sub in parent.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let usage = sub.clone().render_usage().to_string();
+            let usage = usage.trim_start_matches("Usage: ").trim();
+            writeln!(out, ".SS \"{}\"", roff(usage))?;
+            if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+                writeln!(out, "{}", roff(&about.to_string()))?;
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || ["help", "version", "config"].contains(&id) {
+                    continue;
+                }
+                let name = match (arg.get_long(), arg.get_value_names()) {
+                    (Some(long), Some(v))
+                        if arg.get_num_args().is_some_and(|n| n.takes_values()) =>
+                    {
+                        format!("\\-\\-{long} <{}>", v.join(" "))
+                    }
+                    (Some(long), _) => format!("\\-\\-{long}"),
+                    (None, Some(v)) => format!("<{}>", v.join(" ")),
+                    (None, None) => format!("<{}>", id.to_uppercase()),
+                };
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                writeln!(out, ".TP\n{name}\n{}", roff(&help))?;
+            }
+            commands(out, sub)?;
+        }
+        Ok(())
+    }
+    commands(out, &cmd)?;
+    writeln!(
+        out,
+        ".SH \"EXIT STATUS\"\n0 success; 1 usage or bad input (a one-line message); 2 the daemon \
+         is not running or not reachable (the message says where it looked); 3 \\fBpush \\-\\-wait\\fR \
+         timed out (the message stays queued).\n\
+         .SH ENVIRONMENT\n.TP\nHERMES_CONFIG\nThe config file, when \\fB\\-\\-config\\fR is not given.\n\
+         .TP\nXDG_CONFIG_HOME\n$XDG_CONFIG_HOME/hermes/node.toml is read if it exists \
+         (default ~/.config).\n.TP\nXDG_DATA_HOME\nThe default data dir is $XDG_DATA_HOME/hermes \
+         (default ~/.local/share/hermes).\n.TP\nNOTIFY_SOCKET\nSet by systemd for \
+         Type=notify: the daemon sends READY=1, STATUS= and STOPPING=1 there.\n\
+         .SH SIGNALS\nSIGTERM, SIGINT: leave the network, flush the store, exit 0. SIGHUP: \
+         reload the config (log.level and network.bootstrap at once; other keys at the next start).\n\
+         .SH FILES\n.TP\n/etc/hermes/node.toml\nThe config of the packaged service; every key is \
+         documented there.\n.TP\n<data_dir>/identity.key, <data_dir>/store, <data_dir>/hermes.sock\n\
+         The node's key (mode 0600), its store, and the client socket (mode 0600).\n\
+         .SH \"SEE ALSO\"\nsystemctl(1), journalctl(1); README.md and docs/ in the source."
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// The error and its causes on one line, each said once: many errors
+/// already include their cause's text, which `{:#}` would print again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn run(cli: Cli) -> Result<u8, Failure> {
+    // These need no config (they run on a fresh install, and at build time).
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "hermes", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            man_page(&mut out).context("cannot write the man page")?;
+            out.flush().context("cannot write the man page")?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Daemon { bootstrap } => {
             config.add_bootstrap(&bootstrap)?;
-            daemon(config)
+            let explicit = cli.config.clone();
+            let reload = move || {
+                let mut c = Config::load(explicit.as_deref())?;
+                c.add_bootstrap(&bootstrap)?;
+                Ok(c)
+            };
+            daemon(config, Box::new(reload))
         }
+        Command::Completions { .. } | Command::Man => Ok(0),
         Command::Push {
             to,
             each_line: true,
             ..
         } => push_each_line(&config, to),
         Command::Push { to, msg, wait, .. } => push(&config, to, msg, wait),
-        Command::Pull { json } => pull(&config, json),
+        Command::Pull { json, peek } => pull(&config, json, peek),
+        Command::Outbox { json, command } => outbox(&config, json, command),
         Command::Status { json } => status(&config, json),
         Command::Peers { json } => peers(&config, json),
         Command::Contacts { command } => contacts(&config, command),
@@ -203,9 +365,12 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-fn daemon(config: Config) -> Result<u8, Failure> {
-    let (log, guard) = hermes::logging::build(&config.log);
-    let result = actix_rt::System::new().block_on(hermes::node::run(config, log));
+type Reload = Box<dyn Fn() -> Result<Config, hermes::config::ConfigError>>;
+
+fn daemon(config: Config, reload: Reload) -> Result<u8, Failure> {
+    let (log, guard, level) = hermes::logging::build(&config.log);
+    let service = hermes::node::Service { level, reload };
+    let result = actix_rt::System::new().block_on(hermes::node::run(config, log, service));
     drop(guard);
     result?;
     Ok(0)
@@ -324,7 +489,22 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
 }
 
 fn connect(config: &Config) -> Result<Client, Failure> {
-    Ok(Client::connect(&config.client.socket)?)
+    Client::connect(&config.client.socket).map_err(|e| match e {
+        ClientError::NotRunning { socket, reason } => {
+            let start = match &config.source {
+                Some(p) => format!("hermes daemon --config {}", p.display()),
+                None => "hermes daemon".to_string(),
+            };
+            Failure(
+                EXIT_NO_DAEMON,
+                anyhow::anyhow!(
+                    "the daemon is not running (looked at {}: {reason}); start it with `{start}`",
+                    socket.display()
+                ),
+            )
+        }
+        other => other.into(),
+    })
 }
 
 /// A refusal from the daemon, or an answer that does not fit the request.
@@ -344,21 +524,43 @@ fn push(
     msg: Option<String>,
     wait: Option<u64>,
 ) -> Result<u8, Failure> {
+    let over = || {
+        Failure(
+            EXIT_BAD_INPUT,
+            anyhow::anyhow!("the message is over the {MAX_TEXT_BYTES}-byte limit"),
+        )
+    };
     let text = match msg.as_deref() {
         Some("-") | None => {
-            let mut s = String::new();
+            // Bytes first: a cut at the limit may fall inside a character,
+            // and the size is what is wrong then, not the encoding.
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .take(MAX_TEXT_BYTES as u64 + 1)
-                .read_to_string(&mut s)
+                .take(MAX_TEXT_BYTES as u64 + 2)
+                .read_to_end(&mut bytes)
                 .context("cannot read the message from standard input")?;
-            s.strip_suffix('\n').map(str::to_string).unwrap_or(s)
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+            }
+            if bytes.len() > MAX_TEXT_BYTES {
+                return Err(over());
+            }
+            String::from_utf8(bytes).map_err(|_| {
+                Failure(
+                    EXIT_BAD_INPUT,
+                    anyhow::anyhow!("the message on standard input is not valid UTF-8"),
+                )
+            })?
         }
         Some(t) => t.to_string(),
     };
     if text.len() > MAX_TEXT_BYTES {
+        return Err(over());
+    }
+    if text.is_empty() {
         return Err(Failure(
             EXIT_BAD_INPUT,
-            anyhow::anyhow!("message is over the {MAX_TEXT_BYTES}-byte limit"),
+            anyhow::anyhow!("the message is empty: there is nothing to send"),
         ));
     }
     let mut client = connect(config)?;
@@ -374,7 +576,12 @@ fn push(
         id,
         timeout_ms: timeout.as_millis() as u64,
     };
-    match client.call_with(&req, timeout)? {
+    let spinner = waiting_spinner(secs);
+    let answer = client.call_with(&req, timeout);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    match answer? {
         Response::Delivered => Ok(0),
         Response::TimedOut => {
             eprintln!("hermes: no delivery receipt within {secs} s; the message stays queued");
@@ -426,13 +633,38 @@ fn push_each_line(config: &Config, to: String) -> Result<u8, Failure> {
     Ok(if refused == 0 { 0 } else { EXIT_BAD_INPUT })
 }
 
-fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
+/// A spinner on standard error while `push --wait` waits; none when
+/// standard error is not a terminal (scripts, logs).
+fn waiting_spinner(secs: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let s = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    s.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    s.set_message(format!("waiting for the delivery receipt (up to {secs} s)"));
+    s.enable_steady_tick(Duration::from_millis(120));
+    Some(s)
+}
+
+fn pull(config: &Config, json: bool, peek: bool) -> Result<u8, Failure> {
     let mut client = connect(config)?;
     let stdout = std::io::stdout();
+    let mut shown = 0u32;
     loop {
-        let msgs: Vec<InboxMessage> = match client.call(&Request::Pull {
-            max: MAX_PULL_BATCH as u32,
-        })? {
+        let req = if peek {
+            Request::Peek {
+                skip: shown,
+                max: MAX_PULL_BATCH as u32,
+            }
+        } else {
+            Request::Pull {
+                max: MAX_PULL_BATCH as u32,
+            }
+        };
+        let msgs: Vec<InboxMessage> = match client.call(&req)? {
             Response::Messages(m) => m,
             other => return Err(unexpected(other)),
         };
@@ -459,6 +691,10 @@ fn pull(config: &Config, json: bool) -> Result<u8, Failure> {
             // Confirm only what has really been written out.
             out.flush()?;
         }
+        if peek {
+            shown = shown.saturating_add(msgs.len() as u32);
+            continue;
+        }
         let ids = msgs.iter().map(|m| m.id).collect();
         match client.call(&Request::Confirm { ids })? {
             Response::Confirmed { .. } => {}
@@ -476,8 +712,31 @@ fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(0);
     }
+    for w in &s.warnings {
+        eprintln!("hermes: warning: {w}");
+    }
     println!("address    {}", s.address);
     println!("listen     {}", s.listen);
+    println!(
+        "version    {}  up {}",
+        s.version,
+        humantime::format_duration(Duration::from_secs(s.uptime_secs))
+    );
+    println!(
+        "config     {}",
+        s.config_file.as_deref().unwrap_or("(built-in defaults)")
+    );
+    println!("data dir   {}", s.data_dir);
+    println!("log level  {}", s.log_level);
+    for b in &s.bootstrap {
+        println!(
+            "bootstrap  {}{}",
+            b.address,
+            b.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  last error: {e}"))
+        );
+    }
     println!("neighbours {}", s.neighbours.len());
     for n in &s.neighbours {
         let rtt = n.rtt_us.map_or("-".to_string(), |us| {
@@ -500,6 +759,60 @@ fn status(config: &Config, json: bool) -> Result<u8, Failure> {
         "counters   relayed {} / dropped {} / retried {} / replays {}",
         c.relayed, c.dropped, c.retried, c.replays
     );
+    Ok(0)
+}
+
+fn outbox(config: &Config, json: bool, command: Option<OutboxCommand>) -> Result<u8, Failure> {
+    let mut client = connect(config)?;
+    if let Some(OutboxCommand::Cancel { id }) = command {
+        return match client.call(&Request::OutboxCancel { id: id.clone() })? {
+            Response::Done => {
+                println!("cancelled {}", id.trim());
+                Ok(0)
+            }
+            other => Err(unexpected(other)),
+        };
+    }
+    let (total, entries): (u64, Vec<OutboxItem>) = match client.call(&Request::Outbox {
+        max: MAX_OUTBOX_LIST as u32,
+    })? {
+        Response::Outbox { total, entries } => (total, entries),
+        other => return Err(unexpected(other)),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for e in &entries {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        }
+    } else {
+        let now_ms = hermes::crypto::unix_now_ms();
+        let now = now_ms / 1000;
+        for e in &entries {
+            let next = if e.next_try_ms <= now_ms {
+                "now".to_string()
+            } else {
+                format!("in {} s", (e.next_try_ms - now_ms).div_ceil(1000))
+            };
+            writeln!(
+                out,
+                "{}  {:<9}  attempts {:<3}  next try {:<10}  expires in {:<12}  to {}",
+                e.id,
+                e.state,
+                e.attempts,
+                next,
+                humantime::format_duration(Duration::from_secs(e.expires_at.saturating_sub(now)))
+                    .to_string(),
+                e.to
+            )?;
+        }
+    }
+    out.flush()?;
+    if (entries.len() as u64) < total {
+        eprintln!(
+            "hermes: {} of {total} shown (the next due first)",
+            entries.len()
+        );
+    }
     Ok(0)
 }
 

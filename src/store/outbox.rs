@@ -214,6 +214,34 @@ impl Store {
         Ok(n)
     }
 
+    /// Up to `limit` entries, the next due first (read through the due-time
+    /// index), and how many there are in all: what `hermes outbox` shows.
+    pub fn outbox_list(
+        &self,
+        limit: usize,
+    ) -> Result<(u64, Vec<(MessageId, OutboxEntry)>), StoreError> {
+        let mut listed = Vec::new();
+        let mut total = 0u64;
+        for item in self.outbox_due.iter() {
+            let (k, _) = item?;
+            let Some(id) = due_key_id(&k) else { continue };
+            total += 1;
+            if listed.len() < limit {
+                if let Some(entry) = self.outbox_get(&id)? {
+                    listed.push((id, entry));
+                }
+            }
+        }
+        Ok((total, listed))
+    }
+
+    /// Removes a message the local user cancelled (`hermes outbox cancel`),
+    /// with its index entry; counted nowhere. True if it was there. A copy
+    /// already sent may still arrive: its receipt then finds nothing to settle.
+    pub fn outbox_cancel(&self, id: &MessageId) -> Result<bool, StoreError> {
+        self.outbox_take(id)
+    }
+
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let mut c = OutboxCounts::default();
         for item in self.outbox.iter() {
@@ -308,6 +336,36 @@ mod tests {
         assert_eq!(s.outbox_counts().unwrap(), OutboxCounts::default());
         assert!(s.outbox_due(u64::MAX, 10).unwrap().is_empty());
         assert_eq!(s.counter(Counter::Delivered).unwrap(), 2);
+    }
+
+    #[test]
+    fn listing_is_next_due_first_and_cancel_removes_both_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (a, b, c) = (MessageId([1; 16]), MessageId([2; 16]), MessageId([3; 16]));
+        s.outbox_put(&a, &entry(300)).unwrap();
+        s.outbox_put(&b, &entry(100)).unwrap();
+        s.outbox_put(&c, &entry(200)).unwrap();
+        let (total, listed) = s.outbox_list(2).unwrap();
+        assert_eq!(total, 3);
+        let ids: Vec<_> = listed.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![b, c]);
+        assert!(s.outbox_cancel(&c).unwrap());
+        assert!(!s.outbox_cancel(&c).unwrap(), "once");
+        assert_eq!(s.outbox_get(&c).unwrap(), None);
+        let (total, listed) = s.outbox_list(10).unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(listed.len(), 2);
+        assert_eq!(
+            s.outbox_due(u64::MAX, 10).unwrap().len(),
+            2,
+            "index entry gone"
+        );
+        assert_eq!(
+            s.counter(Counter::Failed).unwrap(),
+            0,
+            "a cancel is no failure"
+        );
     }
 
     #[test]

@@ -74,6 +74,23 @@ pub enum Request {
         with_key: bool,
     },
     // --- end store backup ---
+    // --- operations (issue 12) ---
+    /// What waits in the outbox: up to `max` entries (capped at
+    /// [`MAX_OUTBOX_LIST`]), the next due first.
+    Outbox {
+        max: u32,
+    },
+    /// Stop sending a queued or in-flight message (`id` as `push` printed it).
+    OutboxCancel {
+        id: String,
+    },
+    /// Messages received, oldest first, without removing any: `max` of them
+    /// (capped at [`MAX_PULL_BATCH`]) after skipping `skip`.
+    Peek {
+        skip: u32,
+        max: u32,
+    },
+    // --- end operations ---
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +121,45 @@ pub enum Response {
     /// The backup is written: how many records it holds.
     BackedUp(BackupReport),
     // --- end store backup ---
+    // --- operations (issue 12) ---
+    /// Answers `Outbox`: `total` entries wait, `entries` are the first of them.
+    Outbox {
+        total: u64,
+        entries: Vec<OutboxItem>,
+    },
+    // --- end operations ---
+}
+
+/// Most outbox entries one `Outbox` answer lists (about 200 bytes each).
+pub const MAX_OUTBOX_LIST: usize = 1000;
+
+/// One outbox entry as `hermes outbox` shows it (also printed as JSON, so
+/// field names are part of the contract).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    pub id: String,
+    /// The recipient's node address.
+    pub to: String,
+    /// "queued" (never sent yet) or "in flight" (sent, no receipt yet).
+    pub state: String,
+    /// Sendings so far.
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch: when it was pushed, and when the
+    /// next sending is due.
+    pub created_ms: u64,
+    pub next_try_ms: u64,
+    /// Seconds since the Unix epoch after which it has failed.
+    pub expires_at: u64,
+}
+
+/// A bootstrap address and how the last dial to it went, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapStatus {
+    pub address: String,
+    /// Why the last dial failed; none if it has not failed since it last linked.
+    pub last_error: Option<String>,
+    /// Seconds since the epoch of that failure.
+    pub failed_at: Option<u64>,
 }
 
 /// What `hermes store backup` copied.
@@ -159,6 +215,19 @@ pub struct StatusReport {
     pub inbox: u64,
     pub drop_list: u64,
     pub counters: Counters,
+    /// The daemon's version (`hermes --version`).
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The config file it read; none for the built-in defaults.
+    pub config_file: Option<String>,
+    pub data_dir: String,
+    /// `log.level` in force now (SIGHUP reloads it).
+    pub log_level: String,
+    /// `network.bootstrap`, with the last error of each.
+    pub bootstrap: Vec<BootstrapStatus>,
+    /// Things an operator should look at (e.g. no neighbours), one line each.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +382,11 @@ mod tests {
             },
             Request::Contacts,
             Request::ContactRemove { name: "bob".into() },
+            Request::Outbox { max: 10 },
+            Request::OutboxCancel {
+                id: MessageId::random().to_string(),
+            },
+            Request::Peek { skip: 16, max: 16 },
         ];
         let mut buf = Vec::new();
         for r in &reqs {
@@ -334,6 +408,34 @@ mod tests {
             r,
             Err(FrameIoError::Wire(WireError::TooLarge { .. }))
         ));
+    }
+
+    /// The client_request fuzz seeds are real frames: each decodes (the new
+    /// requests' seeds were written by hand).
+    #[test]
+    fn fuzz_seeds_decode() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/client_request");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            if name.starts_with("req_") {
+                decode::<Request>(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else if name.starts_with("resp_") {
+                decode::<Response>(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            } else {
+                continue;
+            }
+            seen += 1;
+        }
+        assert!(seen >= 20, "{seen} seeds");
+        let peek: Request = decode(&std::fs::read(format!("{dir}/req_peek")).unwrap()).unwrap();
+        assert_eq!(peek, Request::Peek { skip: 16, max: 16 });
+        let out: Response = decode(&std::fs::read(format!("{dir}/resp_outbox")).unwrap()).unwrap();
+        assert!(
+            matches!(out, Response::Outbox { total: 2, ref entries } if entries[0].state == "in flight")
+        );
     }
 
     proptest! {
