@@ -31,8 +31,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use sphinx_packet::constants::{
-    IDENTIFIER_LENGTH, MAX_PATH_LENGTH, NODE_ADDRESS_LENGTH, PAYLOAD_KEY_SEED_SIZE,
-    REPLAY_TAG_SIZE,
+    IDENTIFIER_LENGTH, MAX_PATH_LENGTH, NODE_ADDRESS_LENGTH, PAYLOAD_KEY_SEED_SIZE, REPLAY_TAG_SIZE,
 };
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::header::HEADER_SIZE as SPHINX_HEADER_SIZE;
