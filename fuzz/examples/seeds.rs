@@ -5,7 +5,7 @@
 //! ```
 //!
 //! With no argument it writes every target it knows (`node_record`,
-//! `receipt`, `config`, `letter`, `link_frame`, `packet`; the seeds of `client_request`,
+//! `receipt`, `config`, `letter`, `link_frame`, `packet`, `onion_packet`; the seeds of `client_request`,
 //! `legacy_request` and `noise_transport` were made earlier, not by this
 //! program: their formats have not changed). Files land in
 //! `fuzz/seeds/<target>/`; each is what the target's decoder reads (for

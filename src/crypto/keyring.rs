@@ -52,7 +52,7 @@ use rand::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::sphinx::public_key;
+use super::sphinx::{public_key, OnionError, OnionFormat, Packet, Peeled};
 
 /// Name of the packet-key file inside the data dir.
 pub const KEY_FILE: &str = "packet.keys";
@@ -298,6 +298,29 @@ impl Keyring {
             .collect()
     }
 
+    /// Peels `packet` with the first live key whose header MAC verifies
+    /// (newest first); returns that key's epoch, under which the replay tag
+    /// is to be checked. A packet for none of them costs one DH per live key
+    /// and is refused with the last error.
+    pub fn peel<F: OnionFormat>(
+        &self,
+        format: &F,
+        packet: &Packet,
+        now: u64,
+        schedule: &Schedule,
+    ) -> Result<(u64, Peeled), OnionError> {
+        let mut last = OnionError::Header;
+        for k in self.peel_keys(now, schedule) {
+            match format.peel(packet, k.secret()) {
+                Ok(p) => return Ok((k.epoch, p)),
+                // Only a header that does not verify means "another key".
+                Err(OnionError::Header) => last = OnionError::Header,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
     /// Encodes the keyring as the key file's bytes.
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(MAX_FILE_LEN));
@@ -453,7 +476,7 @@ impl KeyFile {
 mod tests {
     use super::*;
     use crate::crypto::identity::Address;
-    use crate::crypto::sphinx::{NodeHop, OnionError, OnionFormat, Peeled, Sphinx};
+    use crate::crypto::sphinx::{NodeHop, Sphinx};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -638,12 +661,10 @@ mod tests {
         };
         let recorded = Sphinx.wrap(&[], &me, b"recorded on the wire").unwrap();
         let opens = |ring: &Keyring, now| {
-            ring.peel_keys(now, &s).iter().any(|k| {
-                matches!(
-                    Sphinx.peel(&recorded, k.secret()),
-                    Ok(Peeled::Deliver { .. })
-                )
-            })
+            matches!(
+                ring.peel(&Sphinx, &recorded, now, &s),
+                Ok((1, Peeled::Deliver { .. }))
+            )
         };
         assert!(opens(&ring, T0));
         // Rotated: still opens in the grace period, from the saved file too.
@@ -651,6 +672,16 @@ mod tests {
         file.save(&ring).unwrap();
         let ring = file.load().unwrap().unwrap();
         assert!(opens(&ring, T0 + DAY + 1));
+        // A packet to the new key peels under its own epoch.
+        let new_key = NodeHop {
+            key: ring.announced(T0 + DAY, &s).unwrap().public,
+            ..me
+        };
+        let fresh = Sphinx.wrap(&[], &new_key, b"new").unwrap();
+        assert!(matches!(
+            ring.peel(&Sphinx, &fresh, T0 + DAY + 1, &s),
+            Ok((2, Peeled::Deliver { .. }))
+        ));
         // Grace period over: the key is deleted, and nothing opens it, not
         // the keys on disk, not the identity key.
         let mut ring = ring;
