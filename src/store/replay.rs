@@ -112,6 +112,13 @@ impl ReplayStore {
         self.counts().get(&epoch).copied().unwrap_or(0)
     }
 
+    /// The epochs that have tags. At start, the Router drops those the
+    /// keyring no longer holds (e.g. after the key file was removed and
+    /// epochs started again from 1).
+    pub fn epochs(&self) -> Vec<u64> {
+        self.counts().keys().copied().collect()
+    }
+
     /// Deletes every tag of key `epoch` in one batch; returns how many.
     pub fn drop_epoch(&self, epoch: u64) -> Result<usize, StoreError> {
         let mut counts = self.counts();
@@ -169,7 +176,9 @@ mod tests {
         let r = store.replay_tags(100).unwrap();
         assert_eq!((r.count(7), r.count(8), r.count(263)), (5, 1, 1));
         assert_eq!(r.check_and_insert(7, &t(3)).unwrap(), TagVerdict::Replay);
+        assert_eq!(r.epochs(), vec![7, 8, 263]);
         assert_eq!(r.drop_epoch(7).unwrap(), 5);
+        assert_eq!(r.epochs(), vec![8, 263]);
         assert_eq!(r.count(7), 0);
         assert_eq!(r.check_and_insert(7, &t(3)).unwrap(), TagVerdict::Fresh);
         assert_eq!(r.check_and_insert(8, &t(9)).unwrap(), TagVerdict::Replay);
