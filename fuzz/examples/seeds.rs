@@ -5,7 +5,7 @@
 //! ```
 //!
 //! With no argument it writes every target it knows (`node_record`,
-//! `receipt`, `config`, `letter`, `link_frame`, `packet`; the seeds of `client_request`,
+//! `receipt`, `config`, `letter`, `link_frame`, `packet`, `onion_packet`; the seeds of `client_request`,
 //! `legacy_request` and `noise_transport` were made earlier, not by this
 //! program: their formats have not changed). Files land in
 //! `fuzz/seeds/<target>/`; each is what the target's decoder reads (for
@@ -26,6 +26,7 @@ use hermes::wire::message::{seal_aad, Letter, LETTER_VERSION};
 use hermes::wire::MessageId;
 
 include!("../fuzz_targets/packet_node.rs");
+include!("../fuzz_targets/onion_node.rs");
 
 /// The clock the `node_record`, `letter` and `packet` targets check against.
 const NOW: u64 = 1_800_000_000;
@@ -253,14 +254,71 @@ fn config() -> Seeds {
         .collect()
 }
 
+/// Real onion packets through the `onion_packet` target's node, each as it
+/// arrives there: as the first relay, as the recipient after two relays, as
+/// the origin of a reply (and the reply block itself); each peels with its key.
+fn onion_packet() -> Seeds {
+    use hermes::crypto::sphinx::{self, NodeHop, OnionFormat, Packet, Peeled, Sphinx};
+    use hermes::crypto::Address;
+    let me = NodeHop {
+        id: Address(ONION_NODE_ID),
+        key: sphinx::public_key(&ONION_NODE_KEY),
+    };
+    let other = |n: u8| {
+        let (secret, key) = sphinx::generate_key();
+        let hop = NodeHop {
+            id: Address([n; 32]),
+            key,
+        };
+        (hop, secret)
+    };
+    // Peels `p` at each of `through`, in order.
+    let arrive = |mut p: Packet, through: &[&[u8; 32]]| {
+        for key in through {
+            match Sphinx.peel(&p, key) {
+                Ok(Peeled::Forward { packet, .. }) => p = packet,
+                other => panic!("seed relay: {other:?}"),
+            }
+        }
+        p.into_bytes()
+    };
+    let (r1, k1) = other(1);
+    let (r2, k2) = other(2);
+    let (r5, k5) = other(5);
+    let first = Sphinx
+        .wrap(&[me, r2], &other(9).0, b"through the first relay")
+        .expect("wrap");
+    let last = Sphinx
+        .wrap(&[r1, r2], &me, b"hello recipient")
+        .expect("wrap");
+    let (block, _) = Sphinx.reply_block(&[r5], &me).expect("reply block");
+    let (_, reply) = Sphinx.use_reply_block(&block, b"receipt").expect("use");
+    let seeds = vec![
+        ("first_relay", first.into_bytes()),
+        ("recipient_after_two_relays", arrive(last, &[&k1, &k2])),
+        ("reply_after_one_relay", arrive(reply, &[&k5])),
+        ("direct", Sphinx.wrap(&[], &me, b"").expect("wrap").into_bytes()),
+    ];
+    for (name, bytes) in &seeds {
+        let p = Packet::from_bytes(bytes).expect("packet size");
+        if let Err(e) = Sphinx.peel(&p, &ONION_NODE_KEY) {
+            panic!("onion seed {name} does not peel: {e}");
+        }
+    }
+    let mut seeds = seeds;
+    seeds.push(("reply_block", block.as_bytes().to_vec()));
+    seeds
+}
+
 fn main() {
-    let all: [Maker; 6] = [
+    let all: [Maker; 7] = [
         ("node_record", node_record),
         ("receipt", receipt),
         ("config", config),
         ("letter", letter),
         ("link_frame", link_frame),
         ("packet", packet),
+        ("onion_packet", onion_packet),
     ];
     let wanted: Vec<String> = std::env::args().skip(1).collect();
     for (target, make) in all {

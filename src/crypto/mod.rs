@@ -1,14 +1,18 @@
 //! Keys, handshakes and sealing.
 //!
-//! Everything secret lives here: the node's long-term [`identity::Identity`],
-//! the signed [`record::SignedRecord`] that binds an address to a listen address,
-//! the Noise link handshake ([`noise`]) and end-to-end sealing of messages
-//! ([`seal`]). Nothing in this module knows about actors or the store.
+//! Everything secret lives here: the node's long-term [`identity::Identity`]
+//! and its rotating packet keys ([`keyring`]), the signed
+//! [`record::SignedRecord`] that binds an address to a listen address, the
+//! Noise link handshake ([`noise`]), end-to-end sealing of messages
+//! ([`seal`]) and the onion packets relays peel ([`sphinx`]). Nothing in this
+//! module knows about actors or the store.
 
 pub mod identity;
+pub mod keyring;
 pub mod noise;
 pub mod record;
 pub mod seal;
+pub mod sphinx;
 
 pub use identity::{Address, Identity, IdentityError};
 pub use record::{NodeRecord, RecordError, SignedRecord};

@@ -9,9 +9,11 @@
 //! - [`filter`]: the relays' duplicate suppression, in memory, short-lived and
 //!   bounded, keyed on a digest of the sealed bytes so a forged copy can never
 //!   suppress the genuine one.
+//! - [`onion`]: onion paths, guards, fragments and replay tags (issue 9).
 
 pub mod accept;
 pub mod filter;
+pub mod onion;
 
 pub use accept::{open_packet, Accepted, RejectReason};
 pub use filter::{CopyVerdict, FloodFilter};

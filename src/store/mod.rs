@@ -12,6 +12,7 @@
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
 //! | `peers` | address | the newest signed record of that node |
 //! | `contacts` | `name/<NAME>` or `ip/<IP:PORT>` | a pinned node address (`contacts.rs`) |
+//! | `replay` | `be_u64(key epoch) ‖ tag` | empty: an onion replay tag seen ([`replay`]) |
 //! | `meta` | counter name; `generation`; `identity` | `be_u64`; `be_u64`; the node address |
 //!
 //! Writes reach the disk only on [`Store::flush`] (or sled's own flush every
@@ -31,6 +32,7 @@ mod inbox;
 pub mod manifest;
 mod outbox;
 mod peers;
+pub mod replay;
 mod writer;
 
 use std::os::unix::fs::PermissionsExt;
