@@ -76,9 +76,86 @@ impl SignedRecord {
     }
 }
 
+/// Most verified records remembered by [`SignedRecord::verify_cached`].
+pub const VERIFIED_CACHE: usize = 4096;
+
+/// Digests of records whose signature verified, oldest first out.
+struct Verified {
+    set: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+fn verified() -> &'static std::sync::Mutex<Verified> {
+    static V: std::sync::OnceLock<std::sync::Mutex<Verified>> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        std::sync::Mutex::new(Verified {
+            set: Default::default(),
+            order: Default::default(),
+        })
+    })
+}
+
+impl SignedRecord {
+    /// [`SignedRecord::verify`], with the signature checked once per record
+    /// (every letter carries its sender's record; a busy sender's is the same
+    /// record for hours): a record is remembered, by a digest of its signed
+    /// bytes and signature, once it verified. The clock check runs every time.
+    pub fn verify_cached(&self, now: u64) -> Result<(), RecordError> {
+        use sha2::{Digest, Sha256};
+        let bytes = signed_bytes(&self.record)?;
+        let mut h = Sha256::new();
+        h.update(&bytes);
+        h.update(self.signature);
+        let key: [u8; 32] = h.finalize().into();
+        let known = verified()
+            .lock()
+            .map(|v| v.set.contains(&key))
+            .unwrap_or(false);
+        if !known {
+            if !verify(&self.record.address, RECORD_DOMAIN, &bytes, &self.signature) {
+                return Err(RecordError::BadSignature);
+            }
+            if let Ok(mut v) = verified().lock() {
+                if v.set.len() >= VERIFIED_CACHE {
+                    if let Some(old) = v.order.pop_front() {
+                        v.set.remove(&old);
+                    }
+                }
+                if v.set.insert(key) {
+                    v.order.push_back(key);
+                }
+            }
+        }
+        if self.record.time > now + MAX_CLOCK_SKEW_SECS {
+            return Err(RecordError::FromTheFuture(self.record.time - now));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_verification_still_refuses_forgeries_and_future_records() {
+        let id = Identity::generate();
+        let now = crate::crypto::unix_now();
+        let rec = SignedRecord::sign(&id, "127.0.0.9:1".parse().unwrap(), true, now);
+        assert_eq!(rec.verify_cached(now), Ok(()));
+        assert_eq!(rec.verify_cached(now), Ok(()), "and again, from the cache");
+        let mut forged = rec.clone();
+        forged.record.relay = false;
+        assert_eq!(forged.verify_cached(now), Err(RecordError::BadSignature));
+        let mut bad_sig = rec.clone();
+        bad_sig.signature[0] ^= 1;
+        assert_eq!(bad_sig.verify_cached(now), Err(RecordError::BadSignature));
+        // A cached record is still judged by the clock.
+        assert!(matches!(
+            rec.verify_cached(now - MAX_CLOCK_SKEW_SECS - 10),
+            Err(RecordError::FromTheFuture(_))
+        ));
+    }
     use crate::crypto::unix_now;
 
     fn record() -> (Identity, SignedRecord) {

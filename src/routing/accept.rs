@@ -98,7 +98,7 @@ pub fn check_letter(
     let now = now_ms / 1000;
     letter
         .sender
-        .verify(now)
+        .verify_cached(now)
         .map_err(|e| RejectReason::SenderRecord(e.to_string()))?;
     if letter.sender.record.kem_key != sealed.sender_kem {
         return Err(RejectReason::SenderKey);
