@@ -454,11 +454,9 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
             };
             let mut taken = Vec::with_capacity(due.len());
             for (id, old, new) in due {
-                // The entry may have been settled since it was read.
-                let Some(current) = t.outbox.get(id.0)? else {
-                    continue;
-                };
-                if current.as_ref() != encode(old)?.as_slice() {
+                // The entry may have been settled or rescheduled since it was
+                // read: its index entry (written with it in one step) says.
+                if t.due.get(&due_key(old.due_ms(), id)[..])?.is_none() {
                     continue;
                 }
                 if let Some(new) = new {
