@@ -22,3 +22,4 @@ pub mod routing;
 pub mod service;
 pub mod store;
 pub mod wire;
+pub mod workers;

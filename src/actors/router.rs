@@ -39,6 +39,7 @@ use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
 use crate::wire::MessageId;
+use crate::workers::Workers;
 
 /// How often the outbox is checked for messages due to be (re)sent.
 pub const RETRY_TICK: Duration = Duration::from_millis(250);
@@ -109,6 +110,8 @@ pub struct Router {
     /// mark until its delivery is on disk (a distinct copy is still opened:
     /// the one being opened may be a forgery).
     delivering: HashMap<MessageId, u32>,
+    /// Threads for sealing and opening (never the actor's thread).
+    workers: Workers,
     /// A [`Router::send_due`] is waiting for the store's answer.
     taking_due: bool,
     /// Another was asked for meanwhile: run it when that one is answered.
@@ -134,6 +137,7 @@ impl Router {
             filter: FloodFilter::default(),
             entries: HashMap::new(),
             delivering: HashMap::new(),
+            workers: Workers::per_core("hermes-crypto"),
             taking_due: false,
             due_again: false,
             log: log.new(slog::o!("actor" => "router")),
@@ -517,13 +521,15 @@ impl Router {
             expires_at: p.expires_at,
         };
         let sealed = p.sealed;
+        let workers = self.workers.clone();
         let fut = async move {
-            let opened = actix_rt::task::spawn_blocking(move || {
-                let accepted = open_packet(&identity, header, &sealed, unix_now_ms(), max_ttl)?;
-                let receipt = Receipt::sign(&identity, id, accepted.letter.expires_at);
-                Ok::<_, crate::routing::RejectReason>((accepted, receipt))
-            })
-            .await;
+            let opened = workers
+                .run(move || {
+                    let accepted = open_packet(&identity, header, &sealed, unix_now_ms(), max_ttl)?;
+                    let receipt = Receipt::sign(&identity, id, accepted.letter.expires_at);
+                    Ok::<_, crate::routing::RejectReason>((accepted, receipt))
+                })
+                .await;
             let (accepted, receipt) = match opened {
                 Ok(Ok(x)) => x,
                 Ok(Err(why)) => {
@@ -714,9 +720,14 @@ impl Handler<Push> for Router {
                     msg.text.len()
                 )));
             }
-            Ok((this.me.clone(), this.store.clone(), this.cfg.ttl))
+            Ok((
+                this.me.clone(),
+                this.store.clone(),
+                this.cfg.ttl,
+                this.workers.clone(),
+            ))
         });
-        let (me, store, ttl) = match r {
+        let (me, store, ttl, workers) = match r {
             Some(Ok(x)) => x,
             Some(Err(e)) => return Box::pin(async move { Err(e) }.into_actor(self)),
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
@@ -741,12 +752,11 @@ impl Handler<Push> for Router {
                 .map_err(|e| PushError::BadInput(e.to_string()))?;
             let kem = recipient.record.kem_key;
             let identity: Arc<_> = me.identity.clone();
-            let sealed = actix_rt::task::spawn_blocking(move || {
-                seal::seal(&identity, &kem, &seal_aad(&id, &to, expires_at), &plain)
-            })
-            .await
-            .map_err(|e| PushError::Seal(e.to_string()))?
-            .map_err(|e| PushError::Seal(e.to_string()))?;
+            let sealed = workers
+                .run(move || seal::seal(&identity, &kem, &seal_aad(&id, &to, expires_at), &plain))
+                .await
+                .map_err(|e| PushError::Seal(e.to_string()))?
+                .map_err(|e| PushError::Seal(e.to_string()))?;
             let entry = OutboxEntry {
                 recipient: to,
                 created_ms: now_ms,
