@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::peer_session::{dial, Close, LinkIdentity, PeerHandle, PeerSession};
+use super::peer_session::{dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession};
 use super::router::{NeighbourDown, NeighbourUp, Router};
 use super::{fault_handler, guard};
 use crate::config::{LimitsConfig, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
 use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
-use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
-use crate::store::Store;
+use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig, PeerEntry};
+use crate::store::{PeerRecord, Store};
 use crate::wire::client::{NeighbourStatus, PeerStatus};
 use crate::wire::link::{LinkBody, LinkFrame};
 
@@ -70,6 +70,32 @@ pub struct NeighbourManager {
     /// "neighbour up/down" once per source and minute, then counted: a
     /// stranger with fresh keys can link and unlink at will.
     logs: LogLimiter,
+    /// The anchors as last saved.
+    anchors: Vec<SignedRecord>,
+}
+
+/// A stored book entry, as the overlay's book holds it.
+fn from_stored(r: PeerRecord) -> PeerEntry {
+    PeerEntry {
+        record: r.record,
+        last_seen: r.last_seen,
+        last_success: r.last_success,
+        failures: r.failures,
+        tried: r.tried,
+        source: r.source,
+    }
+}
+
+/// A book entry in the store's format.
+fn to_stored(e: &PeerEntry) -> PeerRecord {
+    PeerRecord {
+        record: e.record.clone(),
+        last_seen: e.last_seen,
+        last_success: e.last_success,
+        failures: e.failures,
+        tried: e.tried,
+        source: e.source,
+    }
 }
 
 impl NeighbourManager {
@@ -82,12 +108,21 @@ impl NeighbourManager {
         log: &slog::Logger,
     ) -> NeighbourManager {
         let log = log.new(slog::o!("actor" => "neighbours"));
-        let stored = store.peers_all().unwrap_or_else(|e| {
-            slog::warn!(log, "cannot read the address book"; "error" => %e);
+        let stored: Vec<PeerEntry> = store
+            .peers_all()
+            .unwrap_or_else(|e| {
+                slog::warn!(log, "cannot read the address book"; "error" => %e);
+                Vec::new()
+            })
+            .into_iter()
+            .map(from_stored)
+            .collect();
+        let anchors = store.anchors().unwrap_or_else(|e| {
+            slog::warn!(log, "cannot read the anchors"; "error" => %e);
             Vec::new()
         });
-        slog::info!(log, "address book loaded"; "entries" => stored.len());
-        let membership = Membership::new(
+        slog::info!(log, "address book loaded"; "entries" => stored.len(), "anchors" => anchors.len());
+        let mut membership = Membership::new(
             me.identity.clone(),
             (*me.record).clone(),
             net.bootstrap,
@@ -96,7 +131,9 @@ impl NeighbourManager {
             None,
             unix_now_ms(),
         );
+        membership.set_anchors(anchors.clone(), unix_now_ms());
         NeighbourManager {
+            anchors,
             me,
             store,
             router,
@@ -199,7 +236,7 @@ impl NeighbourManager {
     fn save_book(&mut self) {
         let (changed, removed) = self.membership.take_book_changes();
         for e in &changed {
-            if let Err(e) = self.store.peer_save(e) {
+            if let Err(e) = self.store.peer_save(&to_stored(e)) {
                 slog::warn!(self.log, "cannot save an address-book entry"; "error" => %e);
             }
         }
@@ -208,12 +245,21 @@ impl NeighbourManager {
                 slog::warn!(self.log, "cannot remove an address-book entry"; "error" => %e);
             }
         }
+        // Anchors change only when outbound links come and go; an empty set
+        // (no links now) keeps the last one, for the next start.
+        let anchors = self.membership.anchors();
+        if !anchors.is_empty() && anchors != self.anchors {
+            if let Err(e) = self.store.anchors_save(&anchors) {
+                slog::warn!(self.log, "cannot save the anchors"; "error" => %e);
+            }
+            self.anchors = anchors;
+        }
     }
 
     fn dial(&mut self, addr: SocketAddr, ctx: &mut Context<Self>) {
         let me = self.me.clone();
         slog::debug!(self.log, "dialling"; "addr" => %addr);
-        let fut = async move { dial(addr, &me.identity, &me.record).await };
+        let fut = async move { dial_from_own_ip(addr, &me.identity, &me.record).await };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             match res {
                 Ok(est)
@@ -440,13 +486,13 @@ impl Handler<GetPeers> for NeighbourManager {
         // the Router learned from letters and probes.
         let entries = self.store.peers_all().unwrap_or_else(|e| {
             slog::warn!(self.log, "cannot read the address book"; "error" => %e);
-            self.membership.book().entries().cloned().collect()
+            self.membership.book().entries().map(to_stored).collect()
         });
         let mut v: Vec<PeerStatus> = entries
             .iter()
             .map(|e| PeerStatus {
                 address: e.address().to_string(),
-                listen: e.listen().to_string(),
+                listen: e.record.record.listen.to_string(),
                 relay: e.record.record.relay,
                 neighbour: neighbours.contains(&e.address()),
                 last_seen: e.last_seen,

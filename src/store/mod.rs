@@ -10,7 +10,7 @@
 //! | `inbox` | `be_u64(seq) ‖ id` | a delivered [`InboxMessage`] |
 //! | `drop` | [`DropKey`] | [`DropEntry`]: expiry, the receipt if delivered |
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
-//! | `peers` | address | the newest signed record of that node |
+//! | `peers` | address; `anchors` | [`PeerRecord`]: that node's newest signed record and book state; the anchors' records |
 //! | `contacts` | `name/<NAME>` or `ip/<IP:PORT>` | a pinned node address (`contacts.rs`) |
 //! | `meta` | counter name; `generation`; `identity` | `be_u64`; `be_u64`; the node address |
 //!
@@ -42,6 +42,7 @@ pub use drop_list::{DropEntry, DropKey};
 pub use inbox::InboxKey;
 pub use manifest::{ManifestError, MANIFEST_FILE};
 pub use outbox::OutboxEntry;
+pub use peers::{PeerRecord, MAX_ANCHORS};
 
 /// `meta` key of the generation counter that [`Store::flush`] bumps.
 const GENERATION_KEY: &[u8] = b"generation";
