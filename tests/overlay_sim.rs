@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
-use hermes::actors::peer_session::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use hermes::overlay::membership::{FULL_BACKOFF, ROTATE_INTERVAL, TICK};
 use hermes::overlay::sim::{Removal, SessionTimings, Sim, SimConfig};
+use hermes::overlay::timing::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 const NODES: usize = 1000;
 /// The degree bounds of the real-process test.

@@ -48,14 +48,11 @@ use crate::wire::WireError;
 
 /// Frames waiting for the writer; past this a slow peer loses frames.
 pub const OUTBOUND_QUEUE: usize = 512;
-/// A ping goes out this often on an idle link.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// A peer not heard from for this long is cut off.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Keepalive and dial timings (defined with the overlay, which the simulator
+/// models with the same values).
+pub use crate::overlay::timing::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 /// Time for the first frame (the record) after the handshake.
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to connect to a peer.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a graceful close waits for queued frames to be written.
 pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fastest rate a budget is kept at (a limiter refills one unit per

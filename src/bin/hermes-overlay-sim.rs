@@ -8,8 +8,9 @@
 //! two groups became one connected graph again.
 //!
 //! The real session constants (dial timeout, keepalive interval and timeout)
-//! are passed in from `hermes::actors::peer_session`, so the simulation
-//! times out and detects dead peers exactly as the daemon would.
+//! come from `hermes::overlay::timing`, which the daemon's sessions use too,
+//! so the simulation times out and detects dead peers exactly as the daemon
+//! would.
 //!
 //! Usage: `cargo run --release --bin hermes-overlay-sim -- --nodes 10000`
 //! (`--json` for one JSON object). Exit code 0 if the network converged,
@@ -20,11 +21,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hermes::actors::peer_session::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use hermes::overlay::sim::{
     Bootstrap, GraphSummary, PartitionReport, Removal, SessionTimings, Sim, SimConfig, SimReport,
     TracePoint, Traffic, DEFAULT_HEAL_LIMIT, DEFAULT_PARTITION_SHARE,
 };
+use hermes::overlay::timing::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 /// Exit code when the network did not converge or did not recover in time.
 const EXIT_UNHEALTHY: u8 = 4;

@@ -549,6 +549,48 @@ impl Membership {
         self.least_useful(false, except, true)
     }
 
+    /// A link to hand over to `hint`: not protected, not `except`, not the
+    /// hinted node itself nor one of its neighbours (as far as we know).
+    fn evictable_for(&self, except: Address, hint: Address) -> Option<Address> {
+        let protected = self.protected();
+        let ours: HashSet<&Address> = self.links.keys().collect();
+        self.settled()
+            .filter(|l| {
+                let a = l.record.record.address;
+                a != except
+                    && a != hint
+                    && !protected.contains(&a)
+                    && !l.their_neighbours.contains(&hint)
+            })
+            .max_by_key(|l| {
+                let shared = l
+                    .their_neighbours
+                    .iter()
+                    .filter(|a| ours.contains(a))
+                    .count();
+                (shared, l.their_neighbours.len(), l.record.record.address)
+            })
+            .map(|l| l.record.record.address)
+    }
+
+    /// The hint a node short of links sends on a new link: a neighbour of
+    /// ours that has room (the fewest links), for a full peer to send the
+    /// neighbour it closes for us to.
+    fn room_hint(&self, new: Address) -> Option<SignedRecord> {
+        if self.degree() > self.cfg.min_neighbours {
+            return None;
+        }
+        let max = self.cfg.max_neighbours;
+        self.settled()
+            .filter(|l| {
+                l.record.record.address != new
+                    && l.gossip_in_ms.is_some()
+                    && l.their_neighbours.len() < max
+            })
+            .min_by_key(|l| (l.their_neighbours.len(), l.record.record.address))
+            .map(|l| l.record.clone())
+    }
+
     /// Ends a pending link whose peer did not speak within [`ADMIT_GRACE`].
     fn expire_pending(&mut self, now_ms: u64) {
         let late: Vec<Address> = self
@@ -602,9 +644,11 @@ impl Membership {
     /// - any, if the newcomer is short by two links or more: the neighbour
     ///   is referred to the newcomer, so the link is split in two and
     ///   nobody's degree drops (an edge split);
-    /// - any, if the newcomer is a full node's rotation (its gossip names
-    ///   the neighbour it will drop): ours is referred to that one (a swap
-    ///   of two links for two; degrees stay).
+    /// - any, if the newcomer's gossip names (second record) a neighbour of
+    ///   its own with room: a full node's rotation names the neighbour it
+    ///   will drop, a node one link short a neighbour also short. Ours is
+    ///   referred to that one: two links for two, and degrees stay (a
+    ///   swap), or two nodes short of a link get one each.
     fn admit(&mut self, addr: Address, records: &[SignedRecord], now_ms: u64) {
         let now = now_ms / 1000;
         let me = self.own.record.address;
@@ -637,7 +681,7 @@ impl Membership {
             (self.evictable(Some(addr)), Some(newcomer))
         } else if let Some(h) = hint {
             self.stats.swaps += 1;
-            (self.evictable(Some(addr)), Some(h))
+            (self.evictable_for(addr, h.record.address), Some(h))
         } else {
             (None, None)
         };
@@ -1127,7 +1171,7 @@ impl Membership {
         } else {
             self.owed = self.owed.saturating_sub(1);
             self.actions.push(Action::Up(id));
-            None
+            self.room_hint(addr)
         };
         // A newcomer learns where else to go at once.
         self.send_gossip(addr, true, now_ms, hint);

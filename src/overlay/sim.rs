@@ -43,8 +43,8 @@
 //!   TCP/IP headers are not counted.
 //!
 //! The session constants (dial timeout, keepalive interval and timeout) live
-//! in `actors::peer_session`, which this layer may not import: the caller
-//! passes them in [`SessionTimings`].
+//! in [`super::timing`], where the PeerSession actor takes them from too:
+//! [`SessionTimings::REAL`]; a caller may pass others to explore.
 //!
 //! Runs repeat their own random choices (latency jitter, join order, which
 //! nodes are removed, every `Membership`'s seed), but not bit for bit: node
@@ -106,7 +106,8 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The peer-session constants the simulator needs (from `actors::peer_session`).
+/// The link timings the simulator models ([`SessionTimings::REAL`]: those of
+/// [`super::timing`], which the PeerSession actor runs with).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionTimings {
     /// A dial to a silent host fails after this long.
@@ -118,6 +119,15 @@ pub struct SessionTimings {
     /// A peer not heard from for this long is cut off (checked at each ping).
     #[serde(serialize_with = "ser_ms")]
     pub keepalive_timeout: Duration,
+}
+
+impl SessionTimings {
+    /// The timings real links run with.
+    pub const REAL: SessionTimings = SessionTimings {
+        dial_timeout: super::timing::DIAL_TIMEOUT,
+        keepalive_interval: super::timing::KEEPALIVE_INTERVAL,
+        keepalive_timeout: super::timing::KEEPALIVE_TIMEOUT,
+    };
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
