@@ -242,7 +242,7 @@ fn an_attacker_with_a_tenth_of_the_nodes_eclipses_nobody() {
     const ATTACK_NODES: usize = 1000;
     let mut cfg = SimConfig::new(ATTACK_NODES, MIN, MAX, SessionTimings::REAL);
     cfg.join_rate = JOIN_RATE;
-    let r = Sim::run_attack(cfg, 0.1, Duration::from_secs(300)).expect("a valid configuration");
+    let r = Sim::run_attack(cfg, 0.1, Duration::from_secs(120)).expect("a valid configuration");
     eprintln!(
         "{} nodes, {} hostile, {} s: honest book share mean {:.3}, p10 {:.3}, min {:.3}; \
          honest neighbours mean {:.2}, min {}; eclipsed {}; honest components {}; wall {} ms",
