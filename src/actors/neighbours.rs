@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::peer_session::{dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession};
-use super::router::{NeighbourDown, NeighbourUp, Router};
+use super::router::{LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
 use super::{fault_handler, guard};
 use crate::config::{LimitsConfig, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
@@ -307,6 +307,8 @@ impl Actor for NeighbourManager {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
+        // The book has one owner: records the Router learns come here.
+        self.router.do_send(PeerBook(ctx.address().recipient()));
         ctx.run_interval(TICK, |this, ctx| {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
                 let now = unix_now_ms();
@@ -385,6 +387,17 @@ impl Handler<Ban> for NeighbourManager {
             for h in this.sessions.values().filter(|h| h.address == msg.address) {
                 h.session.do_send(Close { farewell: None });
             }
+        });
+    }
+}
+
+impl Handler<LearnedRecord> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: LearnedRecord, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        guard(self, ctx, &log, "neighbours", |this, _| {
+            this.membership.learned(msg.0, unix_now_ms());
+            this.save_book();
         });
     }
 }

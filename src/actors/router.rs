@@ -94,6 +94,9 @@ pub struct Router {
     inbox: Addr<Inbox>,
     cfg: RouterConfig,
     neighbours: HashMap<Address, PeerHandle>,
+    /// Where records learned outside of links go (the NeighbourManager,
+    /// which owns the address book; see [`PeerBook`]).
+    peer_book: Option<Recipient<LearnedRecord>>,
     waiters: HashMap<MessageId, Vec<oneshot::Sender<bool>>>,
     /// Duplicate suppression; in memory, bounded, short-lived.
     filter: FloodFilter,
@@ -119,6 +122,7 @@ impl Router {
             inbox,
             cfg,
             neighbours: HashMap::new(),
+            peer_book: None,
             waiters: HashMap::new(),
             filter: FloodFilter::default(),
             entries: HashMap::new(),
@@ -417,8 +421,8 @@ impl Router {
     fn deliver(&mut self, p: FloodPacket) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let inbox = self.inbox.clone();
-        let store = self.store.clone();
         let log = self.log.clone();
+        let peer_book = self.peer_book.clone();
         let max_ttl = self.max_ttl_secs();
         let id = p.id;
         let header = Header {
@@ -447,8 +451,8 @@ impl Router {
                 }
             };
             let letter = accepted.letter;
-            if let Err(e) = store.peer_put(&letter.sender) {
-                slog::warn!(log, "cannot store the sender's record"; "error" => %e);
+            if let Some(book) = &peer_book {
+                book.do_send(LearnedRecord(letter.sender.clone()));
             }
             let msg = InboxMessage {
                 id,
@@ -685,6 +689,24 @@ impl Handler<Inbound> for Router {
         });
         fut.flatten()
             .unwrap_or_else(|| Box::pin(actix::fut::ready(())))
+    }
+}
+
+/// A verified record learned outside of links (a letter's sender), for the
+/// address book's owner.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LearnedRecord(pub crate::crypto::SignedRecord);
+
+/// Where to send [`LearnedRecord`]s (from the NeighbourManager, at start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerBook(pub Recipient<LearnedRecord>);
+
+impl Handler<PeerBook> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: PeerBook, _ctx: &mut Context<Self>) {
+        self.peer_book = Some(msg.0);
     }
 }
 

@@ -1335,6 +1335,13 @@ impl Membership {
         }
     }
 
+    /// A verified record learned outside of links (a letter's sender): into
+    /// the book as a new entry (it was not gossiped by anyone, so it counts
+    /// in its own address group).
+    pub fn learned(&mut self, record: SignedRecord, now_ms: u64) {
+        self.learn(vec![record], now_ms, Source::Link);
+    }
+
     /// Leave the network: close every link, handing each neighbour records
     /// of the others.
     pub fn leave(&mut self) {
