@@ -1311,7 +1311,12 @@ impl Membership {
     fn learn(&mut self, records: Vec<SignedRecord>, now_ms: u64, source: Source) {
         let now = now_ms / 1000;
         let me = self.own.record.address;
-        for rec in records.into_iter().take(MAX_RECORDS_PER_FRAME) {
+        // No honest node sends more than EXCHANGE_SAMPLE (or FAREWELL_SAMPLE)
+        // records a frame: a peer sending more gains nothing by it.
+        for rec in records
+            .into_iter()
+            .take(EXCHANGE_SAMPLE.max(FAREWELL_SAMPLE))
+        {
             let r = &rec.record;
             if r.address == me || r.listen.port() == 0 || r.listen.ip().is_unspecified() {
                 continue;
