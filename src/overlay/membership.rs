@@ -1666,6 +1666,30 @@ mod tests {
         assert_eq!(y.stats().swaps, 1);
     }
 
+    /// A node one link short names, in its first gossip on a new link, a
+    /// neighbour of its own that is short too (for a full peer to send the
+    /// neighbour it closes to).
+    #[test]
+    fn a_node_one_link_short_hints_a_neighbour_with_room() {
+        let (mut m, now) = node(3, 3, vec![]);
+        let (q, r, z) = (peer(2), peer(3), peer(4));
+        let (a, b, c) = (peer(10), peer(11), peer(12));
+        m.link_up(LinkId(1), q.record.clone(), Direction::Out, now);
+        m.link_up(LinkId(2), r.record.clone(), Direction::Out, now);
+        m.on_frame(LinkId(1), gossip(&[&a], &[]), now);
+        m.on_frame(LinkId(2), gossip(&[&a, &b, &c], &[]), now);
+        m.take_actions();
+        m.link_up(LinkId(3), z.record.clone(), Direction::Out, now + 10);
+        let hint = m.take_actions().into_iter().find_map(|a| match a {
+            Action::Send {
+                link: LinkId(3),
+                body: LinkBody::Gossip(g),
+            } => g.records.get(1).map(|r| r.record.address),
+            _ => None,
+        });
+        assert_eq!(hint, Some(q.id.address()), "q has room, r has not");
+    }
+
     /// A link held at max + 1 whose peer says nothing is refused after
     /// ADMIT_GRACE; only one is held at a time.
     #[test]
