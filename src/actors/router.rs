@@ -452,7 +452,8 @@ impl Router {
             };
             let letter = accepted.letter;
             if let Some(book) = &peer_book {
-                book.do_send(LearnedRecord(letter.sender.clone()));
+                // Bounded: a record the full mailbox cannot take is only lost.
+                let _ = book.try_send(LearnedRecord(letter.sender.clone()));
             }
             let msg = InboxMessage {
                 id,
