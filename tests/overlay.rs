@@ -391,3 +391,231 @@ fn frozen_neighbour_is_cut_and_replaced() {
     );
     eprintln!("test took {:.1?}", started.elapsed());
 }
+
+/// Issue 10: with `min_neighbours = max_neighbours` every node is full once the network
+/// has formed, so nothing but a mechanism that works at `max` can join two pieces or let
+/// a newcomer in. 8 nodes at 3/3 must be one component (measured on the base: two
+/// disconnected 4-cliques, for good), and a 9th node (2/3) that knows only one of them
+/// must reach 2 neighbours with nobody above 3 (on the base: 0 neighbours after 30 s).
+#[test]
+fn min_equals_max_is_one_component_and_admits_a_newcomer() {
+    const N: u8 = 110;
+    const DEGREE: usize = 3;
+    let started = Instant::now();
+    let nodes = start_network(N, 8, opts(DEGREE, DEGREE));
+    wait_for_overlay(
+        Duration::from_secs(60),
+        "8 nodes at min = max = 3: every node at 3, one component",
+        &refs(&nodes),
+        bounded_and_connected(DEGREE, DEGREE),
+    );
+    let newcomer = Node::start(
+        N,
+        10,
+        NodeOpts {
+            bootstrap: vec![nodes[3].ip()],
+            ..opts(2, DEGREE)
+        },
+    );
+    let mut all = refs(&nodes);
+    all.push(&newcomer);
+    let newcomer_in = node_has_at_least(newcomer.listen(), 2);
+    wait_for_overlay(
+        SETTLE_TIMEOUT,
+        format!(
+            "the newcomer {} (bootstrap: {}, every node full) with >= 2 neighbours, no node \
+             above 3",
+            newcomer.listen(),
+            nodes[3].listen()
+        ),
+        &all,
+        |overlay| {
+            overlay.check_max(DEGREE)?;
+            newcomer_in(overlay)
+        },
+    );
+    eprintln!("test took {:.1?}", started.elapsed());
+}
+
+/// The established TCP connections (from `/proc/net/tcp`, IPv4) with one end on `ports`
+/// at one of `ips`: `(local, remote)`.
+fn tcp_connections_touching(ips: &[std::net::Ipv4Addr]) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let parse = |s: &str| -> Option<std::net::SocketAddrV4> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::from(ip.to_le_bytes()),
+            port,
+        ))
+    };
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // st 01 = ESTABLISHED.
+        if f.len() < 4 || f[3] != "01" {
+            continue;
+        }
+        let (Some(local), Some(remote)) = (parse(f[1]), parse(f[2])) else {
+            continue;
+        };
+        let ours = |a: &std::net::SocketAddrV4| ips.contains(a.ip()) && a.port() == PORT;
+        if ours(&local) || ours(&remote) {
+            out.push((local.to_string(), remote.to_string()));
+        }
+    }
+    out
+}
+
+/// Issue 10: a node listening on 127.0.N.3 dialled out from 127.0.0.1, so its peers (and
+/// captures, firewalls) saw the wrong source. Every established link between two nodes
+/// must have both ends on the nodes' listen IPs.
+#[test]
+fn links_leave_from_the_listen_ip() {
+    const N: u8 = 111;
+    let a = Node::start(N, 2, opts(1, 4));
+    let b = Node::start(
+        N,
+        3,
+        NodeOpts {
+            bootstrap: vec![a.ip()],
+            ..opts(1, 4)
+        },
+    );
+    wait_linked(&a, &b);
+    let ips: Vec<std::net::Ipv4Addr> = [a.ip(), b.ip()]
+        .iter()
+        .map(|s| s.parse().expect("an IPv4 address"))
+        .collect();
+    let mut conns = Vec::new();
+    wait_for(
+        LINK_TIMEOUT,
+        "an established connection on a node's peer port in /proc/net/tcp",
+        &[&a, &b],
+        || {
+            conns = tcp_connections_touching(&ips);
+            !conns.is_empty()
+        },
+    );
+    for (local, remote) in &conns {
+        for end in [local, remote] {
+            let ip: std::net::SocketAddrV4 = end.parse().expect("a socket address");
+            assert!(
+                ips.contains(ip.ip()),
+                "connection {local} <-> {remote}: the end {end} is not on a listen IP \
+                 ({ips:?}); all: {conns:?}"
+            );
+        }
+    }
+}
+
+/// Issue 10: an eclipse. Four Sybil peers (real protocol, valid keys) link to a node and
+/// gossip 2,048 records of nodes that do not exist; then they leave, and the node is
+/// restarted with no bootstrap address. On the base the forged records had replaced its
+/// whole address book and it stayed at 0 neighbours. Its honest neighbours were nodes it
+/// had linked to itself (kept apart from gossip, and saved as anchors): it must be back
+/// at `min_neighbours` from them.
+#[test]
+fn eclipsed_node_restarted_finds_its_honest_neighbours() {
+    use common::hostile::HostilePeer;
+    use hermes::crypto::{unix_now, Identity, SignedRecord};
+    use hermes::wire::link::{Gossip, LinkBody, MAX_RECORDS_PER_FRAME};
+
+    const N: u8 = 112;
+    const SYBILS: u8 = 4;
+    const FORGED_PER_SYBIL: usize = 512;
+    let started = Instant::now();
+    // The honest nodes are content with one link each (they link to each other): only
+    // the victim's own efforts bring it back. With three links each, both of the
+    // victim's honest neighbours look able to spare their link to it.
+    let a = Node::start(N, 2, opts(1, 4));
+    let b = Node::start(
+        N,
+        3,
+        NodeOpts {
+            bootstrap: vec![a.ip()],
+            ..opts(1, 4)
+        },
+    );
+    let c = Node::start(
+        N,
+        5,
+        NodeOpts {
+            bootstrap: vec![a.ip(), b.ip()],
+            ..opts(1, 4)
+        },
+    );
+    let mut victim = Node::start(
+        N,
+        4,
+        NodeOpts {
+            bootstrap: vec![a.ip(), b.ip()],
+            ..opts(2, 4)
+        },
+    );
+    let victim_in = node_has_at_least(victim.listen(), 2);
+    wait_for_overlay(
+        SETTLE_TIMEOUT,
+        format!("{} linked to both honest nodes", victim.listen()),
+        &[&a, &b, &c, &victim],
+        &victim_in,
+    );
+
+    let at = |host: u32| -> std::net::SocketAddr {
+        format!("127.0.{N}.{}:{}", 20 + host % 200, 1000 + host / 200)
+            .parse()
+            .expect("a socket address")
+    };
+    let to: std::net::SocketAddr = victim.listen().parse().expect("a socket address");
+    let mut sybils: Vec<HostilePeer> = (0..SYBILS)
+        .map(|i| HostilePeer::dial(to, format!("127.0.{N}.{}:{PORT}", 10 + i).parse().unwrap()))
+        .collect();
+    let mut next = 0u32;
+    let mut sent = 0;
+    for _round in 0..FORGED_PER_SYBIL / (MAX_RECORDS_PER_FRAME - 1) + 1 {
+        for s in sybils.iter_mut() {
+            let mut records = vec![s.record.clone()];
+            for _ in 1..MAX_RECORDS_PER_FRAME {
+                next += 1;
+                records.push(SignedRecord::sign(
+                    &Identity::generate(),
+                    at(next),
+                    true,
+                    unix_now(),
+                ));
+            }
+            if s.send(LinkBody::Gossip(Gossip {
+                // No other neighbours: each Sybil looks like a newcomer in need.
+                neighbours: vec![],
+                records,
+            })) {
+                sent += MAX_RECORDS_PER_FRAME - 1;
+            }
+        }
+        // Past the node's per-link gossip gap (500 ms), answering its pings.
+        for s in sybils.iter_mut() {
+            s.recv_until(
+                Duration::from_millis(600 / u64::from(SYBILS)),
+                |_| None::<()>,
+            );
+        }
+    }
+    eprintln!("{sent} forged records gossiped by {SYBILS} Sybils");
+    // The attacker leaves; the node restarts with nothing but its store.
+    drop(sybils);
+    victim.kill();
+    victim.set_bootstrap(Vec::new());
+    victim.respawn();
+    victim.wait_ready();
+    wait_for_overlay(
+        Duration::from_secs(60),
+        format!(
+            "{}, eclipsed, then restarted without bootstrap addresses, back at 2 neighbours",
+            victim.listen()
+        ),
+        &[&a, &b, &c, &victim],
+        &victim_in,
+    );
+    eprintln!("test took {:.1?}", started.elapsed());
+}

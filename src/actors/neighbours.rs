@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::peer_session::{dial, Close, LinkIdentity, PeerHandle, PeerSession};
-use super::router::{NeighbourDown, NeighbourUp, Router};
+use super::peer_session::{dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession};
+use super::router::{LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
 use super::{fault_handler, guard};
 use crate::config::{LimitsConfig, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
 use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
-use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig};
-use crate::store::Store;
+use crate::overlay::{Action, Direction, LinkId, Membership, MembershipConfig, PeerEntry};
+use crate::store::{PeerRecord, Store};
 use crate::wire::client::{BootstrapStatus, NeighbourStatus, PeerStatus};
 use crate::wire::link::{LinkBody, LinkFrame};
 
@@ -76,6 +76,32 @@ pub struct NeighbourManager {
     /// The last failed dial of each bootstrap address (why, when in seconds
     /// since the epoch), until a dial to it succeeds.
     bootstrap_errors: HashMap<SocketAddr, (String, u64)>,
+    /// The anchors as last saved.
+    anchors: Vec<SignedRecord>,
+}
+
+/// A stored book entry, as the overlay's book holds it.
+fn from_stored(r: PeerRecord) -> PeerEntry {
+    PeerEntry {
+        record: r.record,
+        last_seen: r.last_seen,
+        last_success: r.last_success,
+        failures: r.failures,
+        tried: r.tried,
+        source: r.source,
+    }
+}
+
+/// A book entry in the store's format.
+fn to_stored(e: &PeerEntry) -> PeerRecord {
+    PeerRecord {
+        record: e.record.clone(),
+        last_seen: e.last_seen,
+        last_success: e.last_success,
+        failures: e.failures,
+        tried: e.tried,
+        source: e.source,
+    }
 }
 
 impl NeighbourManager {
@@ -88,13 +114,22 @@ impl NeighbourManager {
         log: &slog::Logger,
     ) -> NeighbourManager {
         let log = log.new(slog::o!("actor" => "neighbours"));
-        let stored = store.peers_all().unwrap_or_else(|e| {
-            slog::warn!(log, "cannot read the address book"; "error" => %e);
+        let stored: Vec<PeerEntry> = store
+            .peers_all()
+            .unwrap_or_else(|e| {
+                slog::warn!(log, "cannot read the address book"; "error" => %e);
+                Vec::new()
+            })
+            .into_iter()
+            .map(from_stored)
+            .collect();
+        let anchors = store.anchors().unwrap_or_else(|e| {
+            slog::warn!(log, "cannot read the anchors"; "error" => %e);
             Vec::new()
         });
-        slog::info!(log, "address book loaded"; "entries" => stored.len());
+        slog::info!(log, "address book loaded"; "entries" => stored.len(), "anchors" => anchors.len());
         let bootstrap = net.bootstrap.clone();
-        let membership = Membership::new(
+        let mut membership = Membership::new(
             me.identity.clone(),
             (*me.record).clone(),
             net.bootstrap,
@@ -103,7 +138,9 @@ impl NeighbourManager {
             None,
             unix_now_ms(),
         );
+        membership.set_anchors(anchors.clone(), unix_now_ms());
         NeighbourManager {
+            anchors,
             me,
             store,
             router,
@@ -208,7 +245,7 @@ impl NeighbourManager {
     fn save_book(&mut self) {
         let (changed, removed) = self.membership.take_book_changes();
         for e in &changed {
-            if let Err(e) = self.store.peer_save(e) {
+            if let Err(e) = self.store.peer_save(&to_stored(e)) {
                 slog::warn!(self.log, "cannot save an address-book entry"; "error" => %e);
             }
         }
@@ -217,12 +254,21 @@ impl NeighbourManager {
                 slog::warn!(self.log, "cannot remove an address-book entry"; "error" => %e);
             }
         }
+        // Anchors change only when outbound links come and go; an empty set
+        // (no links now) keeps the last one, for the next start.
+        let anchors = self.membership.anchors();
+        if !anchors.is_empty() && anchors != self.anchors {
+            if let Err(e) = self.store.anchors_save(&anchors) {
+                slog::warn!(self.log, "cannot save the anchors"; "error" => %e);
+            }
+            self.anchors = anchors;
+        }
     }
 
     fn dial(&mut self, addr: SocketAddr, ctx: &mut Context<Self>) {
         let me = self.me.clone();
         slog::debug!(self.log, "dialling"; "addr" => %addr);
-        let fut = async move { dial(addr, &me.identity, &me.record).await };
+        let fut = async move { dial_from_own_ip(addr, &me.identity, &me.record).await };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             match res {
                 Ok(est)
@@ -287,6 +333,8 @@ impl Actor for NeighbourManager {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
+        // The book has one owner: records the Router learns come here.
+        self.router.do_send(PeerBook(ctx.address().recipient()));
         ctx.run_interval(TICK, |this, ctx| {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
                 let now = unix_now_ms();
@@ -365,6 +413,17 @@ impl Handler<Ban> for NeighbourManager {
             for h in this.sessions.values().filter(|h| h.address == msg.address) {
                 h.session.do_send(Close { farewell: None });
             }
+        });
+    }
+}
+
+impl Handler<LearnedRecord> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: LearnedRecord, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        guard(self, ctx, &log, "neighbours", |this, _| {
+            this.membership.learned(msg.0, unix_now_ms());
+            this.save_book();
         });
     }
 }
@@ -512,13 +571,13 @@ impl Handler<GetPeers> for NeighbourManager {
         // the Router learned from letters and probes.
         let entries = self.store.peers_all().unwrap_or_else(|e| {
             slog::warn!(self.log, "cannot read the address book"; "error" => %e);
-            self.membership.book().entries().cloned().collect()
+            self.membership.book().entries().map(to_stored).collect()
         });
         let mut v: Vec<PeerStatus> = entries
             .iter()
             .map(|e| PeerStatus {
                 address: e.address().to_string(),
-                listen: e.listen().to_string(),
+                listen: e.record.record.listen.to_string(),
                 relay: e.record.record.relay,
                 neighbour: neighbours.contains(&e.address()),
                 last_seen: e.last_seen,

@@ -21,7 +21,7 @@
 //! the peer is banned). What goes out on a link is kept to a share of the
 //! same budgets ([`LinkBudget::outbound`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
@@ -48,14 +48,11 @@ use crate::wire::WireError;
 
 /// Frames waiting for the writer; past this a slow peer loses frames.
 pub const OUTBOUND_QUEUE: usize = 512;
-/// A ping goes out this often on an idle link.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// A peer not heard from for this long is cut off.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Keepalive and dial timings (defined with the overlay, which the simulator
+/// models with the same values).
+pub use crate::overlay::timing::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 /// Time for the first frame (the record) after the handshake.
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to connect to a peer.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a graceful close waits for queued frames to be written.
 pub const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fastest rate a budget is kept at (a limiter refills one unit per
@@ -260,7 +257,35 @@ async fn read_record(
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, LinkError> {
-    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+    connect_from(addr, None).await
+}
+
+/// A socket bound to `ip` (port chosen by the kernel), for dialling `addr`;
+/// `None` if the families differ or the address cannot be bound here (an
+/// `advertise` address behind NAT): the kernel then picks the source.
+fn bound_socket(ip: IpAddr, addr: SocketAddr) -> Option<TcpSocket> {
+    if ip.is_unspecified() || ip.is_ipv4() != addr.is_ipv4() {
+        return None;
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .ok()?;
+    socket.bind(SocketAddr::new(ip, 0)).ok()?;
+    Some(socket)
+}
+
+/// Connects to `addr`, from `bind` if given and bindable.
+async fn connect_from(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, LinkError> {
+    let connecting = async {
+        match bind.and_then(|ip| bound_socket(ip, addr)) {
+            Some(socket) => socket.connect(addr).await,
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, connecting)
         .await
         .map_err(|_| LinkError::ConnectTimeout(addr))?
         .map_err(|source| LinkError::Connect { addr, source })?;
@@ -275,6 +300,26 @@ pub async fn dial(
     my_record: &SignedRecord,
 ) -> Result<Established, LinkError> {
     establish(connect(addr).await?, identity, my_record, true, None).await
+}
+
+/// Like [`dial`], with the connection leaving from the IP this node
+/// announces (its `advertise` address, else its `listen` IP: the node
+/// refuses to start with neither), so that peers see the source the operator
+/// chose. If that IP cannot be bound here the kernel chooses.
+pub async fn dial_from_own_ip(
+    addr: SocketAddr,
+    identity: &Identity,
+    my_record: &SignedRecord,
+) -> Result<Established, LinkError> {
+    let bind = Some(my_record.record.listen.ip());
+    establish(
+        connect_from(addr, bind).await?,
+        identity,
+        my_record,
+        true,
+        None,
+    )
+    .await
 }
 
 /// Learns the signed record of whatever node listens at `addr`, then hangs up.

@@ -100,6 +100,9 @@ pub struct Router {
     inbox: Addr<Inbox>,
     cfg: RouterConfig,
     neighbours: HashMap<Address, PeerHandle>,
+    /// Where records learned outside of links go (the NeighbourManager,
+    /// which owns the address book; see [`PeerBook`]).
+    peer_book: Option<Recipient<LearnedRecord>>,
     waiters: HashMap<MessageId, Vec<oneshot::Sender<bool>>>,
     /// Duplicate suppression; in memory, bounded, short-lived.
     filter: FloodFilter,
@@ -133,6 +136,7 @@ impl Router {
             inbox,
             cfg,
             neighbours: HashMap::new(),
+            peer_book: None,
             waiters: HashMap::new(),
             filter: FloodFilter::default(),
             entries: HashMap::new(),
@@ -511,8 +515,8 @@ impl Router {
     fn deliver(&mut self, p: FloodPacket, from: Option<Address>) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let inbox = self.inbox.clone();
-        let store = self.store.clone();
         let log = self.log.clone();
+        let peer_book = self.peer_book.clone();
         let max_ttl = self.max_ttl_secs();
         let id = p.id;
         let header = Header {
@@ -543,8 +547,9 @@ impl Router {
                 }
             };
             let letter = accepted.letter;
-            if let Err(e) = store.peer_put(&letter.sender) {
-                slog::warn!(log, "cannot store the sender's record"; "error" => %e);
+            if let Some(book) = &peer_book {
+                // Bounded: a record the full mailbox cannot take is only lost.
+                let _ = book.try_send(LearnedRecord(letter.sender.clone()));
             }
             let msg = InboxMessage {
                 id,
@@ -802,6 +807,24 @@ impl Handler<Inbound> for Router {
         });
         fut.flatten()
             .unwrap_or_else(|| Box::pin(actix::fut::ready(())))
+    }
+}
+
+/// A verified record learned outside of links (a letter's sender), for the
+/// address book's owner.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LearnedRecord(pub crate::crypto::SignedRecord);
+
+/// Where to send [`LearnedRecord`]s (from the NeighbourManager, at start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerBook(pub Recipient<LearnedRecord>);
+
+impl Handler<PeerBook> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: PeerBook, _ctx: &mut Context<Self>) {
+        self.peer_book = Some(msg.0);
     }
 }
 

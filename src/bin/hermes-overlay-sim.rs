@@ -8,8 +8,9 @@
 //! two groups became one connected graph again.
 //!
 //! The real session constants (dial timeout, keepalive interval and timeout)
-//! are passed in from `hermes::actors::peer_session`, so the simulation
-//! times out and detects dead peers exactly as the daemon would.
+//! come from `hermes::overlay::timing`, which the daemon's sessions use too,
+//! so the simulation times out and detects dead peers exactly as the daemon
+//! would.
 //!
 //! Usage: `cargo run --release --bin hermes-overlay-sim -- --nodes 10000`
 //! (`--json` for one JSON object). Exit code 0 if the network converged,
@@ -20,7 +21,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hermes::actors::peer_session::{DIAL_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use hermes::overlay::sim::{
     Bootstrap, GraphSummary, PartitionReport, Removal, SessionTimings, Sim, SimConfig, SimReport,
     TracePoint, Traffic, DEFAULT_HEAL_LIMIT, DEFAULT_PARTITION_SHARE,
@@ -40,6 +40,19 @@ enum BootstrapArg {
     First,
     /// Each node bootstraps from one random earlier node.
     Random,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum CaseArg {
+    /// Join, converge, steady window, optional split, removal, recovery.
+    Standard,
+    /// A full network (use --min = --max) then a stream of newcomers: time
+    /// to one component, newcomer join times. Prints JSON.
+    Full,
+    /// An attacker holding --attacker-share of the nodes gossips only its
+    /// own records: honest entries in honest books, honest neighbours kept.
+    /// Prints JSON.
+    Attack,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -112,15 +125,65 @@ struct Args {
     /// Print one JSON object instead of the readable report.
     #[arg(long)]
     json: bool,
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = CaseArg::Standard)]
+    case: CaseArg,
+    /// `full`: newcomers joining after the steady window.
+    #[arg(long, default_value_t = 100)]
+    newcomers: usize,
+    /// `full`: newcomers per virtual second.
+    #[arg(long, default_value_t = 1.0)]
+    newcomer_rate: f64,
+    /// `full`: the newcomers' min_neighbours (their max is --max).
+    #[arg(long, default_value_t = 2)]
+    newcomer_min: usize,
+    /// `full`: virtual seconds after the last newcomer to reach its min.
+    #[arg(long, default_value_t = 120)]
+    newcomer_limit_secs: u64,
+    /// `attack`: share of the nodes the attacker holds.
+    #[arg(long, default_value_t = 0.1)]
+    attacker_share: f64,
+    /// `attack`: virtual seconds run after the last join.
+    #[arg(long, default_value_t = 1800)]
+    attack_secs: u64,
+}
+
+/// Prints a case's JSON report (pretty); exit 0 if it passed, 4 if not.
+fn print_case(
+    r: Result<(bool, serde_json::Result<serde_json::Value>), hermes::overlay::sim::SimError>,
+) -> ExitCode {
+    match r {
+        Ok((ok, Ok(mut v))) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("peak_rss_kib".into(), peak_rss_kib().into());
+            }
+            match serde_json::to_string_pretty(&v) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("hermes-overlay-sim: cannot encode the report: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNHEALTHY)
+            }
+        }
+        Ok((_, Err(e))) => {
+            eprintln!("hermes-overlay-sim: cannot encode the report: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("hermes-overlay-sim: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let session = SessionTimings {
-        dial_timeout: DIAL_TIMEOUT,
-        keepalive_interval: KEEPALIVE_INTERVAL,
-        keepalive_timeout: KEEPALIVE_TIMEOUT,
-    };
+    let session = SessionTimings::REAL;
     let mut cfg = SimConfig::new(args.nodes, args.min, args.max, session);
     if let Some(c) = args.book_capacity {
         cfg.book_capacity = c;
@@ -147,6 +210,31 @@ fn main() -> ExitCode {
     cfg.partition_share = args.partition_share;
     cfg.heal_limit = Duration::from_secs(args.heal_secs);
 
+    match args.case {
+        CaseArg::Standard => {}
+        CaseArg::Full => {
+            let r = Sim::run_full_network(
+                cfg,
+                args.newcomers,
+                args.newcomer_rate,
+                args.newcomer_min,
+                Duration::from_secs(args.newcomer_limit_secs),
+            );
+            return print_case(r.map(|r| {
+                let ok = r.one_component_after_last_join_secs.is_some()
+                    && r.newcomers.joined == r.newcomers.count;
+                (ok, serde_json::to_value(&r))
+            }));
+        }
+        CaseArg::Attack => {
+            let r = Sim::run_attack(
+                cfg,
+                args.attacker_share,
+                Duration::from_secs(args.attack_secs),
+            );
+            return print_case(r.map(|r| (r.eclipsed == 0, serde_json::to_value(&r))));
+        }
+    }
     let wall = Instant::now();
     let report = match Sim::run_scenario(cfg) {
         Ok(r) => r,

@@ -38,7 +38,7 @@ use rand::seq::{IteratorRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use super::bans::BanList;
-use super::book::{AddressBook, PeerEntry, BOOK_CAPACITY};
+use super::book::{AddressBook, PeerEntry, Source, BOOK_CAPACITY};
 use crate::backoff::backoff_delay;
 use crate::crypto::{Address, Identity, SignedRecord};
 use crate::wire::link::{Gossip, LinkBody, MAX_GOSSIP_NEIGHBOURS, MAX_RECORDS_PER_FRAME};
@@ -84,6 +84,15 @@ pub const SEEN_REFRESH_SECS: u64 = 60;
 /// last (a few minutes) would stay apart for good, each whole on its own.
 /// Costs one link set-up per node per interval.
 pub const ROTATE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a link may hold a node at `max + 1`: an inbound link to a full
+/// node waits this long for the peer's first gossip (which decides whether
+/// it is let in), and a rotation's link from a full node for the peer's.
+pub const ADMIT_GRACE: Duration = Duration::from_secs(3);
+/// Neighbours kept as anchors: the longest-lived outbound ones, saved by the
+/// driver and dialled first after a restart.
+pub const ANCHORS: usize = 2;
+/// Referrals (the first record of a `Full` farewell) held for dialling.
+pub const MAX_REFERRED: usize = 4;
 
 const _: () = assert!(EXCHANGE_SAMPLE <= MAX_RECORDS_PER_FRAME);
 const _: () = assert!(FAREWELL_SAMPLE <= MAX_RECORDS_PER_FRAME);
@@ -170,6 +179,9 @@ struct Link {
     /// Dialled to rotate: once the peer has shown it keeps the link (its
     /// first gossip), a spare neighbour is dropped for it.
     rotation: bool,
+    /// Not a neighbour yet: the link holds this node at `max + 1` until the
+    /// peer's first gossip decides (or this time, in ms, passes).
+    pending_until: Option<u64>,
 }
 
 impl Link {
@@ -203,6 +215,10 @@ pub struct MembershipStats {
     pub refusals: u64,
     /// Links traded by [`ROTATE_INTERVAL`] rotations.
     pub rotations: u64,
+    /// Newcomers let into a full node by splitting one of its links.
+    pub splits: u64,
+    /// Rotations of a full node accepted by a full node (a link swap).
+    pub swaps: u64,
 }
 
 pub struct Membership {
@@ -226,6 +242,13 @@ pub struct Membership {
     owed: usize,
     /// The dial in flight for a rotation, if any.
     rotating: Option<SocketAddr>,
+    /// The neighbour a full node's rotation will drop once the new link is
+    /// kept; its record goes to the new peer as a hint (second record of the
+    /// first gossip), so the peer can refer the neighbour it drops to it.
+    rotation_victim: Option<Address>,
+    /// Nodes a full peer referred us to (the first record of its `Full`):
+    /// dialled before anything else while there is room.
+    referred: Vec<SocketAddr>,
     next_rotate_ms: u64,
     leaving: bool,
     next_exchange_ms: u64,
@@ -250,13 +273,13 @@ impl Membership {
         seed: Option<u64>,
         now_ms: u64,
     ) -> Membership {
-        let mut book = AddressBook::new(cfg.book_capacity);
-        let me = own.record.address;
-        book.load(stored.into_iter().filter(|e| e.address() != me));
         let mut rng = match seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_entropy(),
         };
+        let mut book = AddressBook::with_key(cfg.book_capacity, rng.gen());
+        let me = own.record.address;
+        book.load(stored.into_iter().filter(|e| e.address() != me));
         let first_exchange = now_ms + rng.gen_range(0..ms(EXCHANGE_INTERVAL));
         let rotate = ms(ROTATE_INTERVAL);
         let first_rotation = now_ms + rotate / 2 + rng.gen_range(0..rotate);
@@ -273,6 +296,8 @@ impl Membership {
             backoff: HashMap::new(),
             owed: 0,
             rotating: None,
+            rotation_victim: None,
+            referred: Vec::new(),
             next_rotate_ms: first_rotation,
             leaving: false,
             next_exchange_ms: first_exchange,
@@ -315,13 +340,54 @@ impl Membership {
     }
 
     pub fn neighbour_count(&self) -> usize {
-        self.links.len()
+        self.degree()
+    }
+
+    /// Links that count as neighbours (not pending).
+    fn degree(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.pending_until.is_none())
+            .count()
+    }
+
+    fn settled(&self) -> impl Iterator<Item = &Link> {
+        self.links.values().filter(|l| l.pending_until.is_none())
+    }
+
+    /// Dials first after a restart the nodes of `anchors` (the records of
+    /// the longest-lived outbound neighbours before it, see
+    /// [`Membership::anchors`]), like lost neighbours.
+    pub fn set_anchors(&mut self, anchors: Vec<SignedRecord>, now_ms: u64) {
+        let now = now_ms / 1000;
+        let me = self.own.record.address;
+        for r in anchors.into_iter().take(ANCHORS) {
+            if r.record.address == me || r.verify(now).is_err() {
+                continue;
+            }
+            self.lost.insert(r.record.listen);
+            self.book.offer(r, now, now, Source::Link);
+        }
+    }
+
+    /// Records of up to [`ANCHORS`] outbound neighbours, the longest-lived
+    /// first: for the driver to save, and to give back with
+    /// [`Membership::set_anchors`] after a restart.
+    pub fn anchors(&self) -> Vec<SignedRecord> {
+        let mut out: Vec<&Link> = self
+            .settled()
+            .filter(|l| l.direction == Direction::Out)
+            .collect();
+        out.sort_by_key(|l| (l.since_ms, l.id));
+        out.into_iter()
+            .take(ANCHORS)
+            .map(|l| l.record.clone())
+            .collect()
     }
 
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         let mut v: Vec<NeighbourInfo> = self
-            .links
-            .values()
+            .settled()
             .map(|l| NeighbourInfo {
                 address: l.record.record.address,
                 listen: l.listen(),
@@ -336,7 +402,10 @@ impl Membership {
 
     /// The neighbour on this link, if it counts as one.
     pub fn neighbour_of(&self, link: LinkId) -> Option<Address> {
-        self.by_id.get(&link).copied()
+        self.by_id
+            .get(&link)
+            .filter(|a| self.links.get(a).is_some_and(|l| l.pending_until.is_none()))
+            .copied()
     }
 
     fn ready(&self, addr: &SocketAddr, now_ms: u64) -> bool {
@@ -391,9 +460,8 @@ impl Membership {
     }
 
     fn neighbour_list(&self) -> Vec<Address> {
-        self.links
-            .keys()
-            .copied()
+        self.settled()
+            .map(|l| l.record.record.address)
             .take(MAX_GOSSIP_NEIGHBOURS)
             .collect()
     }
@@ -408,6 +476,7 @@ impl Membership {
             let r = &self.own.record;
             self.own = SignedRecord::sign(&self.identity, r.listen, r.relay, now);
         }
+        self.expire_pending(now_ms);
         self.trim(now);
         self.dial_more(now_ms);
         self.rotate(now_ms);
@@ -444,23 +513,207 @@ impl Membership {
 
     /// Above `max`: close the least useful links.
     fn trim(&mut self, now: u64) {
-        while self.links.len() > self.cfg.max_neighbours {
-            let Some(victim) = self.least_useful(false, None) else {
+        while self.degree() > self.cfg.max_neighbours {
+            let Some(victim) = self
+                .least_useful(false, None, true)
+                .or_else(|| self.least_useful(false, None, false))
+            else {
                 break;
             };
-            self.evict(victim, now);
+            self.evict(victim, now, None);
+        }
+    }
+
+    /// Links that eviction in favour of others never picks: the longest-lived
+    /// outbound link, and the longest-lived of the others. A burst of inbound
+    /// newcomers (Sybils) cannot replace them.
+    fn protected(&self) -> HashSet<Address> {
+        let mut out = HashSet::new();
+        let oldest_out = self
+            .settled()
+            .filter(|l| l.direction == Direction::Out)
+            .min_by_key(|l| (l.since_ms, l.id))
+            .map(|l| l.record.record.address);
+        out.extend(oldest_out);
+        let oldest = self
+            .settled()
+            .filter(|l| Some(l.record.record.address) != oldest_out)
+            .min_by_key(|l| (l.since_ms, l.id))
+            .map(|l| l.record.record.address);
+        out.extend(oldest);
+        out
+    }
+
+    /// Links a full node may hand over (see [`Membership::protected`]).
+    fn evictable(&self, except: Option<Address>) -> Option<Address> {
+        self.least_useful(false, except, true)
+    }
+
+    /// A link to hand over to `hint`: not protected, not `except`, not the
+    /// hinted node itself nor one of its neighbours (as far as we know).
+    fn evictable_for(&self, except: Address, hint: Address) -> Option<Address> {
+        let protected = self.protected();
+        let ours: HashSet<&Address> = self.links.keys().collect();
+        self.settled()
+            .filter(|l| {
+                let a = l.record.record.address;
+                a != except
+                    && a != hint
+                    && !protected.contains(&a)
+                    && !l.their_neighbours.contains(&hint)
+            })
+            .max_by_key(|l| {
+                let shared = l
+                    .their_neighbours
+                    .iter()
+                    .filter(|a| ours.contains(a))
+                    .count();
+                (shared, l.their_neighbours.len(), l.record.record.address)
+            })
+            .map(|l| l.record.record.address)
+    }
+
+    /// The hint a node short of links sends on a new link: a neighbour of
+    /// ours that has room (the fewest links), for a full peer to send the
+    /// neighbour it closes for us to.
+    fn room_hint(&self, new: Address) -> Option<SignedRecord> {
+        if self.degree() > self.cfg.min_neighbours {
+            return None;
+        }
+        let max = self.cfg.max_neighbours;
+        self.settled()
+            .filter(|l| {
+                l.record.record.address != new
+                    && l.gossip_in_ms.is_some()
+                    && l.their_neighbours.len() < max
+            })
+            .min_by_key(|l| (l.their_neighbours.len(), l.record.record.address))
+            .map(|l| l.record.clone())
+    }
+
+    /// Ends a pending link whose peer did not speak within [`ADMIT_GRACE`].
+    fn expire_pending(&mut self, now_ms: u64) {
+        let late: Vec<Address> = self
+            .links
+            .values()
+            .filter(|l| l.pending_until.is_some_and(|t| t <= now_ms))
+            .map(|l| l.record.record.address)
+            .collect();
+        for a in late {
+            if self.links.get(&a).is_some_and(|l| l.rotation) {
+                self.rotating = None;
+                self.rotation_victim = None;
+            }
+            self.refuse(a, now_ms / 1000);
+        }
+    }
+
+    /// Closes a pending link with referrals: not let in.
+    fn refuse(&mut self, addr: Address, now: u64) {
+        let Some(link) = self.links.remove(&addr) else {
+            return;
+        };
+        self.by_id.remove(&link.id);
+        self.stats.refusals += 1;
+        let records = self.referrals(&[addr], now);
+        self.actions.push(Action::Close {
+            link: link.id,
+            farewell: Some(LinkBody::Full(records)),
+        });
+    }
+
+    /// A pending link becomes a neighbour.
+    fn settle(&mut self, addr: Address, now_ms: u64) {
+        let Some(l) = self.links.get_mut(&addr) else {
+            return;
+        };
+        if l.pending_until.take().is_none() {
+            return;
+        }
+        let id = l.id;
+        self.owed = self.owed.saturating_sub(1);
+        self.neighbours_changed();
+        self.actions.push(Action::Up(id));
+        let _ = now_ms;
+    }
+
+    /// The first gossip of a newcomer that dialled this full node: make room
+    /// or refuse it. Room is made by closing a neighbour that is not
+    /// protected, in this order of preference:
+    /// - one that keeps more than `min` links without us;
+    /// - any, if the newcomer is short by two links or more: the neighbour
+    ///   is referred to the newcomer, so the link is split in two and
+    ///   nobody's degree drops (an edge split);
+    /// - any, if the newcomer's gossip names (second record) a neighbour of
+    ///   its own with room: a full node's rotation names the neighbour it
+    ///   will drop, a node one link short a neighbour also short. Ours is
+    ///   referred to that one: two links for two, and degrees stay (a
+    ///   swap), or two nodes short of a link get one each.
+    fn admit(&mut self, addr: Address, records: &[SignedRecord], now_ms: u64) {
+        let now = now_ms / 1000;
+        let me = self.own.record.address;
+        let min = self.cfg.min_neighbours;
+        let Some(l) = self.links.get(&addr) else {
+            return;
+        };
+        let theirs = l
+            .their_neighbours
+            .iter()
+            .filter(|a| **a != me && **a != addr)
+            .count();
+        let newcomer = l.record.clone();
+        let hint = records
+            .get(1)
+            .filter(|r| {
+                let a = r.record.address;
+                a != me
+                    && a != addr
+                    && !self.links.contains_key(&a)
+                    && l.their_neighbours.contains(&a)
+                    && r.verify(now).is_ok()
+            })
+            .cloned();
+        let spare = self.least_useful(true, Some(addr), true);
+        let (victim, referral) = if let Some(v) = spare {
+            (Some(v), None)
+        } else if theirs + 2 <= min.max(2) {
+            self.stats.splits += 1;
+            (self.evictable(Some(addr)), Some(newcomer))
+        } else if let Some(h) = hint {
+            self.stats.swaps += 1;
+            (self.evictable_for(addr, h.record.address), Some(h))
+        } else {
+            (None, None)
+        };
+        match victim {
+            Some(v) => {
+                self.evict(v, now, referral);
+                self.settle(addr, now_ms);
+                self.send_gossip(addr, true, now_ms, None);
+            }
+            None => self.refuse(addr, now),
         }
     }
 
     /// The link to give up first: its peer has the most neighbours in common
     /// with us, then the most neighbours. With `spare_only`, only peers
     /// known to stay above `min` without us qualify; `except` never does.
-    fn least_useful(&self, spare_only: bool, except: Option<Address>) -> Option<Address> {
+    fn least_useful(
+        &self,
+        spare_only: bool,
+        except: Option<Address>,
+        protect: bool,
+    ) -> Option<Address> {
         let ours: HashSet<&Address> = self.links.keys().collect();
-        self.links
-            .values()
+        let protected = if protect {
+            self.protected()
+        } else {
+            HashSet::new()
+        };
+        self.settled()
             .filter(|l| !spare_only || l.their_neighbours.len() > self.cfg.min_neighbours)
             .filter(|l| Some(l.record.record.address) != except)
+            .filter(|l| !protected.contains(&l.record.record.address))
             .max_by_key(|l| {
                 let shared = l
                     .their_neighbours
@@ -483,23 +736,41 @@ impl Membership {
     /// the extra link at `min` and `min + 1` holds the mean where joining
     /// left it, with most nodes a link above `min`.
     fn finish_rotation(&mut self, new: Address, now: u64) {
-        if self.links.len() <= self.cfg.min_neighbours + 1 {
+        let victim = self.rotation_victim.take();
+        if self.degree() > self.cfg.max_neighbours {
+            // A full node's rotation: drop the neighbour named in the hint.
+            let v = victim
+                .filter(|v| *v != new && self.links.contains_key(v))
+                .or_else(|| self.evictable(Some(new)));
+            if let Some(v) = v {
+                self.stats.rotations += 1;
+                self.evict(v, now, None);
+            }
             return;
         }
-        if let Some(victim) = self.least_useful(true, Some(new)) {
+        if self.degree() <= self.cfg.min_neighbours + 1 {
+            return;
+        }
+        if let Some(victim) = self.least_useful(true, Some(new), true) {
             self.stats.rotations += 1;
-            self.evict(victim, now);
+            self.evict(victim, now, None);
         }
     }
 
-    /// Closes a neighbour's link, handing it records to try instead.
-    fn evict(&mut self, victim: Address, now: u64) {
+    /// Closes a neighbour's link, handing it records to try instead
+    /// (`first`, if given, first: the node it should link to now).
+    fn evict(&mut self, victim: Address, now: u64, first: Option<SignedRecord>) {
         let Some(link) = self.links.remove(&victim) else {
             return;
         };
         self.by_id.remove(&link.id);
         self.stats.evictions += 1;
-        let records = self.referrals(&[victim], now);
+        let mut records = self.referrals(&[victim], now);
+        if let Some(f) = first {
+            records.retain(|r| r.record.address != f.record.address);
+            records.insert(0, f);
+            records.truncate(FAREWELL_SAMPLE);
+        }
         self.actions.push(Action::Down(link.id));
         self.actions.push(Action::Close {
             link: link.id,
@@ -515,6 +786,7 @@ impl Membership {
         let mut out: Vec<SignedRecord> = self
             .links
             .values()
+            .filter(|l| l.pending_until.is_none())
             .filter(|l| {
                 l.their_neighbours.len() < max && !exclude.contains(&l.record.record.address)
             })
@@ -534,6 +806,17 @@ impl Membership {
         let min = self.cfg.min_neighbours;
         let active = self.links.len() + self.dialing.len();
         let mut targets: Vec<SocketAddr> = Vec::new();
+        let referred = std::mem::take(&mut self.referred);
+        for a in referred {
+            if self.links.len() + self.dialing.len() + targets.len() < max
+                && self.usable(&a, now_ms)
+                && !targets.contains(&a)
+            {
+                targets.push(a);
+            }
+        }
+        let referrals = targets.len();
+        let active = active + referrals;
         if active < max {
             let mut lost: Vec<SocketAddr> = self
                 .lost
@@ -552,14 +835,15 @@ impl Membership {
         // dial for the whole dial timeout, and a node that lost most of its
         // neighbours at once would otherwise wait on dead hosts instead of
         // trying the next candidates meanwhile.
-        let hopeful = self.links.len()
+        let hopeful = self.degree()
+            + referrals
             + self
                 .dialing
                 .iter()
                 .filter(|(a, t)| !self.lost.contains(*a) && **t + ms(DIAL_PATIENCE) > now_ms)
                 .count();
         let room = MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialing.len() + targets.len());
-        let target = min.max(self.links.len() + self.owed).min(max);
+        let target = min.max(self.degree() + self.owed).min(max);
         if hopeful < target && room > 0 {
             let two_hop: HashSet<&Address> = self
                 .links
@@ -581,11 +865,16 @@ impl Membership {
                 {
                     continue;
                 }
-                let class = match (two_hop.contains(&a), e.failures > 0) {
-                    (false, false) => 0,
-                    (true, false) => 2,
-                    (false, true) => 3,
-                    (true, true) => 4,
+                // Nodes this node linked to itself first (gossip cannot
+                // put those in the book), then the bootstrap nodes, then
+                // gossiped ones.
+                let class = match (two_hop.contains(&a), e.failures > 0, e.tried) {
+                    (false, false, true) => 0,
+                    (false, false, false) => 2,
+                    (true, false, true) => 3,
+                    (true, false, false) => 4,
+                    (false, true, _) => 5,
+                    (true, true, _) => 6,
                 };
                 candidates.push((class, listen));
             }
@@ -618,21 +907,40 @@ impl Membership {
         // A node short of links is dialling anyway; a node at `max` has no
         // room for the new link before it drops an old one. (A rotation
         // whose dial ended without a link up is forgotten here.)
-        let in_flight = self.rotating.is_some_and(|a| self.dialing.contains_key(&a));
+        let in_flight = self.rotating.is_some_and(|a| self.dialing.contains_key(&a))
+            || self.links.values().any(|l| l.pending_until.is_some());
+        let max = self.cfg.max_neighbours;
+        let degree = self.degree();
         if in_flight
-            || self.links.len() < self.cfg.min_neighbours.max(1)
-            || self.links.len() + self.dialing.len() >= self.cfg.max_neighbours
+            || degree < self.cfg.min_neighbours.max(1)
             || self.owed > 0
             || self.dialing.len() >= MAX_DIALS_IN_FLIGHT
         {
             return;
         }
-        // Without a neighbour to drop for it, the trade would only add a
-        // link, and rotations would push every degree up to `max`.
-        let min = self.cfg.min_neighbours;
-        if !self.links.values().any(|l| l.their_neighbours.len() > min) {
-            return;
-        }
+        let victim = if degree >= max {
+            // A full node trades too, at `max + 1` for the handshake: the
+            // only way a network where every node is full (min = max) can
+            // join two pieces. It drops a neighbour it names to the peer.
+            if !self.dialing.is_empty() {
+                return;
+            }
+            match self.evictable(None) {
+                Some(v) => Some(v),
+                None => return,
+            }
+        } else {
+            if degree + self.dialing.len() >= max {
+                return;
+            }
+            // Without a neighbour to drop for it, the trade would only add a
+            // link, and rotations would push every degree up to `max`.
+            let min = self.cfg.min_neighbours;
+            if !self.settled().any(|l| l.their_neighbours.len() > min) {
+                return;
+            }
+            None
+        };
         let two_hop: HashSet<&Address> = self
             .links
             .values()
@@ -661,22 +969,33 @@ impl Membership {
             .map(|(_, a)| a)
             .choose(&mut self.rng);
         if let Some(addr) = pick {
+            self.rotation_victim = victim;
             self.rotating = Some(addr);
             self.dialing.insert(addr, now_ms);
             self.actions.push(Action::Dial(addr));
         }
     }
 
-    fn send_gossip(&mut self, addr: Address, sample: bool, now_ms: u64) {
+    fn send_gossip(
+        &mut self,
+        addr: Address,
+        sample: bool,
+        now_ms: u64,
+        hint: Option<SignedRecord>,
+    ) {
         let neighbours = self.neighbour_list();
         let records = if sample {
             let mut skip: HashSet<Address> = HashSet::new();
             skip.insert(addr);
             let mut r = vec![self.own.clone()];
+            if let Some(h) = hint {
+                skip.insert(h.record.address);
+                r.push(h);
+            }
             let now = now_ms / 1000;
             r.extend(
                 self.book
-                    .sample(EXCHANGE_SAMPLE - 1, now, &skip, &mut self.rng),
+                    .sample(EXCHANGE_SAMPLE - r.len(), now, &skip, &mut self.rng),
             );
             r
         } else {
@@ -707,21 +1026,20 @@ impl Membership {
             let pick = self
                 .links
                 .values()
-                .filter(|l| may_send(l))
+                .filter(|l| l.pending_until.is_none() && may_send(l))
                 .map(|l| l.record.record.address)
                 .choose(&mut self.rng);
             if let Some(a) = pick {
-                self.send_gossip(a, true, now_ms);
+                self.send_gossip(a, true, now_ms, None);
             }
         }
         let owed: Vec<Address> = self
-            .links
-            .values()
+            .settled()
             .filter(|l| l.owes_neighbours && may_send(l))
             .map(|l| l.record.record.address)
             .collect();
         for a in owed {
-            self.send_gossip(a, false, now_ms);
+            self.send_gossip(a, false, now_ms, None);
         }
     }
 
@@ -735,6 +1053,7 @@ impl Membership {
         self.dialing.remove(&addr);
         if self.rotating == Some(addr) {
             self.rotating = None;
+            self.rotation_victim = None;
         }
         if self.back_off(addr, now_ms) >= LOST_GIVE_UP {
             self.lost.remove(&addr);
@@ -754,8 +1073,7 @@ impl Membership {
         let now = now_ms / 1000;
         let addr = record.record.address;
         let listen = record.record.listen;
-        self.book.offer(record.clone(), now, now);
-        self.book.succeeded(&addr, now);
+        self.book.linked(record.clone(), now);
         if self.leaving {
             self.actions.push(Action::Close {
                 link: id,
@@ -782,34 +1100,48 @@ impl Membership {
                 return;
             }
             let old = existing.id;
+            let was_pending = existing.pending_until.is_some();
             self.links.remove(&addr);
             self.by_id.remove(&old);
-            self.actions.push(Action::Down(old));
+            if !was_pending {
+                self.actions.push(Action::Down(old));
+            }
             self.actions.push(Action::Close {
                 link: old,
                 farewell: None,
             });
-        } else if direction == Direction::In && self.links.len() >= self.cfg.max_neighbours {
-            match self.least_useful(true, None) {
-                Some(victim) => self.evict(victim, now),
-                None => {
-                    self.stats.refusals += 1;
-                    let records = self.referrals(&[addr], now);
-                    self.actions.push(Action::Close {
-                        link: id,
-                        farewell: Some(LinkBody::Full(records)),
-                    });
-                    return;
-                }
-            }
         }
-        self.backoff.remove(&listen);
-        self.lost.remove(&listen);
+        let full = self.degree() >= self.cfg.max_neighbours;
+        let pending_any = self.links.values().any(|l| l.pending_until.is_some());
         let rotation = direction == Direction::Out && self.rotating == Some(listen);
         if rotation {
             self.rotating = None;
         }
-        self.neighbours_changed();
+        // A full node holds a new link at `max + 1` only while its peer's
+        // first gossip is on the way, and only one at a time.
+        let pending = full && (direction == Direction::In || rotation);
+        if pending && pending_any {
+            self.stats.refusals += 1;
+            let records = self.referrals(&[addr], now);
+            self.actions.push(Action::Close {
+                link: id,
+                farewell: Some(LinkBody::Full(records)),
+            });
+            return;
+        }
+        if direction == Direction::Out && full && !rotation {
+            // A dial that ended after the node filled up: not needed.
+            self.actions.push(Action::Close {
+                link: id,
+                farewell: Some(LinkBody::Full(Vec::new())),
+            });
+            return;
+        }
+        self.backoff.remove(&listen);
+        self.lost.remove(&listen);
+        if !pending {
+            self.neighbours_changed();
+        }
         self.links.insert(
             addr,
             Link {
@@ -824,13 +1156,25 @@ impl Membership {
                 owes_neighbours: false,
                 farewell: Farewell::None,
                 rotation,
+                pending_until: pending.then_some(now_ms + ms(ADMIT_GRACE)),
             },
         );
         self.by_id.insert(id, addr);
-        self.owed = self.owed.saturating_sub(1);
-        self.actions.push(Action::Up(id));
+        if pending && direction == Direction::In {
+            // Decided on the newcomer's first gossip (see `admit`).
+            return;
+        }
+        let hint = if pending {
+            self.rotation_victim
+                .and_then(|v| self.links.get(&v))
+                .map(|l| l.record.clone())
+        } else {
+            self.owed = self.owed.saturating_sub(1);
+            self.actions.push(Action::Up(id));
+            self.room_hint(addr)
+        };
         // A newcomer learns where else to go at once.
-        self.send_gossip(addr, true, now_ms);
+        self.send_gossip(addr, true, now_ms, hint);
     }
 
     /// A link closed (whoever closed it).
@@ -841,6 +1185,13 @@ impl Membership {
         let Some(link) = self.links.remove(&addr) else {
             return;
         };
+        if link.pending_until.is_some() {
+            // Never a neighbour: nothing lost.
+            if link.rotation {
+                self.rotation_victim = None;
+            }
+            return;
+        }
         self.actions.push(Action::Down(id));
         self.neighbours_changed();
         if self.leaving {
@@ -896,8 +1247,16 @@ impl Membership {
                 }
                 l.gossip_in_ms = Some(now_ms);
                 l.their_neighbours = neighbours.into_iter().take(MAX_GOSSIP_NEIGHBOURS).collect();
-                if std::mem::take(&mut l.rotation) {
-                    self.finish_rotation(addr, now_ms / 1000);
+                let pending = l.pending_until.is_some();
+                let direction = l.direction;
+                if pending && direction == Direction::In {
+                    self.admit(addr, &records, now_ms);
+                } else {
+                    let l = self.links.get_mut(&addr);
+                    if l.is_some_and(|l| std::mem::take(&mut l.rotation)) {
+                        self.settle(addr, now_ms);
+                        self.finish_rotation(addr, now_ms / 1000);
+                    }
                 }
                 records
             }
@@ -918,6 +1277,18 @@ impl Membership {
                 if let Some(l) = self.links.get_mut(&addr) {
                     l.farewell = Farewell::Full;
                 }
+                // The first record is where the full node wants us to go.
+                if let Some(first) = records.first() {
+                    let listen = first.record.listen;
+                    if first.record.address != self.own.record.address
+                        && !self.connected_to(&listen)
+                        && first.verify(now_ms / 1000).is_ok()
+                        && self.referred.len() < MAX_REFERRED
+                        && !self.referred.contains(&listen)
+                    {
+                        self.referred.push(listen);
+                    }
+                }
                 records
             }
             LinkBody::Leaving(records) => {
@@ -928,14 +1299,24 @@ impl Membership {
             }
             _ => return,
         };
-        self.learn(records, now_ms);
+        let source = self
+            .links
+            .get(&addr)
+            .map(|l| Source::Peer(l.listen().ip()))
+            .unwrap_or(Source::Link);
+        self.learn(records, now_ms, source);
     }
 
     /// Takes verified records into the book; refuses forged and future ones.
-    fn learn(&mut self, records: Vec<SignedRecord>, now_ms: u64) {
+    fn learn(&mut self, records: Vec<SignedRecord>, now_ms: u64, source: Source) {
         let now = now_ms / 1000;
         let me = self.own.record.address;
-        for rec in records.into_iter().take(MAX_RECORDS_PER_FRAME) {
+        // No honest node sends more than EXCHANGE_SAMPLE (or FAREWELL_SAMPLE)
+        // records a frame: a peer sending more gains nothing by it.
+        for rec in records
+            .into_iter()
+            .take(EXCHANGE_SAMPLE.max(FAREWELL_SAMPLE))
+        {
             let r = &rec.record;
             if r.address == me || r.listen.port() == 0 || r.listen.ip().is_unspecified() {
                 continue;
@@ -955,8 +1336,15 @@ impl Membership {
                 self.stats.records_refused += 1;
                 continue;
             }
-            self.book.offer(rec, seen, now);
+            self.book.offer(rec, seen, now, source);
         }
+    }
+
+    /// A verified record learned outside of links (a letter's sender): into
+    /// the book as a new entry (it was not gossiped by anyone, so it counts
+    /// in its own address group).
+    pub fn learned(&mut self, record: SignedRecord, now_ms: u64) {
+        self.learn(vec![record], now_ms, Source::Link);
     }
 
     /// Leave the network: close every link, handing each neighbour records
@@ -1071,6 +1459,11 @@ mod tests {
         m.link_up(LinkId(2), b.record.clone(), Direction::In, now);
         m.take_actions();
         m.link_up(LinkId(3), newcomer.record.clone(), Direction::In, now);
+        // Held, undecided, until the newcomer's first gossip: it has one
+        // link elsewhere, so splitting a link for it would not help.
+        assert!(closes(&m.take_actions()).is_empty());
+        let x = peer(9);
+        m.on_frame(LinkId(3), gossip(&[&x], &[]), now);
         let acts = m.take_actions();
         let c = closes(&acts);
         assert_eq!(c.len(), 1, "{acts:?}");
@@ -1096,6 +1489,7 @@ mod tests {
         m.on_frame(LinkId(2), gossip(&[&x, &y, &z], &[]), now);
         m.take_actions();
         m.link_up(LinkId(3), newcomer.record.clone(), Direction::In, now);
+        m.on_frame(LinkId(3), gossip(&[&x], &[]), now);
         let acts = m.take_actions();
         let c = closes(&acts);
         assert_eq!(c.len(), 1, "{acts:?}");
@@ -1106,23 +1500,248 @@ mod tests {
         assert_eq!(m.stats().evictions, 1);
     }
 
+    /// A dial that ends after the node filled up (dials run in parallel)
+    /// does not take it above `max`: the new link is closed.
     #[test]
-    fn above_max_closes_the_link_most_shared_with_others() {
+    fn a_dial_ending_after_the_node_filled_up_is_closed() {
         let (mut m, now) = node(1, 2, vec![]);
         let (a, b, c) = (peer(2), peer(3), peer(4));
         for (i, p) in [&a, &b, &c].iter().enumerate() {
             m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
         }
-        // `c` is linked with both `a` and `b`: the most redundant link.
-        m.on_frame(LinkId(2), gossip(&[&a, &b], &[]), now + 600);
-        m.on_frame(LinkId(0), gossip(&[&c], &[]), now + 600);
-        m.take_actions();
-        m.tick(now + 1000);
         let acts = m.take_actions();
         let c_closes = closes(&acts);
         assert_eq!(c_closes.len(), 1, "{acts:?}");
         assert_eq!(c_closes[0].0, LinkId(2));
         assert_eq!(m.neighbour_count(), 2);
+    }
+
+    /// A newcomer that dials a node where every neighbour is at `min` (so
+    /// none can spare its link) and has no link yet gets in by an edge split:
+    /// one neighbour is closed with the newcomer's record first in its `Full`,
+    /// and the node's longest-lived links are never the one closed.
+    #[test]
+    fn full_node_splits_a_link_for_a_newcomer_with_no_links() {
+        let (mut m, now) = node(3, 3, vec![]);
+        let ps: Vec<Peer> = (2..5).map(peer).collect();
+        let (x, y) = (peer(20), peer(21));
+        for (i, p) in ps.iter().enumerate() {
+            let d = if i == 0 {
+                Direction::Out
+            } else {
+                Direction::In
+            };
+            m.link_up(LinkId(i as u64), p.record.clone(), d, now + i as u64);
+            m.on_frame(LinkId(i as u64), gossip(&[&x, &y], &[]), now + i as u64);
+        }
+        m.take_actions();
+        let newcomer = peer(9);
+        m.link_up(LinkId(9), newcomer.record.clone(), Direction::In, now + 10);
+        let held = m.take_actions();
+        assert!(closes(&held).is_empty() && !held.contains(&Action::Up(LinkId(9))));
+        assert_eq!(m.neighbour_count(), 3, "a held link is no neighbour yet");
+        m.on_frame(LinkId(9), gossip(&[], &[]), now + 20);
+        let acts = m.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 1, "{acts:?}");
+        // 0 is the oldest outbound link, 1 the oldest of the others: protected.
+        assert_eq!(c[0].0, LinkId(2));
+        let Some(LinkBody::Full(records)) = &c[0].1 else {
+            panic!("no referral: {acts:?}");
+        };
+        assert_eq!(records[0].record.address, newcomer.id.address());
+        assert!(acts.contains(&Action::Up(LinkId(9))));
+        assert_eq!(m.neighbour_count(), 3);
+        assert_eq!(m.stats().splits, 1);
+    }
+
+    /// The neighbour closed for a newcomer dials the newcomer first.
+    #[test]
+    fn a_referral_is_dialled_first() {
+        let (mut m, now) = node(3, 3, vec![]);
+        let ps: Vec<Peer> = (2..5).map(peer).collect();
+        for (i, p) in ps.iter().enumerate() {
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, now);
+        }
+        let others: Vec<Peer> = (10..20).map(peer).collect();
+        m.on_frame(
+            LinkId(1),
+            gossip(&[], &others.iter().collect::<Vec<_>>()),
+            now,
+        );
+        m.take_actions();
+        let newcomer = peer(30);
+        m.on_frame(
+            LinkId(0),
+            LinkBody::Full(vec![newcomer.record.clone()]),
+            now,
+        );
+        m.link_down(LinkId(0), now);
+        m.tick(now + 1000);
+        let d = dials(&m.take_actions());
+        assert_eq!(d.first(), Some(&newcomer.record.record.listen), "{d:?}");
+    }
+
+    /// A full node (min = max) rotates too: it dials a far node, holds the
+    /// link at max + 1 and names its victim in the first gossip; once the
+    /// peer keeps the link, the victim is dropped. A full peer takes the
+    /// rotation by closing one of its own neighbours, referred to the victim.
+    #[test]
+    fn full_nodes_swap_links_on_rotation() {
+        let (mut m, now) = node(3, 3, vec![]);
+        let ps: Vec<Peer> = (2..5).map(peer).collect();
+        let far = peer(40);
+        for (i, p) in ps.iter().enumerate() {
+            let t = now + i as u64;
+            m.link_up(LinkId(i as u64), p.record.clone(), Direction::Out, t);
+        }
+        m.on_frame(LinkId(0), gossip(&[], &[&far]), now);
+        m.take_actions();
+        let rotate = ROTATE_INTERVAL.as_millis() as u64;
+        let dialled = tick_for(&mut m, now, rotate * 3 / 2 / 1000 + 1);
+        assert_eq!(dialled.len(), 1, "{dialled:?}");
+        let (t, addr) = dialled[0];
+        assert_eq!(addr, far.record.record.listen);
+        m.dial_succeeded(addr);
+        m.link_up(LinkId(99), far.record.clone(), Direction::Out, t + 100);
+        let acts = m.take_actions();
+        let hint = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    link: LinkId(99),
+                    body: LinkBody::Gossip(g),
+                } => g.records.get(1).cloned(),
+                _ => None,
+            })
+            .expect("a hint in the first gossip");
+        let victim = ps
+            .iter()
+            .position(|p| p.id.address() == hint.record.address)
+            .expect("the hint names a neighbour");
+        assert_eq!(victim, 2, "the two oldest links are protected");
+        assert!(closes(&acts).is_empty());
+        assert_eq!(m.neighbour_count(), 3);
+        m.on_frame(LinkId(99), gossip(&[], &[]), t + 200);
+        let acts = m.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 1, "{acts:?}");
+        assert_eq!(c[0].0, LinkId(victim as u64));
+        assert!(acts.contains(&Action::Up(LinkId(99))));
+        assert_eq!(m.neighbour_count(), 3);
+
+        // The other side: a full node dialled by a full node's rotation.
+        let (mut y, now) = node(3, 3, vec![]);
+        let qs: Vec<Peer> = (50..53).map(peer).collect();
+        for (i, p) in qs.iter().enumerate() {
+            y.link_up(
+                LinkId(i as u64),
+                p.record.clone(),
+                Direction::In,
+                now + i as u64,
+            );
+        }
+        y.take_actions();
+        let x = peer(60);
+        let x_victim = peer(61);
+        let (n1, n2) = (peer(62), peer(63));
+        y.link_up(LinkId(9), x.record.clone(), Direction::In, now + 10);
+        assert!(closes(&y.take_actions()).is_empty());
+        y.on_frame(
+            LinkId(9),
+            LinkBody::Gossip(Gossip {
+                neighbours: vec![x_victim.id.address(), n1.id.address(), n2.id.address()],
+                records: vec![x.record.clone(), x_victim.record.clone()],
+            }),
+            now + 20,
+        );
+        let acts = y.take_actions();
+        let c = closes(&acts);
+        assert_eq!(c.len(), 1, "{acts:?}");
+        let Some(LinkBody::Full(records)) = &c[0].1 else {
+            panic!("no referral: {acts:?}");
+        };
+        assert_eq!(records[0].record.address, x_victim.id.address());
+        assert_eq!(y.neighbour_count(), 3);
+        assert_eq!(y.stats().swaps, 1);
+    }
+
+    /// A node one link short names, in its first gossip on a new link, a
+    /// neighbour of its own that is short too (for a full peer to send the
+    /// neighbour it closes to).
+    #[test]
+    fn a_node_one_link_short_hints_a_neighbour_with_room() {
+        let (mut m, now) = node(3, 3, vec![]);
+        let (q, r, z) = (peer(2), peer(3), peer(4));
+        let (a, b, c) = (peer(10), peer(11), peer(12));
+        m.link_up(LinkId(1), q.record.clone(), Direction::Out, now);
+        m.link_up(LinkId(2), r.record.clone(), Direction::Out, now);
+        m.on_frame(LinkId(1), gossip(&[&a], &[]), now);
+        m.on_frame(LinkId(2), gossip(&[&a, &b, &c], &[]), now);
+        m.take_actions();
+        m.link_up(LinkId(3), z.record.clone(), Direction::Out, now + 10);
+        let hint = m.take_actions().into_iter().find_map(|a| match a {
+            Action::Send {
+                link: LinkId(3),
+                body: LinkBody::Gossip(g),
+            } => g.records.get(1).map(|r| r.record.address),
+            _ => None,
+        });
+        assert_eq!(hint, Some(q.id.address()), "q has room, r has not");
+    }
+
+    /// A link held at max + 1 whose peer says nothing is refused after
+    /// ADMIT_GRACE; only one is held at a time.
+    #[test]
+    fn a_held_link_is_bounded_in_time_and_number() {
+        let (mut m, now) = node(2, 2, vec![]);
+        let (a, b) = (peer(2), peer(3));
+        m.link_up(LinkId(1), a.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), b.record.clone(), Direction::In, now);
+        m.take_actions();
+        m.link_up(LinkId(3), peer(4).record, Direction::In, now);
+        assert!(closes(&m.take_actions()).is_empty());
+        m.link_up(LinkId(4), peer(5).record, Direction::In, now);
+        let c = closes(&m.take_actions());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, LinkId(4), "a second held link is refused at once");
+        m.tick(now + ms(ADMIT_GRACE) - 1);
+        assert!(closes(&m.take_actions()).is_empty());
+        m.tick(now + ms(ADMIT_GRACE));
+        let c = closes(&m.take_actions());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, LinkId(3));
+        assert_eq!(m.neighbour_count(), 2);
+    }
+
+    /// Anchors: the longest-lived outbound neighbours; given back after a
+    /// restart they are dialled first.
+    #[test]
+    fn anchors_are_the_oldest_outbound_links_and_dialled_first() {
+        let (mut m, now) = node(2, 4, vec![]);
+        let ps: Vec<Peer> = (2..6).map(peer).collect();
+        for (i, p) in ps.iter().enumerate() {
+            let d = if i == 1 {
+                Direction::In
+            } else {
+                Direction::Out
+            };
+            m.link_up(LinkId(i as u64), p.record.clone(), d, now + i as u64);
+        }
+        let anchors = m.anchors();
+        let want: Vec<Address> = vec![ps[0].id.address(), ps[2].id.address()];
+        assert_eq!(
+            anchors.iter().map(|r| r.record.address).collect::<Vec<_>>(),
+            want
+        );
+        let (mut fresh, now) = node(2, 4, vec![]);
+        fresh.set_anchors(anchors.clone(), now);
+        fresh.tick(now);
+        let mut d = dials(&fresh.take_actions());
+        d.sort();
+        let mut want: Vec<SocketAddr> = anchors.iter().map(|r| r.record.listen).collect();
+        want.sort();
+        assert_eq!(d, want);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bans;
 pub mod book;
 pub mod membership;
 pub mod sim;
+pub mod timing;
 
 pub use bans::{BanList, MAX_BANS};
 pub use book::{AddressBook, PeerEntry};

@@ -43,8 +43,8 @@
 //!   TCP/IP headers are not counted.
 //!
 //! The session constants (dial timeout, keepalive interval and timeout) live
-//! in `actors::peer_session`, which this layer may not import: the caller
-//! passes them in [`SessionTimings`].
+//! in [`super::timing`], where the PeerSession actor takes them from too:
+//! [`SessionTimings::REAL`]; a caller may pass others to explore.
 //!
 //! Runs repeat their own random choices (latency jitter, join order, which
 //! nodes are removed, every `Membership`'s seed), but not bit for bit: node
@@ -59,6 +59,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -106,7 +107,8 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The peer-session constants the simulator needs (from `actors::peer_session`).
+/// The link timings the simulator models ([`SessionTimings::REAL`]: those of
+/// [`super::timing`], which the PeerSession actor runs with).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionTimings {
     /// A dial to a silent host fails after this long.
@@ -118,6 +120,15 @@ pub struct SessionTimings {
     /// A peer not heard from for this long is cut off (checked at each ping).
     #[serde(serialize_with = "ser_ms")]
     pub keepalive_timeout: Duration,
+}
+
+impl SessionTimings {
+    /// The timings real links run with.
+    pub const REAL: SessionTimings = SessionTimings {
+        dial_timeout: super::timing::DIAL_TIMEOUT,
+        keepalive_interval: super::timing::KEEPALIVE_INTERVAL,
+        keepalive_timeout: super::timing::KEEPALIVE_TIMEOUT,
+    };
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -413,6 +424,10 @@ struct SimNode {
     /// Dials asked for, and dial outcomes reported (they must match).
     dials: u64,
     dial_outcomes: u64,
+    /// Degree bounds of its own (a newcomer's), instead of the config's.
+    bounds: Option<(usize, usize)>,
+    /// Part of the attacker: gossips and refers only the attacker's records.
+    hostile: bool,
 }
 
 /// Counters over the whole run.
@@ -667,6 +682,8 @@ pub struct Sim {
     held: Vec<(LinkIx, Side, Event)>,
     /// Messages held back across splits so far.
     held_total: u64,
+    /// The attacker's records (see [`Sim::run_attack`]).
+    hostile_records: Vec<SignedRecord>,
 }
 
 /// A network split: which nodes are in the second group.
@@ -708,6 +725,8 @@ impl Sim {
                 book_writes: 0,
                 dials: 0,
                 dial_outcomes: 0,
+                bounds: None,
+                hostile: false,
             });
         }
         let ping_bytes = frame_len(&LinkFrame::new(LinkBody::Ping(PING_NONCE))).unwrap_or(0);
@@ -727,6 +746,7 @@ impl Sim {
             splits: 0,
             held: Vec::new(),
             held_total: 0,
+            hostile_records: Vec::new(),
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -997,6 +1017,7 @@ impl Sim {
                 if !self.owns(n, l, side) || !self.end_is(l, side, End::Open) {
                     return;
                 }
+                let body = self.disguise(n, body);
                 let frame = LinkFrame::new(body);
                 let Some(bytes) = frame_len(&frame) else {
                     self.counters.unencodable += 1;
@@ -1020,6 +1041,7 @@ impl Sim {
                 }
                 self.close_end(l, side);
                 if let Some(body) = farewell {
+                    let body = self.disguise(n, body);
                     let frame = LinkFrame::new(body);
                     match frame_len(&frame) {
                         Some(bytes) => {
@@ -1080,14 +1102,17 @@ impl Sim {
     fn join(&mut self, n: NodeId) {
         let now = self.now;
         let cfg = &self.cfg;
-        let mcfg = MembershipConfig {
-            book_capacity: cfg.book_capacity,
-            ..MembershipConfig::new(cfg.min_neighbours, cfg.max_neighbours)
-        };
-        let seed = cfg.seed ^ n as u64;
         let Some(node) = self.nodes.get_mut(n) else {
             return;
         };
+        let (min, max) = node
+            .bounds
+            .unwrap_or((cfg.min_neighbours, cfg.max_neighbours));
+        let mcfg = MembershipConfig {
+            book_capacity: cfg.book_capacity,
+            ..MembershipConfig::new(min, max)
+        };
+        let seed = cfg.seed ^ n as u64;
         if node.state != NodeState::Waiting {
             return;
         }
@@ -1882,6 +1907,355 @@ fn frame_len(frame: &LinkFrame) -> Option<u64> {
 }
 
 /// The `p`th percentile (nearest rank) of sorted values.
+/// Join times of newcomers, virtual seconds from each one's start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct JoinTimes {
+    pub count: usize,
+    /// Newcomers at their `min` by the end of the window.
+    pub joined: usize,
+    pub p50_secs: f64,
+    pub p90_secs: f64,
+    pub max_secs: f64,
+}
+
+/// A network where every node is full: `min = max` (or nearly), then a
+/// stream of newcomers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FullReport {
+    pub nodes: usize,
+    pub min_neighbours: usize,
+    pub max_neighbours: usize,
+    /// Virtual seconds from the last join to one connected component.
+    pub one_component_after_last_join_secs: Option<f64>,
+    /// At the end of the steady window.
+    pub steady: GraphSummary,
+    /// Checks (one per virtual second) at which a membership counted more
+    /// than `max` neighbours, over the whole run.
+    pub over_max_checks: usize,
+    pub newcomer_min: usize,
+    pub newcomers: JoinTimes,
+    pub end: GraphSummary,
+    pub stats: MembershipStatsSum,
+    pub wall_ms: u64,
+}
+
+/// Membership counters summed over all nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MembershipStatsSum {
+    pub evictions: u64,
+    pub refusals: u64,
+    pub rotations: u64,
+    pub splits: u64,
+    pub swaps: u64,
+}
+
+/// An attacker holding a share of the nodes, each gossiping (and referring
+/// to) only the attacker's records; measured on the honest nodes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttackReport {
+    pub nodes: usize,
+    pub hostile: usize,
+    /// Virtual seconds the attack ran after the last join.
+    pub secs: f64,
+    /// Share of honest entries in honest nodes' books: mean, 10th
+    /// percentile, lowest.
+    pub honest_book_share_mean: f64,
+    pub honest_book_share_p10: f64,
+    pub honest_book_share_min: f64,
+    /// Honest neighbours of honest nodes: mean and lowest, and how many
+    /// honest nodes had none (eclipsed).
+    pub honest_neighbours_mean: f64,
+    pub honest_neighbours_min: usize,
+    pub eclipsed: usize,
+    /// Components of the graph of honest nodes and honest links only.
+    pub honest_components: usize,
+    pub wall_ms: u64,
+}
+
+impl Sim {
+    /// Adds a node that starts at `at` (ms since the epoch), bootstrapping
+    /// from `bootstrap`, with degree bounds of its own.
+    pub fn add_node(
+        &mut self,
+        bootstrap: Vec<SocketAddr>,
+        bounds: (usize, usize),
+        at: u64,
+    ) -> Option<NodeId> {
+        let i = self.nodes.len();
+        if i >= MAX_NODES {
+            return None;
+        }
+        let identity = Arc::new(Identity::generate());
+        let record = SignedRecord::sign(&identity, node_addr(i), true, at / 1000);
+        self.nodes.push(SimNode {
+            identity,
+            record,
+            bootstrap,
+            membership: None,
+            state: NodeState::Waiting,
+            links: HashSet::new(),
+            sent: Sent::default(),
+            book_writes: 0,
+            dials: 0,
+            dial_outcomes: 0,
+            bounds: Some(bounds),
+            hostile: false,
+        });
+        self.push(at.max(self.now), Event::Join(i));
+        Some(i)
+    }
+
+    /// An attacker node's frames carry only the attacker's records.
+    fn disguise(&mut self, n: NodeId, body: LinkBody) -> LinkBody {
+        if !self.nodes.get(n).is_some_and(|x| x.hostile) || self.hostile_records.is_empty() {
+            return body;
+        }
+        let k = crate::wire::link::MAX_RECORDS_PER_FRAME;
+        let pick: Vec<SignedRecord> = self
+            .hostile_records
+            .choose_multiple(&mut self.rng, k)
+            .cloned()
+            .collect();
+        match body {
+            LinkBody::Gossip(g) => LinkBody::Gossip(crate::wire::link::Gossip {
+                neighbours: g.neighbours,
+                records: pick,
+            }),
+            LinkBody::Full(_) => LinkBody::Full(pick),
+            LinkBody::Leaving(_) => LinkBody::Leaving(pick),
+            LinkBody::Records(_) => LinkBody::Records(pick),
+            other => other,
+        }
+    }
+
+    fn stats_sum(&self) -> MembershipStatsSum {
+        let mut t = MembershipStatsSum::default();
+        for m in self.nodes.iter().filter_map(|n| n.membership.as_ref()) {
+            let s = m.stats();
+            t.evictions += s.evictions;
+            t.refusals += s.refusals;
+            t.rotations += s.rotations;
+            t.splits += s.splits;
+            t.swaps += s.swaps;
+        }
+        t
+    }
+
+    /// Runs until the graph is one component or `deadline`; the time then.
+    fn run_until_one_component(&mut self, deadline: u64, over_max: &mut usize) -> Option<u64> {
+        let max = self.cfg.max_neighbours;
+        while self.now < deadline {
+            let next = (self.now + ms(CHECK_EVERY)).min(deadline);
+            self.run_until(next);
+            let g = self.graph();
+            if g.membership_max > max {
+                *over_max += 1;
+            }
+            if g.components == 1 {
+                return Some(self.now);
+            }
+        }
+        None
+    }
+
+    /// A full network: every node joins (with the config's bounds, e.g.
+    /// `min = max`), runs until one component (up to `converge_limit` after
+    /// the last join) and through the steady window; then `newcomers` nodes
+    /// with bounds `(newcomer_min, max)` join at `newcomer_rate` per second,
+    /// each bootstrapping from one random live node, and are given
+    /// `newcomer_limit` after the last of them to reach `newcomer_min`.
+    pub fn run_full_network(
+        cfg: SimConfig,
+        newcomers: usize,
+        newcomer_rate: f64,
+        newcomer_min: usize,
+        newcomer_limit: Duration,
+    ) -> Result<FullReport, SimError> {
+        let wall = Instant::now();
+        let mut sim = Sim::new(cfg)?;
+        let max = sim.cfg.max_neighbours;
+        let mut over_max = 0;
+        sim.run_until(sim.last_join_ms);
+        let deadline = sim.last_join_ms + ms(sim.cfg.converge_limit);
+        let one = sim
+            .run_until_one_component(deadline, &mut over_max)
+            .map(|t| (t - sim.last_join_ms) as f64 / 1000.0);
+        let steady_end = sim.now + ms(sim.cfg.steady);
+        while sim.now < steady_end {
+            let next = (sim.now + ms(CHECK_EVERY)).min(steady_end);
+            sim.run_until(next);
+            if sim.graph().membership_max > max {
+                over_max += 1;
+            }
+        }
+        let steady = sim.graph();
+        // The stream of newcomers.
+        let first = sim.nodes.len();
+        let alive: Vec<NodeId> = (0..first).filter(|&n| sim.is_alive(n)).collect();
+        let mut starts = Vec::with_capacity(newcomers);
+        for k in 0..newcomers {
+            let at = sim.now + (k as f64 * 1000.0 / newcomer_rate.max(0.001)) as u64 + 1;
+            let boot = alive
+                .choose(&mut sim.rng)
+                .map(|&b| vec![node_addr(b)])
+                .unwrap_or_default();
+            if sim.add_node(boot, (newcomer_min, max), at).is_none() {
+                break;
+            }
+            starts.push(at);
+        }
+        let last = starts.last().copied().unwrap_or(sim.now);
+        let end = last + ms(newcomer_limit);
+        let mut joined_at: Vec<Option<u64>> = vec![None; starts.len()];
+        while sim.now < end {
+            let next = (sim.now + ms(CHECK_EVERY)).min(end);
+            sim.run_until(next);
+            let mut all = true;
+            for (k, j) in joined_at.iter_mut().enumerate() {
+                if j.is_some() {
+                    continue;
+                }
+                let d = sim
+                    .membership(first + k)
+                    .map_or(0, Membership::neighbour_count);
+                if d >= newcomer_min {
+                    *j = Some(sim.now);
+                } else {
+                    all = false;
+                }
+            }
+            if sim.graph().membership_max > max {
+                over_max += 1;
+            }
+            if all && sim.now > last {
+                break;
+            }
+        }
+        let mut secs: Vec<f64> = joined_at
+            .iter()
+            .zip(&starts)
+            .filter_map(|(j, s)| j.map(|j| (j.saturating_sub(*s)) as f64 / 1000.0))
+            .collect();
+        secs.sort_by(|a, b| a.total_cmp(b));
+        let newcomers = JoinTimes {
+            count: starts.len(),
+            joined: secs.len(),
+            p50_secs: percentile(&secs, 50),
+            p90_secs: percentile(&secs, 90),
+            max_secs: secs.last().copied().unwrap_or(0.0),
+        };
+        Ok(FullReport {
+            nodes: sim.cfg.nodes,
+            min_neighbours: sim.cfg.min_neighbours,
+            max_neighbours: max,
+            one_component_after_last_join_secs: one,
+            steady,
+            over_max_checks: over_max,
+            newcomer_min,
+            newcomers,
+            end: sim.graph(),
+            stats: sim.stats_sum(),
+            wall_ms: elapsed_ms(wall),
+        })
+    }
+
+    /// `share` of the nodes (chosen at random, node 0 aside) are the
+    /// attacker's: from the start they gossip and refer only the attacker's
+    /// records (their links are otherwise honest). After the joins the
+    /// network runs `secs` more; the honest nodes' books and links are then
+    /// measured.
+    pub fn run_attack(
+        cfg: SimConfig,
+        share: f64,
+        secs: Duration,
+    ) -> Result<AttackReport, SimError> {
+        let wall = Instant::now();
+        let mut sim = Sim::new(cfg)?;
+        let n = sim.nodes.len();
+        let count = ((n as f64) * share).round() as usize;
+        let mut ids: Vec<NodeId> = (1..n).collect();
+        ids.shuffle(&mut sim.rng);
+        ids.truncate(count.min(n.saturating_sub(1)));
+        for &i in &ids {
+            if let Some(node) = sim.nodes.get_mut(i) {
+                node.hostile = true;
+            }
+        }
+        sim.hostile_records = ids
+            .iter()
+            .filter_map(|&i| sim.nodes.get(i).map(|x| x.record.clone()))
+            .collect();
+        let hostile: HashSet<crate::crypto::Address> = sim
+            .hostile_records
+            .iter()
+            .map(|r| r.record.address)
+            .collect();
+        sim.run_until(sim.last_join_ms + ms(secs));
+        let mut shares = Vec::new();
+        let mut honest_nb = Vec::new();
+        let mut uf = UnionFind::new(n);
+        for (i, node) in sim.nodes.iter().enumerate() {
+            if node.hostile || node.state != NodeState::Alive {
+                continue;
+            }
+            let Some(m) = &node.membership else {
+                continue;
+            };
+            let book = m.book();
+            let total = book.len();
+            let honest = book
+                .entries()
+                .filter(|e| !hostile.contains(&e.address()))
+                .count();
+            shares.push(if total > 0 {
+                honest as f64 / total as f64
+            } else {
+                0.0
+            });
+            let mut h = 0;
+            for nb in m.neighbours() {
+                if hostile.contains(&nb.address) {
+                    continue;
+                }
+                h += 1;
+                if let Some(j) = node_index(&nb.listen, n) {
+                    uf.union(i, j);
+                }
+            }
+            honest_nb.push(h);
+        }
+        let mut roots = HashSet::new();
+        for (i, node) in sim.nodes.iter().enumerate() {
+            if !node.hostile && node.state == NodeState::Alive {
+                roots.insert(uf.find(i));
+            }
+        }
+        shares.sort_by(|a, b| a.total_cmp(b));
+        honest_nb.sort_unstable();
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let nb_f: Vec<f64> = honest_nb.iter().map(|&x| x as f64).collect();
+        Ok(AttackReport {
+            nodes: n,
+            hostile: ids.len(),
+            secs: secs.as_secs_f64(),
+            honest_book_share_mean: mean(&shares),
+            honest_book_share_p10: percentile(&shares, 10),
+            honest_book_share_min: shares.first().copied().unwrap_or(0.0),
+            honest_neighbours_mean: mean(&nb_f),
+            honest_neighbours_min: honest_nb.first().copied().unwrap_or(0),
+            eclipsed: honest_nb.iter().filter(|&&x| x == 0).count(),
+            honest_components: roots.len(),
+            wall_ms: elapsed_ms(wall),
+        })
+    }
+}
+
 fn percentile<T: Copy + Default>(sorted: &[T], p: usize) -> T {
     if sorted.is_empty() {
         return T::default();

@@ -29,7 +29,6 @@ use super::manifest::{self, Manifest, ManifestError, ManifestWriter};
 use super::{
     make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError, GENERATION_KEY, IDENTITY_KEY,
 };
-use crate::overlay::PeerEntry;
 use crate::wire::client::InboxMessage;
 use crate::wire::MessageId;
 
@@ -218,7 +217,12 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
                 }
             };
             if name == "peers" {
-                if decode_exact::<PeerEntry>(&v).is_err() {
+                let decodes = if k.as_ref() == super::peers::ANCHORS_KEY {
+                    super::peers::decode_anchors(&v).is_some()
+                } else {
+                    super::peers::PeerRecord::decode(&v).is_some()
+                };
+                if !decodes {
                     report.peers_skipped += 1;
                     continue;
                 }
@@ -481,7 +485,12 @@ fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
             c.skipped += 1;
             break;
         };
-        if decode_exact::<PeerEntry>(&v).is_ok() {
+        let decodes = if k.as_ref() == super::peers::ANCHORS_KEY {
+            super::peers::decode_anchors(&v).is_some()
+        } else {
+            super::peers::PeerRecord::decode(&v).is_some()
+        };
+        if decodes {
             dst.peers.insert(k, v)?;
             c.peers += 1;
         }

@@ -10,7 +10,7 @@
 //! | `inbox` | `be_u64(seq) ‖ id` | a delivered [`InboxMessage`] |
 //! | `drop` | [`DropKey`] | [`DropEntry`]: expiry, the receipt if delivered |
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
-//! | `peers` | address | the newest signed record of that node |
+//! | `peers` | address; `anchors` | [`PeerRecord`]: that node's newest signed record and book state; the anchors' records |
 //! | `contacts` | `name/<NAME>` or `ip/<IP:PORT>` | a pinned node address (`contacts.rs`) |
 //! | `replay` | `be_u64(key epoch) ‖ tag` | empty: an onion replay tag seen ([`replay`]) |
 //! | `meta` | counter name; `generation`; `identity` | `be_u64`; `be_u64`; the node address |
@@ -45,6 +45,7 @@ pub use drop_list::{DropEntry, DropKey};
 pub use inbox::InboxKey;
 pub use manifest::{ManifestError, MANIFEST_FILE};
 pub use outbox::OutboxEntry;
+pub use peers::{PeerRecord, MAX_ANCHORS};
 pub use writer::{Reschedule, MAX_GROUP};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -73,6 +73,10 @@
 //! | 85 | overlay.rs         | sigterm_leaves_rest_connected                     |
 //! | 86 | overlay.rs         | restart_without_bootstrap_uses_the_address_book   |
 //! | 87 | overlay.rs         | frozen_neighbour_is_cut_and_replaced              |
+//! | 110 | overlay.rs        | min_equals_max_is_one_component_and_admits_a_newcomer |
+//! | 111 | overlay.rs        | links_leave_from_the_listen_ip                    |
+//! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
+//! | 113-119 | (overlay, reserved)                                          |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
@@ -85,8 +89,8 @@
 //! | 103 | client.rs         | outbox_cancel_peek_and_peers_without_self         |
 //! | 104-109 | (ops, issue 12) | reserved                                      |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 96-99, 130-199, 240-255
-//! (110-119: overlay, issue 10; 120-129: onion, issue 9; 200-239: hermes-bench).
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 96-99, 113-119, 130-199, 240-255
+//! (120-129: onion, issue 9; 200-239: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
