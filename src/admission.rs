@@ -121,6 +121,13 @@ pub struct Admission<V> {
 
 impl<V> Admission<V> {
     /// A table of at most `per_source` pending handshakes per source and
+    /// Changes the bounds (a config reload); pending handshakes over the new
+    /// ones make room as new connections come, as always.
+    pub fn set_limits(&mut self, per_source: usize, total: usize) {
+        self.total = total.max(1);
+        self.per_source = per_source.clamp(1, self.total);
+    }
+
     /// `total` in all (each at least 1; `per_source` at most `total`).
     pub fn new(per_source: usize, total: usize) -> Admission<V> {
         let total = total.max(1);

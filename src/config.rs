@@ -36,6 +36,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -224,6 +225,30 @@ pub struct RoutingConfig {
     /// (`routing.retry_max`, default 1 hour; 2 seconds to 7 days). Retries
     /// start at 2 s and double up to this.
     pub retry_max: Duration,
+}
+
+/// The `[limits]` in force, shared by the actors that apply them: every new
+/// link and handshake reads them afresh, and a reload (SIGHUP) replaces them.
+/// A link already up keeps the budgets it started with.
+#[derive(Debug, Clone)]
+pub struct LiveLimits(Arc<RwLock<Arc<LimitsConfig>>>);
+
+impl LiveLimits {
+    pub fn new(limits: LimitsConfig) -> LiveLimits {
+        LiveLimits(Arc::new(RwLock::new(Arc::new(limits))))
+    }
+
+    /// The limits in force now.
+    pub fn get(&self) -> Arc<LimitsConfig> {
+        self.0
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |l| l.clone())
+    }
+
+    pub fn set(&self, limits: LimitsConfig) {
+        let mut l = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *l = Arc::new(limits);
+    }
 }
 
 /// `[limits]`: what one peer may cost this node, and admission of new links.

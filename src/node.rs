@@ -45,8 +45,8 @@ use crate::actors::neighbours::{
     GetBootstrap, GetNeighbours, Leave, NeighbourManager, SetBootstrap,
 };
 use crate::actors::peer_session::LinkIdentity;
-use crate::actors::router::{Router, RouterConfig};
-use crate::config::{Config, ConfigError};
+use crate::actors::router::{Router, RouterConfig, SetLimits};
+use crate::config::{Config, ConfigError, LiveLimits};
 use crate::crypto::identity::IDENTITY_FILE;
 use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
 use crate::logging::LevelHandle;
@@ -191,7 +191,11 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
         };
         Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), &log))
     };
-    let limits = Arc::new(config.limits.clone());
+    let live = Live {
+        router: router.clone(),
+        limits: LiveLimits::new(config.limits.clone()),
+    };
+    let limits = live.limits.clone();
     let neighbours = {
         let (me, store, router, log) = (me.clone(), store.clone(), router.clone(), log.clone());
         let net = config.network.clone();
@@ -253,7 +257,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
             }
             _ = hup.recv() => {
                 notify(&notifier, &log, &format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-                reload(&mut config, &service, &neighbours, &log);
+                reload(&mut config, &service, &neighbours, &live, &log);
                 notify(&notifier, &log, &format!("READY=1\n{}", status_line(shown)));
             }
             _ = tick.tick() => {
@@ -311,10 +315,17 @@ fn notify(notifier: &Notifier, log: &slog::Logger, state: &str) {
 
 /// SIGHUP: loads the config again and applies what can change while the
 /// node runs; logs what it did, and what needs a restart.
+/// What a reload changes besides the log level and the bootstrap list.
+struct Live {
+    router: Addr<Router>,
+    limits: LiveLimits,
+}
+
 fn reload(
     current: &mut Config,
     service: &Service,
     neighbours: &Addr<NeighbourManager>,
+    live: &Live,
     log: &slog::Logger,
 ) {
     let new = match (service.reload)() {
@@ -348,6 +359,16 @@ fn reload(
         neighbours.do_send(SetBootstrap(new.network.bootstrap.clone()));
         current.network.bootstrap = new.network.bootstrap.clone();
     }
+    if new.limits != current.limits {
+        live.limits.set(new.limits.clone());
+        live.router.do_send(SetLimits {
+            max_ttl: new.limits.max_ttl,
+            new_entries_per_min: new.limits.new_entries_per_min,
+        });
+        applied
+            .push("[limits] (for new links and handshakes; links already up keep theirs)".into());
+        current.limits = new.limits.clone();
+    }
     let mut restart = Vec::new();
     let mut later = |changed: bool, what: &'static str| {
         if changed {
@@ -363,7 +384,6 @@ fn reload(
     later(new.routing != current.routing, "[routing]");
     later(new.client != current.client, "[client]");
     later(new.log.format != current.log.format, "log.format");
-    later(new.limits != current.limits, "[limits]");
     slog::info!(log, "SIGHUP: config reloaded";
         "file" => new.source_label(),
         "applied" => if applied.is_empty() { "nothing changed".to_string() } else { applied.join("; ") },

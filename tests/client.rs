@@ -401,10 +401,9 @@ fn readiness_status_warnings_and_sighup_reload() {
 
     // SIGHUP with log.level = "debug": the daemon stays, logs the reload,
     // and logs at debug from then on.
-    // The bootstrap list changes live too; [limits] is reported as needing
-    // a restart.
+    // The bootstrap list and [limits] change live too.
     let reloaded = format!(
-        "{}\n[limits]\nhandshakes_per_ip = 9\n",
+        "{}\n[limits]\nhandshakes_per_ip = 1\n",
         info.replace("level = \"info\"", "level = \"debug\"")
             .replace(&format!("{dead:?}"), &format!("{:?}", ip(N, 8)))
     );
@@ -431,10 +430,27 @@ fn readiness_status_warnings_and_sighup_reload() {
             "network.bootstrap [{}] -> [{}]",
             listen_addr(N, 9),
             listen_addr(N, 8)
-        )) && log.contains("[limits]"),
-        "what was applied and what needs a restart: {}",
+        )) && log.contains("[limits] (for new links"),
+        "what was applied: {}",
         node.log_tail(10)
     );
+    // The new [limits] hold for the next handshakes: with one pending
+    // handshake per source, a second silent connection from this source
+    // makes the first one go at once (with the old 8, it would wait for
+    // its handshake timeout, 5 s).
+    {
+        use std::io::Read;
+        let to: std::net::SocketAddr = node.listen().parse().expect("listen address");
+        let mut first = std::net::TcpStream::connect(to).expect("first connection");
+        let _second = std::net::TcpStream::connect(to).expect("second connection");
+        first
+            .set_read_timeout(Some(std::time::Duration::from_secs(4)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        let cut = matches!(first.read(&mut byte), Ok(0))
+            || matches!(first.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        assert!(cut, "handshakes_per_ip = 1 took effect without a restart");
+    }
     wait_for(
         LINK_TIMEOUT,
         "a debug line after the reload",

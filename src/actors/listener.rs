@@ -38,7 +38,7 @@ use super::neighbours::next_session_id;
 use super::peer_session::{establish, Direction, LinkError, PeerSession};
 use super::{fault_handler, guard};
 use crate::admission::{Admission, Source, Ticket};
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, LiveLimits};
 use crate::logging::{log_summary, LogLimiter};
 
 /// Most local client connections served at once.
@@ -93,8 +93,8 @@ pub struct Listener {
     log: slog::Logger,
     /// Parent logger of the inbound sessions.
     session_log: slog::Logger,
-    /// Per-peer budgets of the inbound sessions.
-    limits: Arc<LimitsConfig>,
+    /// Per-peer budgets of the inbound sessions, and the admission bounds.
+    limits: LiveLimits,
 }
 
 impl Listener {
@@ -103,16 +103,17 @@ impl Listener {
         client: UnixListener,
         legacy: Option<TcpListener>,
         deps: ClientDeps,
-        limits: Arc<LimitsConfig>,
+        limits: LiveLimits,
         log: &slog::Logger,
     ) -> Listener {
+        let now = limits.get();
         Listener {
             peer: Some(Arc::new(peer)),
             client: Some(Arc::new(client)),
             legacy: legacy.map(Arc::new),
             deps,
             shared: Rc::new(RefCell::new(Shared {
-                table: Admission::new(limits.handshakes_per_ip, limits.handshakes_total),
+                table: Admission::new(now.handshakes_per_ip, now.handshakes_total),
                 logs: LogLimiter::default(),
             })),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
@@ -272,8 +273,12 @@ impl StreamHandler<PeerConn> for Listener {
                 this.deps.clone(),
                 this.shared.clone(),
                 this.session_log.clone(),
-                this.limits.clone(),
+                this.limits.get(),
             );
+            this.shared
+                .borrow_mut()
+                .table
+                .set_limits(limits.handshakes_per_ip, limits.handshakes_total);
             let (_, evicted) = this.shared.borrow_mut().table.admit(remote.ip(), |ticket| {
                 actix_rt::spawn(inbound(ticket, stream, remote, deps, shared, limits, log))
             });

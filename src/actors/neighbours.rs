@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,7 +25,7 @@ use actix::prelude::*;
 use super::peer_session::{dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession};
 use super::router::{LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
 use super::{fault_handler, guard};
-use crate::config::{LimitsConfig, NetworkConfig};
+use crate::config::{LiveLimits, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
 use crate::logging::{log_summary, LogLimiter};
 use crate::overlay::membership::TICK;
@@ -63,7 +62,7 @@ pub struct NeighbourManager {
     /// Parent logger of the sessions this manager dials.
     session_log: slog::Logger,
     /// Per-peer budgets, for the sessions this manager dials and the bans.
-    limits: Arc<LimitsConfig>,
+    limits: LiveLimits,
     /// Links from (or dials to) banned peers refused since the last summary.
     refused: u64,
     /// When the next summary of refusals is due.
@@ -110,7 +109,7 @@ impl NeighbourManager {
         store: Store,
         router: Addr<Router>,
         net: NetworkConfig,
-        limits: Arc<LimitsConfig>,
+        limits: LiveLimits,
         log: &slog::Logger,
     ) -> NeighbourManager {
         let log = log.new(slog::o!("actor" => "neighbours"));
@@ -293,7 +292,7 @@ impl NeighbourManager {
                         next_session_id(),
                         this.router.clone(),
                         ctx.address(),
-                        &this.limits,
+                        &this.limits.get(),
                         &this.session_log,
                     );
                 }
@@ -408,7 +407,7 @@ impl Handler<Ban> for NeighbourManager {
         let log = self.log.clone();
         guard(self, ctx, &log, "neighbours", |this, _| {
             let now = unix_now_ms();
-            let until = now.saturating_add(this.limits.backoff.as_millis() as u64);
+            let until = now.saturating_add(this.limits.get().backoff.as_millis() as u64);
             this.membership.ban(msg.address, msg.listen, until, now);
             for h in this.sessions.values().filter(|h| h.address == msg.address) {
                 h.session.do_send(Close { farewell: None });
@@ -546,6 +545,7 @@ impl Handler<SetBootstrap> for NeighbourManager {
             .copied()
             .collect();
         self.bootstrap_errors.retain(|a, _| msg.0.contains(a));
+        self.membership.set_bootstrap(msg.0.clone());
         self.bootstrap = msg.0;
         for addr in added {
             self.dial(addr, ctx);

@@ -871,6 +871,23 @@ impl Handler<NeighbourDown> for Router {
     }
 }
 
+/// New `[limits]` (a config reload): the furthest expiry accepted and the
+/// filter entries one peer may create.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetLimits {
+    pub max_ttl: Duration,
+    pub new_entries_per_min: u32,
+}
+
+impl Handler<SetLimits> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: SetLimits, _ctx: &mut Context<Self>) {
+        self.cfg.max_ttl = msg.max_ttl;
+        self.cfg.new_entries_per_min = msg.new_entries_per_min;
+    }
+}
+
 /// Wait until a message's receipt arrives: true if delivered, false if it
 /// timed out or failed.
 #[derive(Message)]

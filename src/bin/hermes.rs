@@ -281,7 +281,7 @@ fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
          (default ~/.local/share/hermes).\n.TP\nNOTIFY_SOCKET\nSet by systemd for \
          Type=notify: the daemon sends READY=1, STATUS= and STOPPING=1 there.\n\
          .SH SIGNALS\nSIGTERM, SIGINT: leave the network, flush the store, exit 0. SIGHUP: \
-         reload the config (log.level and network.bootstrap at once; other keys at the next start).\n\
+         reload the config (log.level, network.bootstrap and [limits] at once; other keys at the next start).\n\
          .SH FILES\n.TP\n/etc/hermes/node.toml\nThe config of the packaged service; every key is \
          documented there.\n.TP\n<data_dir>/identity.key, <data_dir>/store, <data_dir>/hermes.sock\n\
          The node's key (mode 0600), its store, and the client socket (mode 0600).\n\

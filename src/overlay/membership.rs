@@ -262,6 +262,23 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Replaces the bootstrap addresses (a config reload): a new one is
+    /// redialled until it has been linked once, like those given at start;
+    /// one no longer named is no longer treated as a bootstrap node.
+    pub fn set_bootstrap(&mut self, bootstrap: Vec<SocketAddr>) {
+        for old in &self.bootstrap {
+            if !bootstrap.contains(old) {
+                self.lost.remove(old);
+            }
+        }
+        for new in &bootstrap {
+            if !self.bootstrap.contains(new) {
+                self.lost.insert(*new);
+            }
+        }
+        self.bootstrap = bootstrap;
+    }
+
     /// `own` is this node's signed record; `stored` the address book as
     /// stored; `seed` fixes the random choices (the simulator's runs repeat).
     pub fn new(
@@ -1892,6 +1909,21 @@ mod tests {
         }
         assert!(after.contains(&moved), "{after:?}");
         assert_eq!(m.ban_count(), 0, "the ended ban was swept");
+    }
+
+    #[test]
+    fn a_bootstrap_address_added_by_a_reload_is_redialled_like_the_first_ones() {
+        let (mut m, now) = node(1, 3, vec![]);
+        let b: SocketAddr = "127.0.0.9:58008".parse().unwrap();
+        m.set_bootstrap(vec![b]);
+        assert!(m.lost.contains(&b), "redialled until linked once");
+        assert_eq!(m.bootstrap, vec![b]);
+        m.set_bootstrap(vec![]);
+        assert!(
+            !m.lost.contains(&b),
+            "dropped from the config: not redialled"
+        );
+        let _ = now;
     }
 
     #[test]
