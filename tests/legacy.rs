@@ -72,6 +72,10 @@ fn legacy_push_and_pull() {
         "PULL with an empty inbox"
     );
 
+    // An empty message is refused here too (issue 12, defect 8).
+    let answer = legacy(pa, &format!("PUSH IP:{} MSG:", ip(N, 3)));
+    assert_eq!(lines(&answer), vec!["FAIL"], "answer to an empty PUSH");
+
     let answer = legacy(pa, &format!("PUSH IP:{} MSG:hi", ip(N, 3)));
     assert_eq!(lines(&answer), vec!["SUCCESS"], "answer to PUSH");
 

@@ -201,9 +201,6 @@ where
 }
 
 async fn push(deps: &ClientDeps, to: String, text: String) -> Response {
-    if text.is_empty() {
-        return refused("the message is empty: there is nothing to send");
-    }
     match deps.router.send(Push { to, text }).await {
         Ok(Ok(id)) => Response::Pushed { id },
         Ok(Err(e)) => refused(e),

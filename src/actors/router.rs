@@ -719,6 +719,12 @@ impl Handler<Push> for Router {
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
         let r = guard(self, ctx, &log, "router", |this, _ctx| {
+            if msg.text.is_empty() {
+                // Whatever the entry point (client socket, legacy port).
+                return Err(PushError::BadInput(
+                    "the message is empty: there is nothing to send".into(),
+                ));
+            }
             if msg.text.len() > MAX_TEXT_BYTES {
                 return Err(PushError::BadInput(format!(
                     "message is {} bytes; the limit is {MAX_TEXT_BYTES}",
