@@ -20,7 +20,7 @@ use super::listener::Listener;
 use super::names;
 use super::neighbours::{GetBootstrap, GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
-use super::router::{CancelOutbox, Push, PushError, Router, WaitDelivered};
+use super::router::{CancelOutbox, LearnedRecord, Push, PushError, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
 use crate::logging::LevelHandle;
 use crate::store::{Counter, Store};
@@ -282,7 +282,11 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             Err(e) => refused(format!("neighbour manager unavailable: {e}")),
         },
         Request::ContactAdd { name, dest } => {
-            match names::add_contact(&name, &dest, &deps.store, &deps.me).await {
+            let book = deps.neighbours.clone();
+            let learn = move |rec: &crate::crypto::SignedRecord| {
+                book.do_send(LearnedRecord(rec.clone()));
+            };
+            match names::add_contact(&name, &dest, &deps.store, &deps.me, &learn).await {
                 Ok(c) => Response::Contacts(vec![c]),
                 Err(e) => refused(e),
             }

@@ -193,15 +193,19 @@ async fn probe_cached(addr: SocketAddr, identity: &Identity) -> Result<SignedRec
 }
 
 /// Finds the signed record a push to `to` is sealed to.
+///
+/// A record learned by a probe goes to `learn` (the NeighbourManager, which
+/// owns the address book), so that the node is known by its address later.
 pub async fn resolve(
     to: &str,
     store: &Store,
     me: &LinkIdentity,
+    learn: &dyn Fn(&SignedRecord),
 ) -> Result<SignedRecord, NameError> {
     match parse_dest(to)? {
         Dest::Node(addr) => node_record(addr, store, me, None),
         Dest::Ip(sa, port_given) if is_me(sa, port_given, me) => Ok((*me.record).clone()),
-        Dest::Ip(sa, _) => resolve_ip(sa, store, me).await,
+        Dest::Ip(sa, _) => resolve_ip(sa, store, me, learn).await,
         Dest::Name(name) => {
             let c = store
                 .contact_get(&ContactKey::Name(name.clone()))?
@@ -210,7 +214,7 @@ pub async fn resolve(
                         "no contact named {name:?} (see `hermes contacts list`)"
                     ))
                 })?;
-            resolve_contact(&name, &c, store, me).await
+            resolve_contact(&name, &c, store, me, learn).await
         }
     }
 }
@@ -243,6 +247,7 @@ async fn resolve_ip(
     sa: SocketAddr,
     store: &Store,
     me: &LinkIdentity,
+    learn: &dyn Fn(&SignedRecord),
 ) -> Result<SignedRecord, NameError> {
     let key = ContactKey::Ip(sa);
     let pinned = store.contact_get(&key)?;
@@ -286,7 +291,7 @@ async fn resolve_ip(
         })));
     }
     // For routing: the record now in hand is the node's own and verified.
-    store.peer_put(&rec)?;
+    learn(&rec);
     Ok(rec)
 }
 
@@ -295,6 +300,7 @@ async fn resolve_contact(
     c: &Contact,
     store: &Store,
     me: &LinkIdentity,
+    learn: &dyn Fn(&SignedRecord),
 ) -> Result<SignedRecord, NameError> {
     let Some(sa) = c.dest else {
         return node_record(c.address, store, me, Some(name));
@@ -313,7 +319,7 @@ async fn resolve_contact(
             })))
         }
         Ok(rec) => {
-            store.peer_put(&rec)?;
+            learn(&rec);
             Ok(rec)
         }
         // Not answering: queue to the pinned key if its record is known.
@@ -350,6 +356,7 @@ pub async fn add_contact(
     dest: &str,
     store: &Store,
     me: &LinkIdentity,
+    learn: &dyn Fn(&SignedRecord),
 ) -> Result<ContactInfo, NameError> {
     validate_name(name).map_err(|why| NameError::BadInput(format!("contact {name:?}: {why}")))?;
     let dest = dest.trim();
@@ -359,7 +366,10 @@ pub async fn add_contact(
             if is_me(sa, port_given, me) {
                 (me.record.record.address, Some(sa))
             } else {
-                (resolve_ip(sa, store, me).await?.record.address, Some(sa))
+                (
+                    resolve_ip(sa, store, me, learn).await?.record.address,
+                    Some(sa),
+                )
             }
         }
         _ => {

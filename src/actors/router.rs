@@ -736,15 +736,22 @@ impl Handler<Push> for Router {
                 this.store.clone(),
                 this.cfg.ttl,
                 this.workers.clone(),
+                this.peer_book.clone(),
             ))
         });
-        let (me, store, ttl, workers) = match r {
+        let (me, store, ttl, workers, book) = match r {
             Some(Ok(x)) => x,
             Some(Err(e)) => return Box::pin(async move { Err(e) }.into_actor(self)),
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
         };
         let fut = async move {
-            let recipient = super::names::resolve(&msg.to, &store, &me).await?;
+            // A probed recipient's record goes to the address book's owner.
+            let learn = |rec: &crate::crypto::SignedRecord| {
+                if let Some(b) = &book {
+                    let _ = b.try_send(LearnedRecord(rec.clone()));
+                }
+            };
+            let recipient = super::names::resolve(&msg.to, &store, &me, &learn).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
             let to = recipient.record.address;
