@@ -572,3 +572,30 @@ fn outbox_cancel_peek_and_peers_without_self() {
     );
     assert!(peers.stdout.contains(&b_address), "{peers}");
 }
+
+/// A node listening on 0.0.0.0 is its own recipient at 127.0.0.1: the probe
+/// that reaches itself answers with its own record (it used to fail with
+/// "peer is this node itself").
+#[test]
+fn push_to_loopback_of_a_wildcard_node_lands_in_its_inbox() {
+    const N: u8 = 96;
+    let port = 40_000 + 10 * u16::from(N);
+    let mut node = Node::configure(N, 2, NodeOpts::default());
+    let text = node.config_text().replace(
+        &format!("listen = \"{}\"", node.listen()),
+        &format!("listen = \"0.0.0.0:{port}\""),
+    );
+    assert!(text.contains("0.0.0.0"), "{text}");
+    fs::write(node.config_path(), text).expect("write config");
+    node.spawn_process();
+    node.wait_ready();
+    let msg = format!("to myself {}", random_hex(6));
+    let out = node.cli(
+        "push",
+        &["--to", &format!("127.0.0.1:{port}"), "--msg", &msg],
+    );
+    assert!(out.ok(), "push to a loopback address of this node: {out}");
+    let got = node.pull_until(DELIVERY_TIMEOUT, "the message to itself", |l| !l.is_empty());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].ends_with(&format!("MSG:{msg}")), "{got:?}");
+}

@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::peer_session::{probe, LinkIdentity};
+use super::peer_session::{probe, LinkError, LinkIdentity};
 use super::router::PushError;
 use crate::config::DEFAULT_PORT;
 use crate::crypto::{unix_now, Address, Identity, SignedRecord};
@@ -173,7 +173,12 @@ fn cached(addr: &SocketAddr) -> Option<SignedRecord> {
 
 /// The record of the node answering at `addr`, probed at most once per
 /// [`PROBE_CACHE_TTL`] (and once at a time).
-async fn probe_cached(addr: SocketAddr, identity: &Identity) -> Result<SignedRecord, String> {
+///
+/// A probe that reaches this node itself (an address of this host the record
+/// does not name, such as 127.0.0.1 for a node listening on 0.0.0.0) answers
+/// with this node's own record.
+async fn probe_cached(addr: SocketAddr, me: &LinkIdentity) -> Result<SignedRecord, String> {
+    let identity: &Identity = &me.identity;
     if let Some(rec) = cached(&addr) {
         return Ok(rec);
     }
@@ -182,7 +187,11 @@ async fn probe_cached(addr: SocketAddr, identity: &Identity) -> Result<SignedRec
     if let Some(rec) = cached(&addr) {
         return Ok(rec);
     }
-    let rec = probe(addr, identity).await.map_err(|e| e.to_string())?;
+    let rec = match probe(addr, identity).await {
+        Ok(rec) => rec,
+        Err(LinkError::SelfLink) => return Ok((*me.record).clone()),
+        Err(e) => return Err(e.to_string()),
+    };
     if let Ok(mut c) = cache().lock() {
         c.retain(|_, (at, _)| at.elapsed() < PROBE_CACHE_TTL);
         if c.len() < PROBE_CACHE_MAX {
@@ -251,7 +260,7 @@ async fn resolve_ip(
 ) -> Result<SignedRecord, NameError> {
     let key = ContactKey::Ip(sa);
     let pinned = store.contact_get(&key)?;
-    let rec = match probe_cached(sa, &me.identity).await {
+    let rec = match probe_cached(sa, me).await {
         Ok(rec) => rec,
         Err(why) => {
             return match pinned {
@@ -308,7 +317,7 @@ async fn resolve_contact(
     if c.address == me.record.record.address {
         return Ok((*me.record).clone());
     }
-    match probe_cached(sa, &me.identity).await {
+    match probe_cached(sa, me).await {
         Ok(rec) if rec.record.address != c.address => {
             Err(NameError::KeyChanged(Box::new(KeyChange {
                 pinned: format!("contact {name}"),

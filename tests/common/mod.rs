@@ -83,13 +83,14 @@
 //! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
 //! | 94 | client.rs          | push_each_line_pipelines_and_names_refused_lines  |
 //! | 95 | delivery.rs        | receipt_goes_back_only_the_way_the_message_came   |
+//! | 96 | client.rs          | push_to_loopback_of_a_wildcard_node_lands_in_its_inbox (port 40960) |
 //! | 100 | cli.rs            | errors_say_their_cause_once_and_how_to_go_on      |
 //! | 101 | cli.rs            | long_multibyte_and_empty_messages_are_refused_... (binds nothing) |
 //! | 102 | client.rs         | readiness_status_warnings_and_sighup_reload       |
 //! | 103 | client.rs         | outbox_cancel_peek_and_peers_without_self         |
 //! | 104-109 | (ops, issue 12) | reserved                                      |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 96-99, 113-119, 130-199, 240-255
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 240-255
 //! (120-129: onion, issue 9; 200-239: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
