@@ -489,9 +489,14 @@ impl Node {
     }
 
     /// The last `n` lines of the log.
+    /// The last `n` lines of the log, leaving out the debug line of every
+    /// client request (the tests' own `status` polls would fill the tail).
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("DEBG client request"))
+            .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
@@ -505,7 +510,7 @@ impl Node {
             "\n----- last log lines of node {} ({state}; log {}) -----\n{}\n",
             self.listen(),
             self.log_path().display(),
-            self.log_tail(30)
+            self.log_tail(60)
         )
     }
 
