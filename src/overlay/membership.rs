@@ -252,6 +252,8 @@ pub struct Membership {
     next_rotate_ms: u64,
     leaving: bool,
     next_exchange_ms: u64,
+    /// Neighbours short of links whose sample is answered with ours.
+    answer_short: Vec<Address>,
     next_sweep_ms: u64,
     actions: Vec<Action>,
     rng: StdRng,
@@ -318,6 +320,7 @@ impl Membership {
             next_rotate_ms: first_rotation,
             leaving: false,
             next_exchange_ms: first_exchange,
+            answer_short: Vec::new(),
             next_sweep_ms: now_ms + ms(SWEEP_INTERVAL),
             actions: Vec::new(),
             rng,
@@ -1266,6 +1269,18 @@ impl Membership {
                 l.their_neighbours = neighbours.into_iter().take(MAX_GOSSIP_NEIGHBOURS).collect();
                 let pending = l.pending_until.is_some();
                 let direction = l.direction;
+                // A settled neighbour short of links that sent us its sample
+                // gets ours back (at most every half exchange interval): a
+                // node linked only to a busy hub would otherwise learn other
+                // nodes only when the hub's random exchange picks it.
+                let answer = !pending
+                    && !records.is_empty()
+                    && l.their_neighbours.len() < self.cfg.min_neighbours
+                    && l.gossip_out_ms
+                        .is_none_or(|t| t + ms(EXCHANGE_INTERVAL) / 2 <= now_ms);
+                if answer {
+                    self.answer_short.push(addr);
+                }
                 if pending && direction == Direction::In {
                     self.admit(addr, &records, now_ms);
                 } else {
@@ -1322,6 +1337,9 @@ impl Membership {
             .map(|l| Source::Peer(l.listen().ip()))
             .unwrap_or(Source::Link);
         self.learn(records, now_ms, source);
+        for a in std::mem::take(&mut self.answer_short) {
+            self.send_gossip(a, true, now_ms, None);
+        }
     }
 
     /// Takes verified records into the book; refuses forged and future ones.
@@ -1442,6 +1460,49 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A hub answers the sample of a neighbour short of links with its own
+    /// (once per half exchange interval), so a leaf of a busy hub learns
+    /// other nodes without waiting for the hub's random exchange to pick it.
+    #[test]
+    fn a_short_neighbours_sample_is_answered_with_ours() {
+        let (mut m, now) = node(2, 4, vec![]);
+        let (leaf, known, also) = (peer(2), peer(3), peer(4));
+        m.link_up(LinkId(1), leaf.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), known.record.clone(), Direction::In, now);
+        m.on_frame(LinkId(2), gossip(&[&also], &[&known, &also]), now);
+        m.take_actions();
+        let sent_records = |actions: &[Action]| -> Option<usize> {
+            actions.iter().find_map(|a| match a {
+                Action::Send {
+                    link: LinkId(1),
+                    body: LinkBody::Gossip(g),
+                } => Some(g.records.len()),
+                _ => None,
+            })
+        };
+        // The leaf (one neighbour: us) sends its sample: answered with records.
+        let t = now + ms(EXCHANGE_INTERVAL);
+        m.on_frame(LinkId(1), gossip(&[], &[&leaf]), t);
+        let answered = sent_records(&m.take_actions());
+        assert!(
+            answered.is_some_and(|n| n >= 2),
+            "answered with a sample: {answered:?}"
+        );
+        // Not again within half an exchange interval...
+        m.on_frame(LinkId(1), gossip(&[], &[&leaf]), t + 1_000);
+        assert_eq!(sent_records(&m.take_actions()), None);
+        // ...and a neighbour with enough links is not answered.
+        let t2 = t + ms(EXCHANGE_INTERVAL);
+        m.on_frame(LinkId(2), gossip(&[&also, &leaf], &[&known]), t2);
+        assert!(!m.take_actions().iter().any(|a| matches!(
+            a,
+            Action::Send {
+                link: LinkId(2),
+                body: LinkBody::Gossip(_)
+            }
+        )));
     }
 
     #[test]
