@@ -8,7 +8,8 @@
 
 use sled::Transactional;
 
-use super::drop_list::{exp_key, insert_in_tx, is_live, DropEntry, DropKey};
+use super::drop_list::{exp_key, DropKey};
+use super::writer::{self, Op, Outcome};
 use super::{Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::Receipt;
@@ -45,34 +46,16 @@ impl Store {
         mark_until: u64,
         now: u64,
     ) -> Result<Option<InboxKey>, StoreError> {
-        let seq = self.db.generate_id()?;
-        let mut key = Vec::with_capacity(24);
-        key.extend_from_slice(&seq.to_be_bytes());
-        key.extend_from_slice(&msg.id.0);
-        let value = postcard::to_stdvec(msg)?;
-        let delivered = DropKey::Delivered(msg.id);
-        let entry = DropEntry {
-            expires_at: mark_until,
-            receipt: Some(receipt.clone()),
-        };
-        let delivered_key = delivered.bytes();
-        let r =
-            (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
-                if drop
-                    .get(delivered_key.as_slice())?
-                    .is_some_and(|v| is_live(&v, now))
-                {
-                    return Ok(false);
-                }
-                inbox.insert(key.as_slice(), value.as_slice())?;
-                insert_in_tx(drop, drop_exp, &delivered, &entry)?;
-                Ok(true)
-            })?;
-        Ok(r.then_some(InboxKey {
-            key,
-            id: msg.id,
+        let op = Op::Deliver {
+            msg: Box::new(msg.clone()),
+            receipt: Box::new(receipt.clone()),
             mark_until,
-        }))
+            now,
+        };
+        match writer::apply_now(self, op)? {
+            Outcome::Delivered(k) => Ok(k),
+            _ => Err(writer::stopped()),
+        }
     }
 
     /// Takes back a delivery whose flush failed: the inbox entry and its

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
+use super::drop_list::DropKey;
+use super::writer::{self, Op, Outcome};
 use super::{Counter, Store, StoreError};
 use crate::crypto::seal::Sealed;
 use crate::crypto::Address;
@@ -61,18 +62,13 @@ pub struct OutboxCounts {
 
 impl Store {
     /// Stores an entry and files it under its due time in the `outbox_due`
-    /// index (both in one transaction).
+    /// index (both in one transaction), on the calling thread, not flushed.
     pub fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), StoreError> {
-        let value = postcard::to_stdvec(entry)?;
-        (&self.outbox, &self.outbox_due).transaction(|(outbox, due)| {
-            if let Some(old) = outbox.insert(&id.0, value.as_slice())? {
-                if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
-                    due.remove(&due_key(old.due_ms(), id)[..])?;
-                }
-            }
-            due.insert(&due_key(entry.due_ms(), id)[..], &[])?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
+        let op = Op::OutboxPut {
+            id: *id,
+            entry: Box::new(entry.clone()),
+        };
+        writer::apply_now(self, op)?;
         Ok(())
     }
 
@@ -107,30 +103,15 @@ impl Store {
         receipt: &Receipt,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let key = DropKey::Delivered(*id);
-        let k = key.bytes();
-        let mark = DropEntry {
-            expires_at: receipt.expires_at,
-            receipt: Some(receipt.clone()),
+        let op = Op::OutboxSettle {
+            id: *id,
+            receipt: Box::new(receipt.clone()),
+            now,
         };
-        let settled = (&self.outbox, &self.outbox_due, &self.drop, &self.drop_exp).transaction(
-            |(outbox, due, drop, drop_exp)| {
-                if !drop.get(&k)?.is_some_and(|v| is_live(&v, now)) {
-                    insert_in_tx(drop, drop_exp, &key, &mark)?;
-                }
-                let Some(old) = outbox.remove(&id.0)? else {
-                    return Ok::<_, ConflictableTransactionError<StoreError>>(false);
-                };
-                if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
-                    due.remove(&due_key(old.due_ms(), id)[..])?;
-                }
-                Ok(true)
-            },
-        )?;
-        if settled {
-            self.bump(Counter::Delivered, 1)?;
+        match writer::apply_now(self, op)? {
+            Outcome::Found(f) => Ok(f),
+            _ => Err(writer::stopped()),
         }
-        Ok(settled)
     }
 
     /// Settles every outbox entry whose id already has a delivered mark
@@ -260,6 +241,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DropEntry;
 
     fn entry(next_try_ms: u64) -> OutboxEntry {
         OutboxEntry {

@@ -498,6 +498,25 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
     })
 }
 
+/// Applies one operation on the calling thread exactly as the writer would
+/// (its transaction, no flush): the store's synchronous methods
+/// (`outbox_put`, `outbox_settle`, `inbox_deliver`) are this, so each rule
+/// is written once.
+pub(super) fn apply_now(store: &Store, mut op: Op) -> Answer {
+    let pre = prepare(store, &mut op)?;
+    let job = Job {
+        op,
+        durable: false,
+        reply: Reply::None,
+    };
+    let mut outs = group_tx(
+        store,
+        std::slice::from_ref(&job),
+        std::slice::from_ref(&pre),
+    )?;
+    outs.pop().ok_or_else(unexpected)
+}
+
 /// Applies one job on the calling thread (the writer's queue was full).
 pub(super) fn apply_here(store: &Store, job: Job) {
     apply_group(store, vec![job]);
