@@ -60,7 +60,7 @@ const DEFAULTS_LABEL: &str = "built-in defaults";
 /// What errors about command-line bootstrap addresses name as their "file".
 const COMMAND_LINE_LABEL: &str = "command line";
 
-const MAX_ONION_HOPS: i64 = 8;
+const MAX_ONION_HOPS: i64 = crate::crypto::sphinx::MAX_RELAYS as i64;
 const MAX_NEIGHBOURS: i64 = 64;
 const MIN_TTL: Duration = Duration::from_secs(1);
 /// The longest time to live any node accepts: a letter sent longer ago than
@@ -225,6 +225,20 @@ pub struct RoutingConfig {
     /// (`routing.retry_max`, default 1 hour; 2 seconds to 7 days). Retries
     /// start at 2 s and double up to this.
     pub retry_max: Duration,
+    /// How long a packet key is announced before the next replaces it
+    /// (`routing.key_rotation`, default 1 day; 1 second to 30 days).
+    pub key_rotation: Duration,
+    /// How long a replaced packet key still opens packets before it is
+    /// deleted (`routing.key_grace`, default 1 hour; at most 3 rotations).
+    pub key_grace: Duration,
+}
+
+impl RoutingConfig {
+    /// The packet-key schedule these settings make (checked at load).
+    pub fn key_schedule(&self) -> crate::crypto::keyring::Schedule {
+        crate::crypto::keyring::Schedule::new(self.key_rotation.as_secs(), self.key_grace.as_secs())
+            .unwrap_or_else(|_| crate::crypto::keyring::Schedule::default_daily())
+    }
 }
 
 /// The `[limits]` in force, shared by the actors that apply them: every new
@@ -616,6 +630,8 @@ struct RawRouting {
     shards: Option<i64>,
     shards_needed: Option<i64>,
     retry_max: Option<String>,
+    key_rotation: Option<String>,
+    key_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1017,12 +1033,7 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
     // [routing]
     let mode = match raw.routing.mode.as_deref() {
         None | Some("flood") => RoutingMode::Flood,
-        Some("onion") => {
-            return Err(bad(
-                "routing.mode",
-                "onion routing is not available yet in this version; use \"flood\"",
-            ))
-        }
+        Some("onion") => RoutingMode::Onion,
         Some(other) => {
             return Err(bad(
                 "routing.mode",
@@ -1061,6 +1072,24 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
             s,
             MIN_RETRY_MAX,
             Duration::from_secs(7 * 86400),
+        )?,
+    };
+    let key_rotation = match raw.routing.key_rotation.as_deref() {
+        None => Duration::from_secs(86_400),
+        Some(s) => duration(
+            "routing.key_rotation",
+            s,
+            Duration::from_secs(1),
+            Duration::from_secs(30 * 86_400),
+        )?,
+    };
+    let key_grace = match raw.routing.key_grace.as_deref() {
+        None => Duration::from_secs(3_600).min(key_rotation * 3),
+        Some(s) => duration(
+            "routing.key_grace",
+            s,
+            Duration::ZERO,
+            key_rotation * 3,
         )?,
     };
     let shards = raw.routing.shards.unwrap_or(1);
@@ -1179,6 +1208,8 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
             shards: u8::try_from(shards).unwrap_or(1),
             shards_needed: u8::try_from(shards_needed).unwrap_or(1),
             retry_max,
+            key_rotation,
+            key_grace,
         },
         client: ClientConfig {
             socket,
@@ -1265,6 +1296,8 @@ mod tests {
                 shards: 1,
                 shards_needed: 1,
                 retry_max: Duration::from_secs(3600),
+                key_rotation: Duration::from_secs(86400),
+                key_grace: Duration::from_secs(3600),
             },
             client: ClientConfig {
                 socket: PathBuf::from("/home/u/.local/share/hermes/hermes.sock"),
@@ -1348,7 +1381,7 @@ mod tests {
             max_neighbours = 64
             [routing]
             mode = "flood"
-            hops = 8
+            hops = 4
             ttl = "90s"
             shards = 1
             shards_needed = 1
@@ -1379,11 +1412,13 @@ mod tests {
                 },
                 routing: RoutingConfig {
                     mode: RoutingMode::Flood,
-                    hops: 8,
+                    hops: 4,
                     ttl: Duration::from_secs(90),
                     shards: 1,
                     shards_needed: 1,
                     retry_max: Duration::from_secs(3600),
+                    key_rotation: Duration::from_secs(86400),
+                    key_grace: Duration::from_secs(3600),
                 },
                 client: ClientConfig {
                     socket: PathBuf::from("/run/hermes.sock"),
@@ -1521,14 +1556,25 @@ mod tests {
 
     #[test]
     fn routing_values() {
-        let r = assert_key("[routing]\nmode = \"onion\"", "routing.mode");
         assert_eq!(
-            r,
-            "onion routing is not available yet in this version; use \"flood\""
+            ok("[routing]\nmode = \"onion\"").routing.mode,
+            RoutingMode::Onion
+        );
+        assert_key("[routing]\nkey_rotation = \"0s\"", "routing.key_rotation");
+        assert_key(
+            "[routing]\nkey_rotation = \"1h\"\nkey_grace = \"4h\"",
+            "routing.key_grace",
+        );
+        assert_eq!(
+            ok("[routing]\nkey_rotation = \"10s\"\nkey_grace = \"5s\"")
+                .routing
+                .key_schedule()
+                .grace(),
+            5
         );
         assert_key("[routing]\nmode = \"broadcast\"", "routing.mode");
         assert_key("[routing]\nhops = 0", "routing.hops");
-        assert_key("[routing]\nhops = 9", "routing.hops");
+        assert_key("[routing]\nhops = 5", "routing.hops");
         assert_eq!(ok("[routing]\nhops = 1").routing.hops, 1);
 
         assert_key("[routing]\nttl = \"7x\"", "routing.ttl");
@@ -1882,6 +1928,8 @@ mod tests {
                     "shards",
                     "shards_needed",
                     "retry_max",
+                    "key_rotation",
+                    "key_grace",
                 ][..],
             ),
             ("client", &["socket", "legacy_port"][..]),

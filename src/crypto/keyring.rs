@@ -111,6 +111,14 @@ impl Schedule {
         })
     }
 
+    /// Daily keys with an hour of grace (the config's defaults).
+    pub fn default_daily() -> Schedule {
+        Schedule {
+            period: 86_400,
+            grace: 3_600,
+        }
+    }
+
     pub fn period(&self) -> u64 {
         self.period
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{verify, Address, Identity};
 
-const RECORD_DOMAIN: &[u8] = b"hermes/record/1\0";
+const RECORD_DOMAIN: &[u8] = b"hermes/record/2\0";
 
 /// How far in the future a record's time may be before it is refused.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
@@ -25,6 +25,28 @@ pub struct NodeRecord {
     pub relay: bool,
     /// Seconds since the Unix epoch when the record was signed.
     pub time: u64,
+    /// The node's current medium-term packet key (onion routing), with its
+    /// validity window; `None` from a node that announces none.
+    pub packet_key: Option<AnnouncedKey>,
+}
+
+/// A medium-term X25519 packet key as a node announces it: relays peel with
+/// it and senders wrap to it. Valid from `not_before` to `not_after`
+/// (seconds since the Unix epoch); the node still opens packets to it for
+/// its grace period after that, then deletes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncedKey {
+    pub epoch: u64,
+    pub public: [u8; 32],
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl AnnouncedKey {
+    /// Whether senders may wrap to it at `now`.
+    pub fn valid_at(&self, now: u64) -> bool {
+        self.not_before <= now.saturating_add(MAX_CLOCK_SKEW_SECS) && now < self.not_after
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +72,24 @@ fn signed_bytes(record: &NodeRecord) -> Result<Vec<u8>, RecordError> {
 
 impl SignedRecord {
     pub fn sign(identity: &Identity, listen: SocketAddr, relay: bool, time: u64) -> SignedRecord {
+        Self::sign_with_key(identity, listen, relay, time, None)
+    }
+
+    /// [`SignedRecord::sign`], announcing a packet key.
+    pub fn sign_with_key(
+        identity: &Identity,
+        listen: SocketAddr,
+        relay: bool,
+        time: u64,
+        packet_key: Option<AnnouncedKey>,
+    ) -> SignedRecord {
         let record = NodeRecord {
             address: identity.address(),
             kem_key: identity.kem_public(),
             listen,
             relay,
             time,
+            packet_key,
         };
         // A plain struct of fixed-size fields always encodes.
         let bytes = signed_bytes(&record).unwrap_or_default();

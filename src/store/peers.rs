@@ -23,7 +23,7 @@ pub const ANCHORS_KEY: &[u8] = b"anchors";
 /// Most anchors stored.
 pub const MAX_ANCHORS: usize = 8;
 /// The first byte of every encoded [`PeerRecord`].
-pub const PEER_RECORD_VERSION: u8 = 2;
+pub const PEER_RECORD_VERSION: u8 = 3;
 
 /// One address-book entry as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
