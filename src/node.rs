@@ -48,7 +48,8 @@ use crate::actors::peer_session::LinkIdentity;
 use crate::actors::router::{Router, RouterConfig, SetLimits};
 use crate::config::{Config, ConfigError, LiveLimits};
 use crate::crypto::identity::IDENTITY_FILE;
-use crate::crypto::{unix_now, Identity, IdentityError, SignedRecord};
+use crate::crypto::keyring::{Announced, PacketKeys};
+use crate::crypto::{unix_now, AnnouncedKey, Identity, IdentityError, SignedRecord};
 use crate::logging::LevelHandle;
 use crate::service::{status_line, Notifier};
 use crate::store::{Opened, Store, StoreError, MANIFEST_FILE};
@@ -71,6 +72,8 @@ pub enum NodeError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    PacketKeys(#[from] crate::crypto::keyring::KeyringError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -106,6 +109,21 @@ impl Service {
             level: LevelHandle::new(config.log.level),
             reload: Box::new(move || Ok(c.clone())),
         }
+    }
+}
+
+/// Replay tags kept per packet key: a relay drops packets once its current
+/// key holds this many (fail closed); at about 72 bytes each on disk, 4 keys'
+/// worth is at most ~290 MB. A day's key at 10 packets/s is 864,000.
+pub const REPLAY_TAGS_PER_KEY: usize = 1_000_000;
+
+/// A packet key as the signed record announces it.
+pub fn announce(a: Announced) -> AnnouncedKey {
+    AnnouncedKey {
+        epoch: a.epoch,
+        public: a.public,
+        not_before: a.not_before,
+        not_after: a.not_after,
     }
 }
 
@@ -152,7 +170,29 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
             "no address to announce: set node.advertise (or listen on a specific IP)"
         );
     }
-    let record = SignedRecord::sign(&identity, advertised, config.node.relay, unix_now());
+    // The packet keys (onion routing): a damaged key file stops the daemon
+    // here with what to do. Replay tags of keys deleted meanwhile go with them.
+    let (keys, rotation) =
+        PacketKeys::open(data_dir, config.routing.key_schedule(), unix_now())?;
+    let keys = Arc::new(keys);
+    let replay = Arc::new(store.replay_tags(REPLAY_TAGS_PER_KEY)?);
+    let held = keys.epochs();
+    for epoch in replay.epochs() {
+        if !held.contains(&epoch) {
+            replay.drop_epoch(epoch)?;
+        }
+    }
+    if let Some(epoch) = rotation.created {
+        slog::info!(log, "new packet key"; "epoch" => epoch);
+    }
+    let packet_key = keys.announced(unix_now()).map(announce);
+    let record = SignedRecord::sign_with_key(
+        &identity,
+        advertised,
+        config.node.relay,
+        unix_now(),
+        packet_key,
+    );
     let me = LinkIdentity {
         identity: identity.clone(),
         record: Arc::new(record),
@@ -188,8 +228,16 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
             retry_max: config.routing.retry_max,
             max_ttl: config.limits.max_ttl,
             new_entries_per_min: config.limits.new_entries_per_min,
+            mode: config.routing.mode,
+            hops: config.routing.hops,
         };
-        Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), &log))
+        let onion = crate::actors::router::OnionParts {
+            keys: keys.clone(),
+            replay: replay.clone(),
+        };
+        Supervisor::start(move |_| {
+            Router::new(me, store, inbox, cfg.clone(), onion.clone(), &log)
+        })
     };
     let live = Live {
         router: router.clone(),

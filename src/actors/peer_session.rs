@@ -518,7 +518,7 @@ impl PeerSession {
                     body,
                 });
             }
-            body @ (LinkBody::Packet(_) | LinkBody::Receipt(_)) => {
+            body @ (LinkBody::Packet(_) | LinkBody::Receipt(_) | LinkBody::Onion(_)) => {
                 // Wait for the router to take it before reading on.
                 let msg = Inbound {
                     from: Some(self.peer.record.address),

@@ -85,6 +85,18 @@ pub struct RouterConfig {
     pub max_ttl: Duration,
     /// `limits.new_entries_per_min`: filter entries one peer may create.
     pub new_entries_per_min: u32,
+    /// `routing.mode`: how this node's own messages travel.
+    pub mode: crate::config::RoutingMode,
+    /// `routing.hops`: relays on an onion path.
+    pub hops: u8,
+}
+
+/// What onion routing needs beside the store: the packet keys (peeling)
+/// and the persistent replay tags.
+#[derive(Clone)]
+pub struct OnionParts {
+    pub keys: Arc<crate::crypto::keyring::PacketKeys>,
+    pub replay: Arc<crate::store::replay::ReplayStore>,
 }
 
 /// How many filter entries one peer created in the current window.
@@ -115,6 +127,8 @@ pub struct Router {
     delivering: HashMap<MessageId, u32>,
     /// Threads for sealing and opening (never the actor's thread).
     workers: Workers,
+    /// Packet keys and replay tags (onion packets).
+    onion: OnionParts,
     /// A [`Router::send_due`] is waiting for the store's answer.
     taking_due: bool,
     /// Another was asked for meanwhile: run it when that one is answered.
@@ -128,6 +142,7 @@ impl Router {
         store: Store,
         inbox: Addr<Inbox>,
         cfg: RouterConfig,
+        onion: OnionParts,
         log: &slog::Logger,
     ) -> Router {
         Router {
@@ -142,6 +157,7 @@ impl Router {
             entries: HashMap::new(),
             delivering: HashMap::new(),
             workers: Workers::per_core("hermes-crypto"),
+            onion,
             taking_due: false,
             due_again: false,
             log: log.new(slog::o!("actor" => "router")),

@@ -480,6 +480,100 @@ impl KeyFile {
     }
 }
 
+/// The node's keyring as the running daemon shares it: loaded and saved
+/// through its [`KeyFile`], rotated on its [`Schedule`], read by the threads
+/// that peel packets. One owner writes it (the key rotation timer); peeling
+/// only reads.
+pub struct PacketKeys {
+    ring: std::sync::RwLock<Keyring>,
+    schedule: Schedule,
+    file: KeyFile,
+}
+
+impl PacketKeys {
+    /// Loads the data dir's key file (a damaged one is an error that says
+    /// what to do), brings it up to `now` and saves it if that changed it.
+    /// Returns the keys and what the rotation did (its deleted epochs are
+    /// the replay tags to drop).
+    pub fn open(
+        data_dir: &Path,
+        schedule: Schedule,
+        now: u64,
+    ) -> Result<(PacketKeys, Rotation), KeyringError> {
+        let file = KeyFile::new(data_dir);
+        let mut ring = file.load()?.unwrap_or_default();
+        let rotation = ring.rotate(now, &schedule, &mut rand::rngs::OsRng);
+        if rotation.changed() {
+            file.save(&ring)?;
+        }
+        Ok((
+            PacketKeys {
+                ring: std::sync::RwLock::new(ring),
+                schedule,
+                file,
+            },
+            rotation,
+        ))
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// Rotates at `now`, saving the file first if anything changed (the
+    /// keys in memory change only once the file holds them).
+    pub fn rotate(&self, now: u64) -> Result<Rotation, KeyringError> {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Keyring {
+            keys: ring
+                .keys
+                .iter()
+                .map(|k| PacketKey::new(k.epoch, k.not_before, k.not_after, *k.secret))
+                .collect(),
+        };
+        let rotation = next.rotate(now, &self.schedule, &mut rand::rngs::OsRng);
+        if rotation.changed() {
+            self.file.save(&next)?;
+            *ring = next;
+        }
+        Ok(rotation)
+    }
+
+    /// The key to announce at `now`.
+    pub fn announced(&self, now: u64) -> Option<Announced> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        ring.announced(now, &self.schedule)
+    }
+
+    /// Peels with the live keys ([`Keyring::peel`]).
+    pub fn peel<F: OnionFormat>(
+        &self,
+        format: &F,
+        packet: &Packet,
+        now: u64,
+    ) -> Result<(u64, Peeled), OnionError> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        ring.peel(format, packet, now, &self.schedule)
+    }
+
+    /// The epochs of the keys held (for dropping other epochs' replay tags).
+    pub fn epochs(&self) -> Vec<u64> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        ring.keys.iter().map(|k| k.epoch).collect()
+    }
+
+    /// When the next rotation is due after `now`: the end of a key's window
+    /// or of its grace, whichever comes first.
+    pub fn next_change(&self, now: u64) -> Option<u64> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        ring.keys
+            .iter()
+            .flat_map(|k| [k.not_after, k.not_after.saturating_add(self.schedule.grace)])
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

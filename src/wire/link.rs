@@ -54,7 +54,15 @@ pub enum LinkBody {
     /// The sender is at `max_neighbours` and closes this link; the records
     /// are other nodes to dial instead.
     Full(Vec<SignedRecord>),
+    /// An onion packet (routing.mode = "onion"): exactly
+    /// [`crate::crypto::sphinx::PACKET_SIZE`] bytes, whatever its place on
+    /// its path; a frame with any other length is refused.
+    Onion(OnionPacket),
 }
+
+/// The bytes of one onion packet on a link (see docs/packet.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnionPacket(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// What neighbours tell each other about the overlay.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +181,9 @@ impl LinkFrame {
             }
             LinkBody::Gossip(g) if g.neighbours.len() > MAX_GOSSIP_NEIGHBOURS => {
                 return Err(WireError::Limit("too many neighbours"));
+            }
+            LinkBody::Onion(p) if p.0.len() != crate::crypto::sphinx::PACKET_SIZE => {
+                return Err(WireError::Limit("onion packet of the wrong size"));
             }
             _ => {}
         }
