@@ -25,7 +25,9 @@ use actix::prelude::*;
 use super::peer_session::{
     dial_courier, dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession,
 };
-use super::router::{CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
+use super::router::{
+    CourierFailed, CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router,
+};
 use super::{fault_handler, guard};
 use crate::config::{LiveLimits, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
@@ -481,6 +483,9 @@ impl Handler<DialCourier> for NeighbourManager {
             Ok(Some(r)) => r,
             _ => {
                 slog::debug!(self.log, "no record to dial a courier link"; "peer" => ?msg.address);
+                self.router.do_send(CourierFailed {
+                    address: msg.address,
+                });
                 return;
             }
         };
@@ -504,7 +509,8 @@ impl Handler<DialCourier> for NeighbourManager {
                     );
                 }
                 Err(e) => {
-                    slog::debug!(this.log, "courier dial failed"; "addr" => %addr, "error" => %e)
+                    slog::debug!(this.log, "courier dial failed"; "addr" => %addr, "error" => %e);
+                    this.router.do_send(CourierFailed { address: expected });
                 }
             }
         }));

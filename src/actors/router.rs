@@ -949,6 +949,7 @@ impl Router {
             &cands,
             self.cfg.hops as usize,
             now,
+            entry.attempts > 0,
         ) {
             Ok(p) => p,
             Err(e) => {
@@ -1513,6 +1514,28 @@ impl Handler<PeerBook> for Router {
     }
 }
 
+/// A courier link could not be dialled (from the NeighbourManager): the
+/// packets waiting for it are dropped, and the node is avoided as a relay
+/// for a while (the origin's messages through it are sent again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CourierFailed {
+    pub address: Address,
+}
+
+impl Handler<CourierFailed> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: CourierFailed, _ctx: &mut Context<Self>) {
+        self.origin.unreachable(&msg.address, unix_now());
+        if let Some((_, q)) = self.pending.remove(&msg.address) {
+            slog::debug!(self.log, "onion packets dropped: their next hop is unreachable"; "next" => ?msg.address, "packets" => q.len());
+            if let Err(e) = self.store.bump(Counter::Dropped, q.len() as u64) {
+                slog::warn!(self.log, "cannot count"; "error" => %e);
+            }
+        }
+    }
+}
+
 /// A courier link is up (from the NeighbourManager): packets waiting for
 /// its node go now.
 #[derive(Message)]
@@ -1542,6 +1565,7 @@ impl Handler<CourierUp> for Router {
                     .do_send(super::peer_session::Close { farewell: None });
             }
         }
+        slog::debug!(self.log, "courier link up"; "peer" => ?address);
         self.couriers
             .insert(address, (h, std::time::Instant::now()));
     }

@@ -38,8 +38,13 @@ pub const MAX_ATTEMPTS_REMEMBERED: usize = 16_384;
 /// Sendings that came to nothing, in a row, after which a relay on their
 /// paths is avoided for [`SUSPECT_FOR_SECS`].
 pub const SUSPECT_AFTER: u32 = 2;
-/// How long a suspect relay is avoided (seconds) unless too few remain.
+/// How long a suspect relay is avoided (seconds).
 pub const SUSPECT_FOR_SECS: u64 = 120;
+/// Paths each part of a retry takes: a sending that got no receipt went
+/// through a relay that is down or hostile, so a retry tries two fresh ones
+/// (the recipient keeps one copy; the other is answered from its delivered
+/// mark).
+pub const PATHS_PER_PART_ON_RETRY: usize = 2;
 
 /// One part of one sending, with its paths.
 #[derive(Clone, Debug)]
@@ -151,8 +156,16 @@ impl Origin {
             .saturating_sub(ids.len())
     }
 
+    /// A relay could not be reached at all (a link to it failed): avoid it
+    /// at once, and count it against its guard place if it is a guard.
+    pub fn unreachable(&mut self, relay: &Address, now: u64) {
+        self.failures.insert(*relay, (SUSPECT_AFTER, now));
+        self.guards.mark_unreachable(relay, now);
+    }
+
     /// Splits `letter` (the sealed letter's bytes) and draws each part's
-    /// paths. `now` in seconds.
+    /// paths: one per part on a first sending, [`PATHS_PER_PART_ON_RETRY`]
+    /// on a retry (`retry`). `now` in seconds.
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &mut self,
@@ -164,6 +177,7 @@ impl Origin {
         candidates: &[Candidate],
         hops: usize,
         now: u64,
+        retry: bool,
     ) -> Result<Plan, FragmentError> {
         let change =
             self.guards
@@ -196,8 +210,9 @@ impl Origin {
         let candidates = &healthy[..];
         let no_guards = Guards::new();
         let mut shortfall = 0;
-        let mut out = Vec::with_capacity(parts.len());
-        for part in parts {
+        let copies = if retry { PATHS_PER_PART_ON_RETRY } else { 1 };
+        let mut out = Vec::with_capacity(parts.len() * copies);
+        for part in parts.iter().flat_map(|p| std::iter::repeat_n(p, copies)) {
             let path = choose_path(
                 me,
                 recipient,
@@ -408,6 +423,7 @@ mod tests {
                 &cands,
                 3,
                 NOW,
+                false,
             )
             .unwrap();
         assert_eq!(plan.shortfall, 0);
@@ -469,6 +485,7 @@ mod tests {
                 &cands,
                 3,
                 NOW,
+                false,
             )
             .unwrap();
         assert_eq!(plan.shortfall, 2);
@@ -492,7 +509,7 @@ mod tests {
         let mut origin = Origin::new(Guards::new(), StdRng::seed_from_u64(6));
         let id = MessageId([8; 16]);
         let first = origin
-            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW)
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW, false)
             .unwrap();
         let relays = |p: &Plan| -> std::collections::HashSet<Address> {
             let part = &p.parts[0];
@@ -505,10 +522,10 @@ mod tests {
         // Two sendings without a receipt: relays on both are suspect, relays
         // on one only are not.
         let second = origin
-            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 2)
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 2, true)
             .unwrap();
         let third = origin
-            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 6)
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 6, true)
             .unwrap();
         let again = relays(&second);
         assert!(!used.is_disjoint(&again), "6 relays, 6 places: some repeat");
@@ -564,6 +581,7 @@ mod tests {
                 &cands,
                 3,
                 NOW,
+                false,
             )
             .unwrap();
         assert!(plan.parts.len() >= 18, "{}", plan.parts.len());
