@@ -195,7 +195,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
     );
     let me = LinkIdentity {
         identity: identity.clone(),
-        record: Arc::new(record),
+        record: crate::crypto::RecordCell::new(record),
     };
 
     let socket_path = config.client.socket.clone();

@@ -130,7 +130,7 @@ impl NeighbourManager {
         let bootstrap = net.bootstrap.clone();
         let mut membership = Membership::new(
             me.identity.clone(),
-            (*me.record).clone(),
+            (*me.record.get()).clone(),
             net.bootstrap,
             MembershipConfig::new(net.min_neighbours, net.max_neighbours),
             stored,
@@ -267,7 +267,10 @@ impl NeighbourManager {
     fn dial(&mut self, addr: SocketAddr, ctx: &mut Context<Self>) {
         let me = self.me.clone();
         slog::debug!(self.log, "dialling"; "addr" => %addr);
-        let fut = async move { dial_from_own_ip(addr, &me.identity, &me.record).await };
+        let fut = async move {
+            let record = me.record.get();
+            dial_from_own_ip(addr, &me.identity, &record).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             match res {
                 Ok(est)

@@ -205,7 +205,7 @@ impl Router {
     }
 
     fn my_address(&self) -> Address {
-        self.me.record.record.address
+        self.me.address()
     }
 
     fn bump(&self, c: Counter) {
@@ -776,7 +776,7 @@ impl Handler<Push> for Router {
                 version: LETTER_VERSION,
                 id,
                 recipient: to,
-                sender: (*me.record).clone(),
+                sender: (*me.record.get()).clone(),
                 sent_ms: now_ms,
                 expires_at,
                 text: msg.text,
