@@ -9,6 +9,13 @@
 //! leaving, it closes every link with a farewell (records of the other
 //! neighbours) and waits, bounded, for the farewells to be written.
 //!
+//! The node's own record: this actor is the one writer of the shared
+//! [`crate::crypto::RecordCell`] once it runs. A record re-signed elsewhere
+//! (a new packet key, from the key rotation) arrives as [`SetOwnRecord`]; the
+//! Membership takes it (and gossips it to every neighbour) and the cell is
+//! set from the Membership's own record, as it is after the Membership's
+//! periodic refresh, so new links and letters carry the record in force.
+//!
 //! Bans: a session whose peer broke a budget sends [`Ban`]; the peer's node
 //! address is then refused for `limits.backoff` (the Membership's bounded,
 //! in-memory ban list): its sessions are refused at [`SessionUp`] before they
@@ -172,6 +179,15 @@ impl NeighbourManager {
             "banned" => self.membership.ban_count(),
             "since_secs" => REFUSED_SUMMARY_INTERVAL.as_secs());
         self.next_summary_ms = now_ms + REFUSED_SUMMARY_INTERVAL.as_millis() as u64;
+    }
+
+    /// Puts the Membership's own record in the shared cell if it changed
+    /// (refreshed, or replaced by [`SetOwnRecord`]).
+    fn sync_own_record(&mut self) {
+        let own = self.membership.own_record();
+        if own.record.time != self.me.record.get().record.time {
+            self.me.record.set(own.clone());
+        }
     }
 
     /// Carries out what the membership decided, and saves book changes.
@@ -341,6 +357,7 @@ impl Actor for NeighbourManager {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
                 let now = unix_now_ms();
                 this.membership.tick(now);
+                this.sync_own_record();
                 this.apply(ctx);
                 this.summarise(now);
                 for summary in this.logs.due(Instant::now()) {
@@ -426,6 +443,27 @@ impl Handler<LearnedRecord> for NeighbourManager {
         guard(self, ctx, &log, "neighbours", |this, _| {
             this.membership.learned(msg.0, unix_now_ms());
             this.save_book();
+        });
+    }
+}
+
+/// This node's record, signed again (a new packet key): for new links,
+/// letters, and every neighbour.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetOwnRecord(pub SignedRecord);
+
+impl Handler<SetOwnRecord> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: SetOwnRecord, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        guard(self, ctx, &log, "neighbours", |this, ctx| {
+            let epoch = msg.0.record.packet_key.map(|k| k.epoch);
+            if this.membership.set_own_record(msg.0, unix_now_ms()) {
+                slog::debug!(this.log, "own record replaced"; "packet_key_epoch" => epoch);
+            }
+            this.sync_own_record();
+            this.apply(ctx);
         });
     }
 }
