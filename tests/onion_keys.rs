@@ -20,6 +20,7 @@ const PERIOD: u64 = 3;
 const GRACE: u64 = 2;
 /// Keys alive at once under that schedule: the current one and one in its grace.
 const KEYS_AT_MOST: usize = 2;
+const _: () = assert!(KEYS_AT_MOST <= MAX_KEYS);
 /// Long enough for a few rotations on a loaded machine.
 const ROTATIONS_TIMEOUT: Duration = Duration::from_secs(40);
 /// The key file's head (magic, version, count) and checksum, and one key's entry.
@@ -65,7 +66,10 @@ fn keys_in_file(node: &Node) -> usize {
         bytes.len()
     );
     let n = (bytes.len() - FILE_OVERHEAD) / ENTRY;
-    assert_eq!(bytes[9] as usize, n, "the key count does not match the size");
+    assert_eq!(
+        bytes[9] as usize, n,
+        "the key count does not match the size"
+    );
     n
 }
 
@@ -100,10 +104,7 @@ fn packet_key_rotates_and_reaches_neighbours_and_new_links() {
             node.describe_for_failure()
         );
         most = most.max(keys_in_file(&node));
-        assert!(
-            most <= KEYS_AT_MOST && most <= MAX_KEYS,
-            "packet.keys holds {most} keys"
-        );
+        assert!(most <= KEYS_AT_MOST, "packet.keys holds {most} keys");
         let newer = peer.recv_until(Duration::from_millis(500), |body| match body {
             LinkBody::Gossip(g) => g
                 .records
@@ -176,7 +177,11 @@ fn damaged_packet_keys_stop_the_daemon_with_what_to_do() {
     };
     let log = node.log();
     let second = log.rsplit("===== hermes-it: start #2").next().unwrap_or("");
-    assert_eq!(st.code(), Some(1), "exit code on a damaged key file:\n{second}");
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "exit code on a damaged key file:\n{second}"
+    );
     assert!(
         node.try_status().is_none(),
         "a daemon still answers:\n{second}"

@@ -2510,7 +2510,8 @@ mod tests {
         let listen = before.record.listen;
         // Another node's record: refused.
         let other = Identity::generate();
-        let theirs = SignedRecord::sign_with_key(&other, listen, true, now / 1000 + 1, Some(key(2)));
+        let theirs =
+            SignedRecord::sign_with_key(&other, listen, true, now / 1000 + 1, Some(key(2)));
         assert!(!m.set_own_record(theirs, now));
         // The same content signed again: nothing to announce.
         let same = SignedRecord::sign_with_key(&id, listen, true, now / 1000 + 1, Some(key(1)));

@@ -813,7 +813,8 @@ mod tests {
         s.contact_insert_new(&key, &pin).unwrap();
         let tags = s.replay_tags(10).unwrap();
         for n in 0..3u8 {
-            tags.check_and_insert(u64::from(n % 2) + 1, &[n; 32]).unwrap();
+            tags.check_and_insert(u64::from(n % 2) + 1, &[n; 32])
+                .unwrap();
         }
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("backup");
