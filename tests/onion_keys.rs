@@ -1,16 +1,19 @@
 //! Rotating packet keys in a running daemon (issue 9): the node announces its current
 //! packet key in the record it sends on every link, rotates it on `routing.key_rotation`,
 //! tells its neighbours (gossip) and new links the new key, deletes a key after
-//! `routing.key_grace`, and never holds more keys than the schedule allows. A damaged key
-//! file stops the daemon with a message naming the file and what to do.
+//! `routing.key_grace`, and never holds more keys than the schedule allows; a packet
+//! recorded while a key was in use can no longer be opened by the node once that key is
+//! deleted. A damaged key file stops the daemon with a message naming the file and what
+//! to do.
 
 mod common;
 
 use common::hostile::HostilePeer;
 use common::*;
 use hermes::crypto::keyring::MAX_KEYS;
+use hermes::crypto::sphinx::{NodeHop, OnionFormat, Sphinx};
 use hermes::crypto::{unix_now, AnnouncedKey, SignedRecord};
-use hermes::wire::link::LinkBody;
+use hermes::wire::link::{LinkBody, OnionPacket};
 use std::fs;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,6 +76,31 @@ fn keys_in_file(node: &Node) -> usize {
     n
 }
 
+/// A counter of the node's `status`.
+fn counter(node: &Node, name: &str) -> u64 {
+    node.status()["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in status"))
+}
+
+/// Waits until the node's counters `dropped` and `replays` are `(dropped, replays)`
+/// (each packet the test sends moves exactly one of them).
+fn wait_counters(node: &Node, dropped: u64, replays: u64, what: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        format!("{what}: counters dropped {dropped}, replays {replays}"),
+        &[node],
+        || {
+            let (d, r) = (counter(node, "dropped"), counter(node, "replays"));
+            assert!(
+                d <= dropped && r <= replays,
+                "{what}: dropped {d}, replays {r}"
+            );
+            (d, r) == (dropped, replays)
+        },
+    );
+}
+
 fn hostile(node: &Node, host: u8) -> HostilePeer {
     let to: SocketAddr = node.listen().parse().unwrap();
     let listen: SocketAddr = listen_addr(node.n, host).parse().unwrap();
@@ -88,6 +116,26 @@ fn packet_key_rotates_and_reaches_neighbours_and_new_links() {
     let first = peer.peer.clone();
     let k1 = checked_key(&first, &node);
     assert!(keys_in_file(&node) <= KEYS_AT_MOST);
+
+    // A packet wrapped to that key, recorded: the node opens it (the first copy is
+    // dropped for its junk payload, after its replay tag was recorded; the second is a
+    // replay, which only a node that can open it can tell).
+    let recorded = Sphinx
+        .wrap(
+            &[],
+            &NodeHop {
+                id: first.record.address,
+                key: k1.public,
+            },
+            b"recorded on the wire",
+        )
+        .expect("wrap a packet")
+        .into_bytes();
+    let (dropped0, replays0) = (counter(&node, "dropped"), counter(&node, "replays"));
+    assert!(peer.send(LinkBody::Onion(OnionPacket(recorded.clone()))));
+    wait_counters(&node, dropped0 + 1, replays0, "the recorded packet, sent");
+    assert!(peer.send(LinkBody::Onion(OnionPacket(recorded.clone()))));
+    wait_counters(&node, dropped0 + 1, replays0 + 1, "the recorded packet, again");
 
     // The node rotates: its neighbour is told the new record (gossip), with a newer
     // time and a higher epoch; meanwhile the key file never holds more than the
@@ -150,6 +198,23 @@ fn packet_key_rotates_and_reaches_neighbours_and_new_links() {
         },
     );
     assert!(keys_in_file(&node) <= KEYS_AT_MOST);
+
+    // Key 1 is past its grace period and deleted: the recorded packet no longer opens
+    // (were it opened, it would be counted as a replay again).
+    assert!(unix_now() >= k1.not_after + GRACE, "{k1:?}");
+    assert!(peer.send(LinkBody::Onion(OnionPacket(recorded))));
+    wait_counters(
+        &node,
+        dropped0 + 2,
+        replays0 + 1,
+        "the recorded packet after its key was deleted",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the node logs that no packet key opens the recorded packet",
+        &[&node],
+        || node.log().contains("no packet key opens it"),
+    );
 }
 
 #[test]
