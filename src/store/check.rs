@@ -201,6 +201,8 @@ fn check_value(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
         },
         "contacts" if super::contacts::value_decodes(value) => Ok(()),
         "contacts" => Err("a pinned contact does not decode".into()),
+        "parts" if super::parts::entry_decodes(key, value) => Ok(()),
+        "parts" => Err("a held message part does not decode".into()),
         REPLAY_TREE => replay_entry_valid(key, value),
         _ => Ok(()),
     }
@@ -232,6 +234,16 @@ fn replay_tree(store: &Store) -> Result<Option<sled::Tree>, sled::Error> {
 
 /// Reads every record of every tree once.
 fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
+    let parts = match store.db.open_tree(super::parts::PARTS_TREE) {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(format!(
+                "{}: damaged: cannot open tree parts ({e})",
+                file.display()
+            ));
+            return;
+        }
+    };
     let mut trees: Vec<(&str, &sled::Tree)> = vec![
         ("outbox", &store.outbox),
         ("outbox_due", &store.outbox_due),
@@ -241,6 +253,7 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
         ("peers", &store.peers),
         ("contacts", &store.contacts),
         ("meta", &store.meta),
+        ("parts", &parts),
     ];
     let replay = match replay_tree(store) {
         Ok(t) => t,
