@@ -135,7 +135,12 @@ fn packet_key_rotates_and_reaches_neighbours_and_new_links() {
     assert!(peer.send(LinkBody::Onion(OnionPacket(recorded.clone()))));
     wait_counters(&node, dropped0 + 1, replays0, "the recorded packet, sent");
     assert!(peer.send(LinkBody::Onion(OnionPacket(recorded.clone()))));
-    wait_counters(&node, dropped0 + 1, replays0 + 1, "the recorded packet, again");
+    wait_counters(
+        &node,
+        dropped0 + 1,
+        replays0 + 1,
+        "the recorded packet, again",
+    );
 
     // The node rotates: its neighbour is told the new record (gossip), with a newer
     // time and a higher epoch; meanwhile the key file never holds more than the
