@@ -220,6 +220,33 @@ fn packet_key_rotates_and_reaches_neighbours_and_new_links() {
         &[&node],
         || node.log().contains("no packet key opens it"),
     );
+
+    // End to end: a second node (onion mode) linked to the first learns each new key
+    // from gossip, so a message it seals long after the key it saw at link time was
+    // deleted still reaches the first node (pushed by address: the record comes from
+    // the address book, not from a probe).
+    let mut opts = fast_keys();
+    opts.extra_toml = format!(
+        "[routing]\nmode = \"onion\"\nkey_rotation = \"{PERIOD}s\"\nkey_grace = \"{GRACE}s\"\n"
+    );
+    opts.bootstrap = vec![node.listen()];
+    let sender = Node::start(N, 3, opts);
+    wait_linked(&node, &sender);
+    let at_link = checked_key(&hostile(&node, 52).peer, &node);
+    wait_for(
+        ROTATIONS_TIMEOUT,
+        format!(
+            "the first node's key {} (at link time) deleted",
+            at_link.epoch
+        ),
+        &[&node],
+        || unix_now() > at_link.not_after + GRACE,
+    );
+    let text = "sealed to a packet key learned from gossip";
+    sender.push(&node.address(), text);
+    node.pull_until(DELIVERY_TIMEOUT, text, |lines| {
+        lines.iter().any(|l| l.ends_with(text))
+    });
 }
 
 #[test]
