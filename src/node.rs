@@ -7,6 +7,10 @@
 //! data dir with no store and no manifest (a store without its key means the
 //! identity is lost: refused); the store is opened and proved intact
 //! (`store::check`; refused if not), and tied to the key's address.
+//! The packet keys (`<data_dir>/packet.keys`) are loaded and brought up to
+//! date (a damaged file is refused with what to do), and the record is signed
+//! with the announced key; from then on the KeyRotation actor rotates them
+//! on `routing.key_rotation` / `key_grace` and announces each new key.
 //!
 //! Readiness: once the sockets are bound and the actors started, the daemon
 //! logs `ready` and tells a service manager `READY=1` (see [`crate::service`]);
@@ -40,6 +44,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::actors::client_session::{no_neighbours_warning, ClientDeps, NodeInfo};
 use crate::actors::inbox::Inbox;
+use crate::actors::keys::KeyRotation;
 use crate::actors::listener::{Listener, StopAccepting};
 use crate::actors::neighbours::{
     GetBootstrap, GetNeighbours, Leave, NeighbourManager, SetBootstrap,
@@ -194,7 +199,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
     );
     let me = LinkIdentity {
         identity: identity.clone(),
-        record: Arc::new(record),
+        record: crate::crypto::RecordCell::new(record),
     };
 
     let socket_path = config.client.socket.clone();
@@ -246,6 +251,13 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
         let net = config.network.clone();
         let limits = limits.clone();
         Supervisor::start(move |_| NeighbourManager::new(me, store, router, net, limits, &log))
+    };
+    // The packet keys' one writer: rotates them on schedule and announces
+    // each new key through the NeighbourManager.
+    let _keys = {
+        let (me, keys, replay) = (me.clone(), keys.clone(), replay.clone());
+        let (neighbours, log) = (neighbours.clone(), log.clone());
+        Supervisor::start(move |_| KeyRotation::new(me, keys, replay, neighbours, &log))
     };
     let deps = ClientDeps {
         me: me.clone(),

@@ -272,14 +272,14 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             Err(e) => refused(e),
         },
         Request::Id => Response::Id {
-            address: deps.me.record.record.address.to_string(),
+            address: deps.me.address().to_string(),
         },
         Request::Fault { actor, kind } => fault(deps, listener, &actor, &kind),
         Request::Peers => match deps.neighbours.send(GetPeers).await {
             Ok(mut peers) => {
                 // The node's own record lands in the store when it writes
                 // to itself; it is not a peer.
-                let me = deps.me.record.record.address.to_string();
+                let me = deps.me.address().to_string();
                 peers.retain(|p| p.address != me);
                 Response::Peers(peers)
             }
@@ -419,8 +419,8 @@ async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
     let counts = s.outbox_counts().map_err(|e| e.to_string())?;
     let c = |k| s.counter(k).map_err(|e| e.to_string());
     Ok(StatusReport {
-        address: deps.me.record.record.address.to_string(),
-        listen: deps.me.record.record.listen.to_string(),
+        address: deps.me.address().to_string(),
+        listen: deps.me.record.get().record.listen.to_string(),
         neighbours,
         outbox: OutboxCounts {
             queued: counts.queued,

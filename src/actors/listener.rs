@@ -153,7 +153,8 @@ async fn inbound(
     limits: Arc<LimitsConfig>,
     log: slog::Logger,
 ) {
-    let r = establish(stream, &deps.me.identity, &deps.me.record, false, None).await;
+    let record = deps.me.record.get();
+    let r = establish(stream, &deps.me.identity, &record, false, None).await;
     if shared.borrow_mut().table.finish(ticket).is_none() {
         // Dropped to make room: an aborted task does not run on, so this
         // is only a safeguard.

@@ -4,6 +4,7 @@
 //!  hermes push/pull ──unix socket──> Listener ──> ClientSession ──> Router / Inbox
 //!  other nodes ─────TCP + Noise───> Listener ──> PeerSession (one per peer) <──> Router
 //!                                  NeighbourManager: dial, keep min..max, redial
+//!                                  KeyRotation: packet keys rotated on schedule
 //! ```
 //!
 //! The long-lived actors (Listener, Router, NeighbourManager, Inbox) run under
@@ -13,6 +14,7 @@
 
 pub mod client_session;
 pub mod inbox;
+pub mod keys;
 pub mod legacy_session;
 pub mod listener;
 pub mod names;

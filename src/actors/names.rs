@@ -189,7 +189,7 @@ async fn probe_cached(addr: SocketAddr, me: &LinkIdentity) -> Result<SignedRecor
     }
     let rec = match probe(addr, identity).await {
         Ok(rec) => rec,
-        Err(LinkError::SelfLink) => return Ok((*me.record).clone()),
+        Err(LinkError::SelfLink) => return Ok((*me.record.get()).clone()),
         Err(e) => return Err(e.to_string()),
     };
     if let Ok(mut c) = cache().lock() {
@@ -213,7 +213,7 @@ pub async fn resolve(
 ) -> Result<SignedRecord, NameError> {
     match parse_dest(to)? {
         Dest::Node(addr) => node_record(addr, store, me, None),
-        Dest::Ip(sa, port_given) if is_me(sa, port_given, me) => Ok((*me.record).clone()),
+        Dest::Ip(sa, port_given) if is_me(sa, port_given, me) => Ok((*me.record.get()).clone()),
         Dest::Ip(sa, _) => resolve_ip(sa, store, me, learn).await,
         Dest::Name(name) => {
             let c = store
@@ -230,7 +230,7 @@ pub async fn resolve(
 
 /// Whether an IP (any port, if none was given) or IP:PORT is this node's own.
 fn is_me(sa: SocketAddr, port_given: bool, me: &LinkIdentity) -> bool {
-    let own = me.record.record.listen;
+    let own = me.record.get().record.listen;
     own.ip() == sa.ip() && (!port_given || own.port() == sa.port())
 }
 
@@ -241,8 +241,8 @@ fn node_record(
     me: &LinkIdentity,
     contact: Option<&str>,
 ) -> Result<SignedRecord, NameError> {
-    if addr == me.record.record.address {
-        return Ok((*me.record).clone());
+    if addr == me.address() {
+        return Ok((*me.record.get()).clone());
     }
     store.peer_get(&addr)?.ok_or_else(|| {
         let named = contact.map_or(String::new(), |n| format!(" (contact {n})"));
@@ -314,8 +314,8 @@ async fn resolve_contact(
     let Some(sa) = c.dest else {
         return node_record(c.address, store, me, Some(name));
     };
-    if c.address == me.record.record.address {
-        return Ok((*me.record).clone());
+    if c.address == me.address() {
+        return Ok((*me.record.get()).clone());
     }
     match probe_cached(sa, me).await {
         Ok(rec) if rec.record.address != c.address => {
@@ -373,7 +373,7 @@ pub async fn add_contact(
         Some(Dest::Node(a)) => (a, None),
         Some(Dest::Ip(sa, port_given)) => {
             if is_me(sa, port_given, me) {
-                (me.record.record.address, Some(sa))
+                (me.address(), Some(sa))
             } else {
                 (
                     resolve_ip(sa, store, me, learn).await?.record.address,

@@ -9,6 +9,13 @@
 //! leaving, it closes every link with a farewell (records of the other
 //! neighbours) and waits, bounded, for the farewells to be written.
 //!
+//! The node's own record: this actor is the one writer of the shared
+//! [`crate::crypto::RecordCell`] once it runs. A record re-signed elsewhere
+//! (a new packet key, from the key rotation) arrives as [`SetOwnRecord`]; the
+//! Membership takes it (and gossips it to every neighbour) and the cell is
+//! set from the Membership's own record, as it is after the Membership's
+//! periodic refresh, so new links and letters carry the record in force.
+//!
 //! Bans: a session whose peer broke a budget sends [`Ban`]; the peer's node
 //! address is then refused for `limits.backoff` (the Membership's bounded,
 //! in-memory ban list): its sessions are refused at [`SessionUp`] before they
@@ -144,7 +151,7 @@ impl NeighbourManager {
         let bootstrap = net.bootstrap.clone();
         let mut membership = Membership::new(
             me.identity.clone(),
-            (*me.record).clone(),
+            (*me.record.get()).clone(),
             net.bootstrap,
             MembershipConfig::new(net.min_neighbours, net.max_neighbours),
             stored,
@@ -188,6 +195,15 @@ impl NeighbourManager {
             "banned" => self.membership.ban_count(),
             "since_secs" => REFUSED_SUMMARY_INTERVAL.as_secs());
         self.next_summary_ms = now_ms + REFUSED_SUMMARY_INTERVAL.as_millis() as u64;
+    }
+
+    /// Puts the Membership's own record in the shared cell if it changed
+    /// (refreshed, or replaced by [`SetOwnRecord`]).
+    fn sync_own_record(&mut self) {
+        let own = self.membership.own_record();
+        if own.record.time != self.me.record.get().record.time {
+            self.me.record.set(own.clone());
+        }
     }
 
     /// Carries out what the membership decided, and saves book changes.
@@ -283,7 +299,10 @@ impl NeighbourManager {
     fn dial(&mut self, addr: SocketAddr, ctx: &mut Context<Self>) {
         let me = self.me.clone();
         slog::debug!(self.log, "dialling"; "addr" => %addr);
-        let fut = async move { dial_from_own_ip(addr, &me.identity, &me.record).await };
+        let fut = async move {
+            let record = me.record.get();
+            dial_from_own_ip(addr, &me.identity, &record).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             match res {
                 Ok(est)
@@ -357,6 +376,7 @@ impl Actor for NeighbourManager {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
                 let now = unix_now_ms();
                 this.membership.tick(now);
+                this.sync_own_record();
                 this.apply(ctx);
                 this.summarise(now);
                 for summary in this.logs.due(Instant::now()) {
@@ -459,6 +479,27 @@ impl Handler<LearnedRecord> for NeighbourManager {
     }
 }
 
+/// This node's record, signed again (a new packet key): for new links,
+/// letters, and every neighbour.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetOwnRecord(pub SignedRecord);
+
+impl Handler<SetOwnRecord> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: SetOwnRecord, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        guard(self, ctx, &log, "neighbours", |this, ctx| {
+            let epoch = msg.0.record.packet_key.map(|k| k.epoch);
+            if this.membership.set_own_record(msg.0, unix_now_ms()) {
+                slog::debug!(this.log, "own record replaced"; "packet_key_epoch" => epoch);
+            }
+            this.sync_own_record();
+            this.apply(ctx);
+        });
+    }
+}
+
 /// The Router has onion packets for a node that is neither a neighbour nor
 /// linked by a courier link: dial one (outside the Membership). The record
 /// is the book's; a node not in the book is not dialled.
@@ -493,7 +534,10 @@ impl Handler<DialCourier> for NeighbourManager {
         let me = self.me.clone();
         let addr = record.record.listen;
         let expected = msg.address;
-        let fut = async move { dial_courier(addr, &me.identity, &me.record, expected).await };
+        let fut = async move {
+            let record = me.record.get();
+            dial_courier(addr, &me.identity, &record, expected).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             this.courier_dials.remove(&expected);
             match res {

@@ -41,7 +41,7 @@ use crate::config::LimitsConfig;
 use crate::crypto::noise::{
     self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE, TAG_LEN,
 };
-use crate::crypto::{unix_now, Address, Identity, RecordError, SignedRecord};
+use crate::crypto::{unix_now, Address, Identity, RecordCell, RecordError, SignedRecord};
 pub use crate::overlay::Direction;
 use crate::wire::link::{LinkBody, LinkFrame, MAX_RECORDS_PER_FRAME};
 use crate::wire::WireError;
@@ -763,11 +763,20 @@ impl Handler<OverBudget> for PeerSession {
     }
 }
 
-/// Shared pieces every link needs: who we are and what we announce.
+/// Shared pieces every link needs: who we are and what we announce. The
+/// record is a shared cell: re-signed at run time (a new packet key), it is
+/// what the next link and letter carry.
 #[derive(Clone)]
 pub struct LinkIdentity {
     pub identity: Arc<Identity>,
-    pub record: Arc<SignedRecord>,
+    pub record: RecordCell,
+}
+
+impl LinkIdentity {
+    /// This node's address (its identity's public key).
+    pub fn address(&self) -> Address {
+        self.identity.address()
+    }
 }
 
 #[cfg(test)]

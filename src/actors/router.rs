@@ -269,7 +269,7 @@ impl Router {
     }
 
     fn my_address(&self) -> Address {
-        self.me.record.record.address
+        self.me.address()
     }
 
     fn bump(&self, c: Counter) {
@@ -1412,7 +1412,7 @@ impl Handler<Push> for Router {
                 version: LETTER_VERSION,
                 id,
                 recipient: to,
-                sender: (*me.record).clone(),
+                sender: (*me.record.get()).clone(),
                 sent_ms: now_ms,
                 expires_at,
                 text: msg.text,

@@ -435,13 +435,14 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
                 Err(e) => return Err(e.into()),
             };
             println!(
-                "salvaged {} into {}: kept {} inbox, {} outbox and {} drop-list entries, and {} peers; {} records did not read or decode",
+                "salvaged {} into {}: kept {} inbox, {} outbox and {} drop-list entries, {} peers and {} replay tags; {} records did not read or decode",
                 data_dir.join("store").display(),
                 dest.display(),
                 c.inbox,
                 c.outbox,
                 c.drop,
                 c.peers,
+                c.replay,
                 c.skipped
             );
             match c.source_manifest {

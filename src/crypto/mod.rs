@@ -15,7 +15,7 @@ pub mod seal;
 pub mod sphinx;
 
 pub use identity::{Address, Identity, IdentityError};
-pub use record::{AnnouncedKey, NodeRecord, RecordError, SignedRecord};
+pub use record::{AnnouncedKey, NodeRecord, RecordCell, RecordError, SignedRecord};
 
 /// Seconds since the Unix epoch, by the local clock.
 pub fn unix_now() -> u64 {

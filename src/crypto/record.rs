@@ -110,6 +110,35 @@ impl SignedRecord {
     }
 }
 
+/// The node's own signed record as the running daemon shares it: every
+/// actor holds a clone of the cell and reads the record when it needs it (a
+/// new link's first frame, a letter's sender), so a record re-signed at run
+/// time (a new packet key) is what the next link and letter carry.
+///
+/// Readers get an `Arc` of the record in force; [`RecordCell::set`] swaps
+/// it. A poisoned lock (a panic while swapping an `Arc`) still holds a whole
+/// record, so it is read through.
+#[derive(Clone, Debug)]
+pub struct RecordCell(std::sync::Arc<std::sync::RwLock<std::sync::Arc<SignedRecord>>>);
+
+impl RecordCell {
+    pub fn new(record: SignedRecord) -> RecordCell {
+        RecordCell(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(record),
+        )))
+    }
+
+    /// The record in force.
+    pub fn get(&self) -> std::sync::Arc<SignedRecord> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the record for every holder of the cell.
+    pub fn set(&self, record: SignedRecord) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(record);
+    }
+}
+
 /// Most verified records remembered by [`SignedRecord::verify_cached`].
 pub const VERIFIED_CACHE: usize = 4096;
 
@@ -170,6 +199,36 @@ impl SignedRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_cell_set_is_seen_by_every_clone() {
+        let id = Identity::generate();
+        let listen = "127.0.0.9:1".parse().unwrap();
+        let first = SignedRecord::sign(&id, listen, true, 100);
+        let cell = RecordCell::new(first.clone());
+        let other = cell.clone();
+        let held = other.get();
+        assert_eq!(*held, first);
+        let key = AnnouncedKey {
+            epoch: 2,
+            public: [7; 32],
+            not_before: 100,
+            not_after: 200,
+        };
+        let second = SignedRecord::sign_with_key(&id, listen, true, 101, Some(key));
+        cell.set(second.clone());
+        assert_eq!(*other.get(), second);
+        assert_eq!(*cell.get(), second);
+        // A reader that took the record before keeps a whole one.
+        assert_eq!(*held, first);
+        let from_thread = {
+            let c = cell.clone();
+            std::thread::spawn(move || c.get().record.packet_key)
+                .join()
+                .unwrap()
+        };
+        assert_eq!(from_thread, Some(key));
+    }
 
     #[test]
     fn cached_verification_still_refuses_forgeries_and_future_records() {

@@ -101,6 +101,12 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// Whether this side may gossip on the link at `now_ms` ([`GOSSIP_MIN_GAP`]).
+fn may_send(l: &Link, now_ms: u64) -> bool {
+    l.gossip_out_ms
+        .is_none_or(|t| t + ms(GOSSIP_MIN_GAP) <= now_ms)
+}
+
 /// Who opened a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -175,6 +181,8 @@ struct Link {
     gossip_out_ms: Option<u64>,
     /// Our neighbour list changed since we last told this peer.
     owes_neighbours: bool,
+    /// Our own record changed (a new packet key) since we last sent it.
+    owes_record: bool,
     farewell: Farewell,
     /// Dialled to rotate: once the peer has shown it keeps the link (its
     /// first gossip), a spare neighbour is dropped for it.
@@ -355,6 +363,43 @@ impl Membership {
         &self.own
     }
 
+    /// Replaces this node's own record (re-signed by the driver, e.g. with a
+    /// new packet key): new links and every later gossip carry it, and each
+    /// neighbour gets it in a gossip frame as soon as [`GOSSIP_MIN_GAP`]
+    /// allows (peers take a record with a newer `time` in place of the old).
+    ///
+    /// Returns false, changing nothing, for a record of another address or
+    /// one that says what the current one says. A record not newer than the
+    /// current one (two signings in one second) is signed again one second
+    /// past it, so that peers do not pass it over as already known.
+    pub fn set_own_record(&mut self, own: SignedRecord, now_ms: u64) -> bool {
+        let (cur, new) = (&self.own.record, &own.record);
+        if new.address != cur.address {
+            return false;
+        }
+        if (new.listen, new.relay, new.packet_key) == (cur.listen, cur.relay, cur.packet_key) {
+            return false;
+        }
+        self.own = if new.time > cur.time {
+            own
+        } else {
+            SignedRecord::sign_with_key(
+                &self.identity,
+                new.listen,
+                new.relay,
+                cur.time + 1,
+                new.packet_key,
+            )
+        };
+        for l in self.links.values_mut() {
+            l.owes_record = true;
+        }
+        if !self.leaving {
+            self.send_owed(now_ms);
+        }
+        true
+    }
+
     pub fn is_leaving(&self) -> bool {
         self.leaving
     }
@@ -494,7 +539,8 @@ impl Membership {
         let now = now_ms / 1000;
         if self.own.record.time + RECORD_REFRESH_SECS < now {
             let r = &self.own.record;
-            self.own = SignedRecord::sign(&self.identity, r.listen, r.relay, now);
+            self.own =
+                SignedRecord::sign_with_key(&self.identity, r.listen, r.relay, now, r.packet_key);
         }
         self.expire_pending(now_ms);
         self.trim(now);
@@ -1004,6 +1050,7 @@ impl Membership {
         hint: Option<SignedRecord>,
     ) {
         let neighbours = self.neighbour_list();
+        let owes_record = self.links.get(&addr).is_some_and(|l| l.owes_record);
         let records = if sample {
             let mut skip: HashSet<Address> = HashSet::new();
             skip.insert(addr);
@@ -1018,12 +1065,15 @@ impl Membership {
                     .sample(EXCHANGE_SAMPLE - r.len(), now, &skip, &mut self.rng),
             );
             r
+        } else if owes_record {
+            vec![self.own.clone()]
         } else {
             Vec::new()
         };
         if let Some(l) = self.links.get_mut(&addr) {
             l.gossip_out_ms = Some(now_ms);
             l.owes_neighbours = false;
+            l.owes_record = false;
             let link = l.id;
             self.actions.push(Action::Send {
                 link,
@@ -1036,26 +1086,28 @@ impl Membership {
     }
 
     fn gossip(&mut self, now_ms: u64) {
-        let may_send = |l: &Link| {
-            l.gossip_out_ms
-                .is_none_or(|t| t + ms(GOSSIP_MIN_GAP) <= now_ms)
-        };
         if now_ms >= self.next_exchange_ms {
             let interval = ms(EXCHANGE_INTERVAL);
             self.next_exchange_ms = now_ms + interval / 2 + self.rng.gen_range(0..interval);
             let pick = self
                 .links
                 .values()
-                .filter(|l| l.pending_until.is_none() && may_send(l))
+                .filter(|l| l.pending_until.is_none() && may_send(l, now_ms))
                 .map(|l| l.record.record.address)
                 .choose(&mut self.rng);
             if let Some(a) = pick {
                 self.send_gossip(a, true, now_ms, None);
             }
         }
+        self.send_owed(now_ms);
+    }
+
+    /// Tells the neighbours owed it (and not told within [`GOSSIP_MIN_GAP`])
+    /// our neighbour list, and our record if it changed.
+    fn send_owed(&mut self, now_ms: u64) {
         let owed: Vec<Address> = self
             .settled()
-            .filter(|l| l.owes_neighbours && may_send(l))
+            .filter(|l| (l.owes_neighbours || l.owes_record) && may_send(l, now_ms))
             .map(|l| l.record.record.address)
             .collect();
         for a in owed {
@@ -1174,6 +1226,7 @@ impl Membership {
                 gossip_in_ms: None,
                 gossip_out_ms: None,
                 owes_neighbours: false,
+                owes_record: false,
                 farewell: Farewell::None,
                 rotation,
                 pending_until: pending.then_some(now_ms + ms(ADMIT_GRACE)),
@@ -1370,6 +1423,13 @@ impl Membership {
             if rec.verify(now).is_err() {
                 self.stats.records_refused += 1;
                 continue;
+            }
+            // A neighbour's newer record (a new packet key) is the one its
+            // link hands on from now on (referrals, anchors, farewells).
+            if let Some(l) = self.links.get_mut(&r.address) {
+                if l.record.record.time < r.time {
+                    l.record = rec.clone();
+                }
             }
             self.book.offer(rec, seen, now, source);
         }
@@ -2353,5 +2413,160 @@ mod tests {
         assert!(dialled
             .iter()
             .all(|(_, a)| other_side.iter().any(|p| p.record.record.listen == *a)));
+    }
+
+    fn key(epoch: u64) -> crate::crypto::AnnouncedKey {
+        crate::crypto::AnnouncedKey {
+            epoch,
+            public: [epoch as u8; 32],
+            not_before: 0,
+            not_after: u64::MAX,
+        }
+    }
+
+    /// A node whose identity the test keeps, to sign its own new records.
+    fn node_signing(min: usize, max: usize) -> (Membership, Arc<Identity>, u64) {
+        let id = Arc::new(Identity::generate());
+        let now_ms = unix_now() * 1000;
+        let own = SignedRecord::sign_with_key(
+            &id,
+            "10.0.0.1:58008".parse().unwrap(),
+            true,
+            now_ms / 1000,
+            Some(key(1)),
+        );
+        let m = Membership::new(
+            id.clone(),
+            own,
+            vec![],
+            MembershipConfig::new(min, max),
+            Vec::new(),
+            Some(7),
+            now_ms,
+        );
+        (m, id, now_ms)
+    }
+
+    /// The records sent on `link` in gossip frames among `actions`.
+    fn gossiped_records(actions: &[Action], link: LinkId) -> Vec<SignedRecord> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    link: l,
+                    body: LinkBody::Gossip(g),
+                } if *l == link => Some(g.records.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// A re-signed own record (a new packet key) goes to every neighbour in
+    /// the next gossip the gap allows, and new links and samples carry it.
+    #[test]
+    fn a_new_own_record_goes_to_every_neighbour() {
+        let (mut m, id, now) = node_signing(1, 4);
+        let (a, b) = (peer(2), peer(3));
+        m.link_up(LinkId(1), a.record.clone(), Direction::In, now);
+        m.link_up(LinkId(2), b.record.clone(), Direction::Out, now);
+        let first = m.take_actions();
+        assert_eq!(
+            gossiped_records(&first, LinkId(1))[0].record.packet_key,
+            Some(key(1))
+        );
+        let listen = m.own_record().record.listen;
+        let new = SignedRecord::sign_with_key(&id, listen, true, now / 1000 + 5, Some(key(2)));
+        // Both links gossiped just now: the record waits for the gap...
+        assert!(m.set_own_record(new.clone(), now + 100));
+        assert_eq!(m.own_record(), &new);
+        let early = m.take_actions();
+        assert!(gossiped_records(&early, LinkId(1)).is_empty(), "{early:?}");
+        // ...and then goes to both, once.
+        m.tick(now + ms(GOSSIP_MIN_GAP));
+        let sent = m.take_actions();
+        for link in [LinkId(1), LinkId(2)] {
+            assert!(
+                gossiped_records(&sent, link).contains(&new),
+                "{link:?}: {sent:?}"
+            );
+        }
+        // A link made later gets it in its first gossip.
+        let c = peer(4);
+        m.link_up(LinkId(3), c.record.clone(), Direction::In, now + 3_000);
+        let later = m.take_actions();
+        assert_eq!(gossiped_records(&later, LinkId(3))[0], new);
+        // Sent at once when the gap has passed.
+        let newer = SignedRecord::sign_with_key(&id, listen, true, now / 1000 + 9, Some(key(3)));
+        assert!(m.set_own_record(newer.clone(), now + 10_000));
+        let now_sent = m.take_actions();
+        assert!(gossiped_records(&now_sent, LinkId(2)).contains(&newer));
+    }
+
+    #[test]
+    fn own_record_refused_for_another_address_or_no_change_and_kept_newer() {
+        let (mut m, id, now) = node_signing(1, 4);
+        let before = m.own_record().clone();
+        let listen = before.record.listen;
+        // Another node's record: refused.
+        let other = Identity::generate();
+        let theirs =
+            SignedRecord::sign_with_key(&other, listen, true, now / 1000 + 1, Some(key(2)));
+        assert!(!m.set_own_record(theirs, now));
+        // The same content signed again: nothing to announce.
+        let same = SignedRecord::sign_with_key(&id, listen, true, now / 1000 + 1, Some(key(1)));
+        assert!(!m.set_own_record(same, now));
+        assert_eq!(m.own_record(), &before);
+        // A new key signed in the same second as the current record: signed
+        // again a second later, so peers take it as newer.
+        let same_second =
+            SignedRecord::sign_with_key(&id, listen, true, before.record.time, Some(key(2)));
+        assert!(m.set_own_record(same_second, now));
+        let own = m.own_record().clone();
+        assert_eq!(own.record.packet_key, Some(key(2)));
+        assert_eq!(own.record.time, before.record.time + 1);
+        assert_eq!(own.verify(now / 1000 + 1), Ok(()));
+    }
+
+    #[test]
+    fn the_refreshed_own_record_keeps_its_packet_key() {
+        let (mut m, _, now) = node_signing(1, 4);
+        let later = now + (RECORD_REFRESH_SECS + 5) * 1000;
+        m.tick(later);
+        let own = m.own_record();
+        assert_eq!(own.record.time, later / 1000);
+        assert_eq!(own.record.packet_key, Some(key(1)));
+        assert_eq!(own.verify(later / 1000), Ok(()));
+    }
+
+    /// A neighbour's newer record replaces the one its link holds, so the
+    /// node hands on the neighbour's current packet key.
+    #[test]
+    fn a_neighbours_newer_record_replaces_the_links() {
+        let (mut m, now) = node(1, 4, vec![]);
+        let a = peer(2);
+        m.link_up(LinkId(1), a.record.clone(), Direction::Out, now);
+        m.take_actions();
+        let newer = SignedRecord::sign_with_key(
+            &a.id,
+            a.record.record.listen,
+            true,
+            a.record.record.time + 10,
+            Some(key(5)),
+        );
+        let body = LinkBody::Gossip(Gossip {
+            neighbours: vec![],
+            records: vec![newer.clone()],
+        });
+        m.on_frame(LinkId(1), body, now + 11_000);
+        assert_eq!(m.anchors(), vec![newer.clone()]);
+        assert_eq!(m.book().get(&a.id.address()).unwrap().record, newer);
+        // An older one does not go back.
+        let body = LinkBody::Gossip(Gossip {
+            neighbours: vec![],
+            records: vec![a.record.clone()],
+        });
+        m.on_frame(LinkId(1), body, now + 12_000);
+        assert_eq!(m.anchors(), vec![newer]);
     }
 }

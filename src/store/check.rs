@@ -15,6 +15,10 @@
 //!    generation at all was written by a version without manifests and is
 //!    adopted.
 //!
+//! The trees checked are the store's own and the onion replay tags
+//! (`replay`, see [`super::replay`]): there, only `epoch ‖ tag` keys (40
+//! bytes) with empty values are valid, and anything else is damage.
+//!
 //! [`inspect`] runs the same steps without refusing, for `store check`.
 //! [`salvage`] and [`Store::backup_to`] copy records into a fresh store
 //! through the store's own write paths, so each copied record gets its index
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::manifest::{self, Manifest, ManifestError, ManifestWriter};
+use super::replay::{REPLAY_KEY_LEN, REPLAY_TREE};
 use super::{
     make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError, GENERATION_KEY, IDENTITY_KEY,
 };
@@ -55,6 +60,8 @@ pub struct Counts {
     pub peers: u64,
     pub contacts: u64,
     pub meta: u64,
+    /// Onion replay tags.
+    pub replay: u64,
 }
 
 /// What `hermes store check` shows.
@@ -105,7 +112,7 @@ impl fmt::Display for StoreReport {
         let c = &self.counts;
         writeln!(
             f,
-            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / contacts {} / peers {}{}",
+            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / contacts {} / peers {}{} / replay tags {}",
             c.inbox,
             c.outbox,
             c.outbox_due,
@@ -117,7 +124,8 @@ impl fmt::Display for StoreReport {
                 format!(" ({} old ones skipped)", self.peers_skipped)
             } else {
                 String::new()
-            }
+            },
+            c.replay
         )?;
         if let Some(id) = &self.identity {
             writeln!(f, "node       {}", hex::encode(id))?;
@@ -144,6 +152,8 @@ pub struct CopyCounts {
     pub drop: u64,
     pub peers: u64,
     pub contacts: u64,
+    /// Onion replay tags.
+    pub replay: u64,
     /// Records that did not read or decode (left out).
     pub skipped: u64,
     /// The generation of the new store once written.
@@ -193,7 +203,32 @@ fn check_value(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
         "contacts" => Err("a pinned contact does not decode".into()),
         "parts" if super::parts::entry_decodes(key, value) => Ok(()),
         "parts" => Err("a held message part does not decode".into()),
+        REPLAY_TREE => replay_entry_valid(key, value),
         _ => Ok(()),
+    }
+}
+
+/// A replay tag entry: an `epoch ‖ tag` key and no value.
+fn replay_entry_valid(key: &[u8], value: &[u8]) -> Result<(), String> {
+    match (key.len(), value.len()) {
+        (REPLAY_KEY_LEN, 0) => Ok(()),
+        (REPLAY_KEY_LEN, n) => Err(format!("a replay tag with a value of {n} bytes")),
+        (n, _) => Err(format!("a replay tag key of {n} bytes")),
+    }
+}
+
+/// The replay-tag tree, if the store has one (opened only then: `check`
+/// does not write to the store it inspects).
+fn replay_tree(store: &Store) -> Result<Option<sled::Tree>, sled::Error> {
+    if store
+        .db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == REPLAY_TREE.as_bytes())
+    {
+        store.db.open_tree(REPLAY_TREE).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
@@ -209,7 +244,7 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
             return;
         }
     };
-    let trees: [(&str, &sled::Tree); 9] = [
+    let mut trees: Vec<(&str, &sled::Tree)> = vec![
         ("outbox", &store.outbox),
         ("outbox_due", &store.outbox_due),
         ("inbox", &store.inbox),
@@ -220,6 +255,19 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
         ("meta", &store.meta),
         ("parts", &parts),
     ];
+    let replay = match replay_tree(store) {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(format!(
+                "{}: damaged: the tree {REPLAY_TREE} does not open ({e})",
+                file.display()
+            ));
+            None
+        }
+    };
+    if let Some(t) = &replay {
+        trees.push((REPLAY_TREE, t));
+    }
     for (name, tree) in trees {
         let mut n = 0u64;
         let mut bad = 0u64;
@@ -267,6 +315,7 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
             "drop_exp" => &mut c.drop_exp,
             "peers" => &mut c.peers,
             "contacts" => &mut c.contacts,
+            REPLAY_TREE => &mut c.replay,
             _ => &mut c.meta,
         } = n;
     }
@@ -440,7 +489,7 @@ fn prepare_dest(dest: &Path) -> Result<(), StoreError> {
 }
 
 /// Copies every record of `src` that reads and decodes into `dst`. Order:
-/// outbox, inbox, drop list, peers, contacts, counters. When `src` is live (a backup),
+/// outbox, inbox, drop list, peers, contacts, replay tags, counters. When `src` is live (a backup),
 /// this order keeps the copy consistent: an inbox message or a settled outbox
 /// entry copied is one whose delivered mark was written before it (one
 /// transaction), and the drop list is copied after both, so the copy never
@@ -526,6 +575,25 @@ fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
         } else {
             c.skipped += 1;
         }
+    }
+    // Replay tags: a restored relay still drops replays of packets it
+    // forwarded (the tags of keys it no longer holds are dropped at start).
+    if let Some(tags) = replay_tree(src)? {
+        let out = dst.db.open_tree(REPLAY_TREE)?;
+        let mut batch = sled::Batch::default();
+        for item in tags.iter() {
+            let Ok((k, v)) = item else {
+                c.skipped += 1;
+                break;
+            };
+            if replay_entry_valid(&k, &v).is_ok() {
+                batch.insert(k, v);
+                c.replay += 1;
+            } else {
+                c.skipped += 1;
+            }
+        }
+        out.apply_batch(batch)?;
     }
     for item in src.meta.iter() {
         let Ok((k, v)) = item else {
@@ -762,10 +830,16 @@ mod tests {
         };
         let key = crate::store::ContactKey::Ip("127.0.0.4:58008".parse().unwrap());
         s.contact_insert_new(&key, &pin).unwrap();
+        let tags = s.replay_tags(10).unwrap();
+        for n in 0..3u8 {
+            tags.check_and_insert(u64::from(n % 2) + 1, &[n; 32])
+                .unwrap();
+        }
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("backup");
         let c = s.backup_to(&dest).unwrap();
         assert_eq!((c.inbox, c.outbox, c.drop, c.contacts), (5, 1, 5, 1));
+        assert_eq!(c.replay, 3);
         assert_eq!(
             Store::open(&dest).unwrap().contact_get(&key).unwrap(),
             Some(pin),
@@ -780,18 +854,77 @@ mod tests {
             .collect();
         assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"], "order kept");
         assert_eq!(b.outbox_due(100, 10).unwrap().len(), 1, "due index rebuilt");
-        drop(b);
-        assert_eq!(inspect(&dest).unwrap().counts.drop_exp, 5);
+        let copied = b.replay_tags(10).unwrap();
+        assert_eq!((copied.count(1), copied.count(2)), (2, 1));
+        assert_eq!(
+            copied.check_and_insert(1, &[0; 32]).unwrap(),
+            crate::store::replay::TagVerdict::Replay,
+            "a backed-up tag still stops a replay"
+        );
+        drop((copied, b));
+        let report = inspect(&dest).unwrap();
+        assert_eq!(report.counts.drop_exp, 5);
+        assert_eq!(report.counts.replay, 3);
+        assert!(report.to_string().contains("replay tags 3"), "{report}");
         assert!(
             prepare_dest(&dest).is_err(),
             "a dir with a store is refused"
         );
-        drop(s);
+        drop((tags, s));
         let salvaged = out.path().join("salvaged");
         let c = salvage(dir.path(), &salvaged).unwrap();
         assert_eq!((c.inbox, c.outbox, c.drop, c.skipped), (5, 1, 5, 0));
-        assert_eq!(c.contacts, 1);
+        assert_eq!((c.contacts, c.replay), (1, 3));
         assert!(inspect(&salvaged).unwrap().intact());
+    }
+
+    /// The replay tree holds `epoch ‖ tag` keys with empty values only:
+    /// anything else is damage to check and to the start-up check, and is
+    /// left out by salvage.
+    #[test]
+    fn a_replay_tag_that_is_not_one_is_damage() {
+        for (key, value) in [
+            (vec![1u8; 40], vec![1u8]),
+            (vec![1u8; 39], vec![]),
+            (vec![1u8; 41], vec![]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(dir.path()).unwrap();
+            let tags = s.replay_tags(10).unwrap();
+            tags.check_and_insert(3, &[3; 32]).unwrap();
+            drop(tags);
+            s.db.open_tree(REPLAY_TREE)
+                .unwrap()
+                .insert(&key[..], &value[..])
+                .unwrap();
+            s.flush_blocking().unwrap();
+            drop(s);
+            let report = inspect(dir.path()).unwrap();
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.contains("1 records of tree replay do not decode")),
+                "{key:?}={value:?}: {:?}",
+                report.problems
+            );
+            assert_eq!(report.counts.replay, 1);
+            let e = refused(dir.path());
+            assert!(e.contains("tree replay"), "{e}");
+            let out = tempfile::tempdir().unwrap();
+            let dest = out.path().join("salvaged");
+            let c = salvage(dir.path(), &dest).unwrap();
+            assert_eq!((c.replay, c.skipped), (1, 1));
+            assert!(inspect(&dest).unwrap().intact());
+        }
+        // A store that never opened the tree: check neither needs nor makes it.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.flush_blocking().unwrap();
+        drop(s);
+        assert!(inspect(dir.path()).unwrap().intact());
+        let raw = Store::open_raw(dir.path()).unwrap();
+        assert!(replay_tree(&raw).unwrap().is_none());
     }
 
     #[test]

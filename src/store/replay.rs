@@ -17,9 +17,12 @@
 //! a crash that lost the last unflushed tags passes once; forwarding only
 //! after a flush would cost one flush per packet batch.
 //!
-//! The tree is opened beside the store's own trees, and is not (yet) in
-//! `store check`, `salvage` or `backup`: a restored store starts with no
-//! tags, which lets replays of packets for the current key through once.
+//! The tree is opened beside the store's own trees and is covered like them
+//! by the start-up check, `store check`, `salvage` and `backup`
+//! (`super::check`): a key that is not `epoch ‖ tag` or a value that is not
+//! empty is damage; salvage and backup copy the valid tags, so a restored
+//! relay still drops replays of what it forwarded. Tags of an epoch the
+//! keyring no longer holds are dropped at start and by the key rotation.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -28,7 +31,9 @@ use super::{Store, StoreError};
 
 /// Name of the sled tree.
 pub const REPLAY_TREE: &str = "replay";
-const KEY_LEN: usize = 8 + 32;
+/// Length of a key: `be_u64(epoch) ‖ tag`.
+pub const REPLAY_KEY_LEN: usize = 8 + 32;
+const KEY_LEN: usize = REPLAY_KEY_LEN;
 
 /// What to do with a packet whose tag was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

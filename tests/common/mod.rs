@@ -78,6 +78,8 @@
 //! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
 //! | 113-119 | (overlay, reserved)                                          |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
+//! | 121 | onion_keys.rs     | packet_key_rotates_and_reaches_neighbours_and_new_links |
+//! | 122 | onion_keys.rs     | damaged_packet_keys_stop_the_daemon_with_what_to_do |
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
 //! | 93 | store_damage.rs    | data_dir_made_private_and_open_one_refused        |
