@@ -77,6 +77,14 @@
 //! | 111 | overlay.rs        | links_leave_from_the_listen_ip                    |
 //! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
 //! | 113-119 | (overlay, reserved)                                          |
+//! | 124 | onion.rs          | hundred_messages_take_many_paths_and_arrive_once (.2-.11) |
+//! | 125 | onion.rs          | relays_hold_no_plaintext (.2-.6)                  |
+//! | 126 | onion.rs          | two_relays_killed_while_fifty_messages_fly (.2-.11) |
+//! | 127 | onion.rs          | recipient_down_twenty_seconds_gets_all_ten (.2-.7) |
+//! | 128 | onion.rs          | replayed_packet_is_dropped_and_counted (.2-.3, hostile .200-.201) |
+//! | 128 | onion.rs          | push_wait_and_a_60000_byte_message (.20-.24)      |
+//! | 129 | onion.rs          | small_network_sends_and_says_relays_known (.2-.4) |
+//! | 129 | onion.rs          | non_relay_relays_nothing (.20-.26)                |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
@@ -310,6 +318,8 @@ pub struct NodeOpts {
     pub log_json: bool,
     /// Extra TOML appended verbatim to the config (whole sections only).
     pub extra_toml: String,
+    /// `[node] relay` (written only when false, so other configs stay as they were).
+    pub relay: bool,
 }
 
 impl Default for NodeOpts {
@@ -322,6 +332,7 @@ impl Default for NodeOpts {
             fault_injection: false,
             log_json: false,
             extra_toml: String::new(),
+            relay: true,
         }
     }
 }
@@ -397,6 +408,10 @@ impl Node {
             max = self.opts.max_neighbours,
             format = if self.opts.log_json { "json" } else { "text" },
         );
+        if !self.opts.relay {
+            // Still inside [node]: it is the first section of the file.
+            text = text.replacen("\n\n[network]", "\nrelay = false\n\n[network]", 1);
+        }
         if let Some(port) = self.opts.legacy_port {
             text.push_str(&format!("\n[client]\nlegacy_port = {port}\n"));
         }
