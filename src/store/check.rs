@@ -179,6 +179,12 @@ fn check_value(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
             32 => Ok(()),
             n => Err(format!("node address of {n} bytes")),
         },
+        "meta" if key == super::GUARDS_KEY => {
+            match crate::routing::onion::path::Guards::from_bytes(value) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("guard set does not decode: {e}")),
+            }
+        }
         "meta" => match value.len() {
             8 => Ok(()),
             n => Err(format!("counter of {n} bytes")),
