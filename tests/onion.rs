@@ -575,8 +575,10 @@ fn relays_hold_no_plaintext() {
 }
 
 /// 10 nodes, 3 hops: after 25 of 50 messages are pushed, the two relays most
-/// used by their paths are SIGKILLed; the other 25 are pushed at once. All 50
-/// arrive, each once (retries on fresh paths).
+/// used by their paths are SIGKILLed (usually two of the origin's 4 guards: a
+/// guard is the first hop of a quarter of the paths); the other 25 are pushed
+/// at once. All 50 arrive, each once (retries on fresh paths), and the origin
+/// gets every receipt.
 #[test]
 fn two_relays_killed_while_fifty_messages_fly() {
     const N: u8 = 126;
