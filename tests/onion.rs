@@ -646,20 +646,74 @@ fn two_relays_killed_while_fifty_messages_fly() {
 
     let (origin, recipient) = (&nodes[0], &nodes[9]);
     let ctx = [origin, recipient];
-    let mut got = pull_until_all(recipient, &ids, ARRIVAL_TIMEOUT, &ctx);
-    assert_each_once(&got, &ids, &texts);
-    let sent = parts_sent(origin);
-    let through_dead = sent
-        .iter()
-        .filter(|p| p.path.iter().any(|h| killed_addrs.contains(h)))
-        .count();
-    let retries = sent.iter().filter(|p| p.attempt > 1).count();
-    eprintln!(
-        "[{:.1?}] all {COUNT} arrived; {} parts sent, {through_dead} through a killed relay, {retries} with attempt > 1",
-        t0.elapsed(),
-        sent.len()
+    // What the origin did since the kill: how many sends went through a killed
+    // relay (as first hop, or later), and how many were retries.
+    let paths_report = || {
+        let sent = parts_sent(origin);
+        let first = sent
+            .iter()
+            .filter(|p| p.path.first().is_some_and(|h| killed_addrs.contains(h)))
+            .count();
+        let any = sent
+            .iter()
+            .filter(|p| p.path.iter().any(|h| killed_addrs.contains(h)))
+            .count();
+        let retries = sent.iter().filter(|p| p.attempt > 1).count();
+        let max_attempt = sent.iter().map(|p| p.attempt).max().unwrap_or(0);
+        format!(
+            "origin: {} parts sent, {any} with a killed relay on the path ({first} as first hop), {retries} retries, highest attempt {max_attempt}",
+            sent.len()
+        )
+    };
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let start = Instant::now();
+    poll(
+        ARRIVAL_TIMEOUT,
+        "all 50 messages in the recipient's inbox",
+        &ctx,
+        || {
+            for m in recipient.pull_json() {
+                let id = m["id"].as_str().unwrap_or("").to_ascii_lowercase();
+                got.entry(id)
+                    .or_default()
+                    .push(m["text"].as_str().unwrap_or("").to_owned());
+            }
+            let missing = ids.iter().filter(|id| !got.contains_key(*id)).count();
+            match missing {
+                0 => Ok(()),
+                _ if start.elapsed() + Duration::from_secs(1) >= ARRIVAL_TIMEOUT => {
+                    Err(format!("{missing} of {COUNT} missing; {}", paths_report()))
+                }
+                _ => Err(format!("{missing} of {COUNT} missing")),
+            }
+        },
     );
-    wait_settled(origin, &ctx);
+    assert_each_once(&got, &ids, &texts);
+    eprintln!(
+        "[{:.1?}] all {COUNT} arrived; {}",
+        t0.elapsed(),
+        paths_report()
+    );
+    let start = Instant::now();
+    poll(
+        SETTLE_TIMEOUT,
+        "the origin's outbox settled (every receipt in)",
+        &ctx,
+        || {
+            let st = origin.try_status().ok_or("status did not answer")?;
+            let (q, f, d, x) = outbox_counts(&st);
+            match (q, f) {
+                (0, 0) => Ok(()),
+                _ if start.elapsed() + Duration::from_secs(1) >= SETTLE_TIMEOUT => Err(format!(
+                    "queued {q}, in flight {f}, delivered {d}, failed {x}; {}",
+                    paths_report()
+                )),
+                _ => Err(format!(
+                    "queued {q}, in flight {f}, delivered {d}, failed {x}"
+                )),
+            }
+        },
+    );
     assert_no_late_copies(recipient, &mut got, &ids, &texts);
     eprintln!("[{:.1?}] done", t0.elapsed());
 }

@@ -510,7 +510,9 @@ impl Node {
         let log = self.log();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| !l.contains("DEBG client request"))
+            .filter(|l| {
+                !l.contains("DEBG client request") && !l.contains(r#""msg":"client request""#)
+            })
             .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
