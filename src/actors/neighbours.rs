@@ -43,6 +43,9 @@ pub const MAILBOX: usize = 256;
 /// Courier links (onion packets to non-neighbours) being dialled at once;
 /// past this a request is refused and the packet waits for a retry.
 pub const MAX_COURIER_DIALS: usize = 16;
+/// Courier links up at once, both directions; a link past this is refused
+/// (the Router closes its own idle ones, so a busy relay stays under it).
+pub const MAX_COURIER_LINKS: usize = 128;
 /// Links refused from banned peers are logged as one count this often.
 pub const REFUSED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 const EV_UP: &str = "neighbour up";
@@ -397,6 +400,10 @@ impl Handler<SessionUp> for NeighbourManager {
                 return false;
             }
             if msg.courier {
+                if this.couriers.len() >= MAX_COURIER_LINKS {
+                    slog::debug!(this.log, "courier link refused: too many"; "peer" => ?msg.record.record.address);
+                    return false;
+                }
                 // Not a neighbour: the Router only sends packets over it.
                 this.couriers
                     .insert(msg.handle.session_id, msg.record.record.address);

@@ -1178,9 +1178,27 @@ impl Router {
             return self.bump(Counter::Dropped);
         }
         let expires_at = part.expires_at;
+        let (index, count) = (part.index, part.count);
+        let encoded = (count > 1).then(|| part.encode());
         let letter = match self.reassembly.insert([0; 32], part, now) {
-            Outcome::Complete(l) => l,
-            Outcome::Stored { .. } | Outcome::Duplicate => return,
+            Outcome::Complete(l) => {
+                if count > 1 {
+                    if let Err(e) = self.store.parts_remove(&id) {
+                        slog::warn!(self.log, "cannot remove the parts of a rebuilt message"; "id" => %id, "error" => %e);
+                    }
+                }
+                l
+            }
+            Outcome::Stored { .. } => {
+                // Kept on disk too, so a restart does not lose it.
+                if let Some(bytes) = encoded {
+                    if let Err(e) = self.store.parts_put(&id, index, expires_at, &bytes) {
+                        slog::warn!(self.log, "cannot keep a message part"; "id" => %id, "error" => %e);
+                    }
+                }
+                return;
+            }
+            Outcome::Duplicate => return,
             Outcome::Refused(why) => {
                 slog::debug!(self.log, "part refused"; "id" => %id, "why" => ?why);
                 return self.bump(Counter::Dropped);
@@ -1232,7 +1250,43 @@ impl Router {
                 }
             }
         }
-        self.reassembly.expire(unix_now());
+        for (_, id) in self.reassembly.expire(unix_now()) {
+            slog::info!(self.log, "incomplete message dropped: its time to live ran out"; "id" => %id);
+            if let Err(e) = self.store.parts_remove(&id) {
+                slog::warn!(self.log, "cannot remove expired parts"; "id" => %id, "error" => %e);
+            }
+        }
+    }
+
+    /// Reads back the parts of incomplete messages kept before a restart.
+    fn load_parts(&mut self) {
+        let now = unix_now();
+        let held = match self.store.parts_all() {
+            Ok(h) => h,
+            Err(e) => {
+                slog::warn!(self.log, "cannot read the held message parts"; "error" => %e);
+                return;
+            }
+        };
+        let mut n = 0usize;
+        for (_, bytes) in held {
+            let Ok(part) = Part::decode(&bytes, MAX_PART_BYTES) else {
+                continue;
+            };
+            let id = part.id;
+            match self.reassembly.insert([0; 32], part, now) {
+                Outcome::Stored { .. } => n += 1,
+                Outcome::Duplicate => {}
+                Outcome::Complete(_) | Outcome::Refused(_) => {
+                    // Complete only if a set was kept whole by mistake, or
+                    // expired meanwhile: the origin sends it again.
+                    let _ = self.store.parts_remove(&id);
+                }
+            }
+        }
+        if n > 0 {
+            slog::info!(self.log, "message parts held from before the restart"; "parts" => n);
+        }
     }
 }
 
@@ -1256,6 +1310,9 @@ impl Actor for Router {
             });
         });
         ctx.run_interval(COURIER_SWEEP, |this, _ctx| this.sweep_couriers());
+        if self.reassembly.is_empty() {
+            self.load_parts();
+        }
         match self.store.guards_load() {
             Ok(Some(bytes)) => match Guards::from_bytes(&bytes) {
                 Ok(g) => self.origin = Origin::new(g, rand::SeedableRng::from_entropy()),

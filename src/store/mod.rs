@@ -31,6 +31,7 @@ mod drop_list;
 mod inbox;
 pub mod manifest;
 mod outbox;
+pub mod parts;
 mod peers;
 pub mod replay;
 mod writer;
