@@ -858,6 +858,95 @@ fn replayed_packet_is_dropped_and_counted() {
     );
 }
 
+/// 6 nodes, 3 hops, with sparse links: the network first comes up as a mesh
+/// (so that every book fills at once), then every node is stopped and restarted
+/// with at most 2 neighbours, bootstrapping along a line, its book loaded from
+/// its store. Most hops of a path then join nodes without a link (relays
+/// forward over courier links): 20 messages arrive, each once, and every
+/// receipt comes back.
+#[test]
+fn paths_between_non_neighbours_deliver() {
+    const N: u8 = 125;
+    const COUNT: usize = 20;
+    let t0 = Instant::now();
+    let mut nodes = start_net(N, 20, 6, |_, _| {});
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_books(&all);
+    }
+    for node in &mut nodes {
+        let st = node.term(Duration::from_secs(15));
+        assert!(st.success(), "{} exited with {st}", node.ip());
+    }
+    for i in 0..nodes.len() {
+        nodes[i].opts.min_neighbours = 1;
+        nodes[i].opts.max_neighbours = 2;
+        let boot = if i == 0 {
+            vec![]
+        } else {
+            vec![ip(N, 19 + i as u8)]
+        };
+        nodes[i].set_bootstrap(boot);
+        nodes[i].restart();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_books(&all);
+    let links: BTreeMap<String, BTreeSet<String>> = nodes
+        .iter()
+        .map(|n| {
+            let st = n.status();
+            let listed = st["neighbours"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x["address"].as_str().map(str::to_ascii_lowercase))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (addr_of(n), listed)
+        })
+        .collect();
+    eprintln!(
+        "[{:.1?}] restarted sparse: degrees {:?}",
+        t0.elapsed(),
+        links.values().map(BTreeSet::len).collect::<Vec<_>>()
+    );
+
+    let (origin, recipient) = (&nodes[0], &nodes[5]);
+    let ctx = [origin, recipient];
+    let texts = texts(COUNT, "onion sparse");
+    let ids: Vec<String> = texts.iter().map(|t| push(origin, recipient, t)).collect();
+    let mut got = pull_until_all(recipient, &ids, ARRIVAL_TIMEOUT, &ctx);
+    assert_each_once(&got, &ids, &texts);
+    let (origin_addr, recipient_addr) = (addr_of(origin), addr_of(recipient));
+    let mut hops = 0;
+    let mut unlinked = 0;
+    for parts in parts_of(origin, &ids).values() {
+        for p in parts {
+            let mut route = vec![origin_addr.clone()];
+            route.extend(p.path.iter().cloned());
+            route.push(recipient_addr.clone());
+            for w in route.windows(2) {
+                hops += 1;
+                if !links.get(&w[0]).is_some_and(|l| l.contains(&w[1])) {
+                    unlinked += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "[{:.1?}] all {COUNT} arrived; {unlinked} of {hops} hops between nodes without a link",
+        t0.elapsed()
+    );
+    assert!(
+        unlinked > 0,
+        "no hop went between nodes without a link: the test proves nothing"
+    );
+    wait_settled(origin, &ctx);
+    assert_no_late_copies(recipient, &mut got, &ids, &texts);
+    eprintln!("[{:.1?}] done", t0.elapsed());
+}
+
 /// 5 nodes, 3 hops: `push --wait 30` exits 0 once the receipt is in (the
 /// message is then in the recipient's inbox); a 60,000-byte message, in
 /// several packets, arrives byte for byte.

@@ -79,6 +79,7 @@
 //! | 113-119 | (overlay, reserved)                                          |
 //! | 124 | onion.rs          | hundred_messages_take_many_paths_and_arrive_once (.2-.11) |
 //! | 125 | onion.rs          | relays_hold_no_plaintext (.2-.6)                  |
+//! | 125 | onion.rs          | paths_between_non_neighbours_deliver (.20-.25)    |
 //! | 126 | onion.rs          | two_relays_killed_while_fifty_messages_fly (.2-.11) |
 //! | 127 | onion.rs          | recipient_down_twenty_seconds_gets_all_ten (.2-.7) |
 //! | 128 | onion.rs          | replayed_packet_is_dropped_and_counted (.2-.3, hostile .200-.201) |
