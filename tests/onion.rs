@@ -878,16 +878,16 @@ fn paths_between_non_neighbours_deliver() {
         let st = node.term(Duration::from_secs(15));
         assert!(st.success(), "{} exited with {st}", node.ip());
     }
-    for i in 0..nodes.len() {
-        nodes[i].opts.min_neighbours = 1;
-        nodes[i].opts.max_neighbours = 2;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.opts.min_neighbours = 1;
+        node.opts.max_neighbours = 2;
         let boot = if i == 0 {
             vec![]
         } else {
             vec![ip(N, 19 + i as u8)]
         };
-        nodes[i].set_bootstrap(boot);
-        nodes[i].restart();
+        node.set_bootstrap(boot);
+        node.restart();
     }
     let all: Vec<&Node> = nodes.iter().collect();
     wait_books(&all);
