@@ -1593,6 +1593,9 @@ impl Handler<NeighbourDown> for Router {
             .is_some_and(|(h, _)| h.session_id == msg.session_id)
         {
             self.couriers.remove(&msg.address);
+            if !self.neighbours.contains_key(&msg.address) {
+                self.entries.remove(&msg.address);
+            }
         }
     }
 }
