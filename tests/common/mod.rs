@@ -82,6 +82,7 @@
 //! | 125 | onion.rs          | paths_between_non_neighbours_deliver (.20-.25)    |
 //! | 126 | onion.rs          | two_relays_killed_while_fifty_messages_fly (.2-.11) |
 //! | 127 | onion.rs          | recipient_down_twenty_seconds_gets_all_ten (.2-.7) |
+//! | 127 | onion.rs          | origin_killed_with_messages_pending_resends_after_restart (.20-.25) |
 //! | 128 | onion.rs          | replayed_packet_is_dropped_and_counted (.2-.3, hostile .200-.201) |
 //! | 128 | onion.rs          | push_wait_and_a_60000_byte_message (.20-.24)      |
 //! | 129 | onion.rs          | small_network_sends_and_says_relays_known (.2-.4) |
