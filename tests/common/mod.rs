@@ -77,6 +77,16 @@
 //! | 111 | overlay.rs        | links_leave_from_the_listen_ip                    |
 //! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
 //! | 113-119 | (overlay, reserved)                                          |
+//! | 124 | onion.rs          | hundred_messages_take_many_paths_and_arrive_once (.2-.11) |
+//! | 125 | onion.rs          | relays_hold_no_plaintext (.2-.6)                  |
+//! | 125 | onion.rs          | paths_between_non_neighbours_deliver (.20-.25)    |
+//! | 126 | onion.rs          | two_relays_killed_while_fifty_messages_fly (.2-.11) |
+//! | 127 | onion.rs          | recipient_down_twenty_seconds_gets_all_ten (.2-.7) |
+//! | 127 | onion.rs          | origin_killed_with_messages_pending_resends_after_restart (.20-.25) |
+//! | 128 | onion.rs          | replayed_packet_is_dropped_and_counted (.2-.3, hostile .200-.201) |
+//! | 128 | onion.rs          | push_wait_and_a_60000_byte_message (.20-.24)      |
+//! | 129 | onion.rs          | small_network_sends_and_says_relays_known (.2-.4) |
+//! | 129 | onion.rs          | non_relay_relays_nothing (.20-.26)                |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 121 | onion_keys.rs     | packet_key_rotates_and_reaches_neighbours_and_new_links |
 //! | 122 | onion_keys.rs     | damaged_packet_keys_stop_the_daemon_with_what_to_do |
@@ -312,6 +322,8 @@ pub struct NodeOpts {
     pub log_json: bool,
     /// Extra TOML appended verbatim to the config (whole sections only).
     pub extra_toml: String,
+    /// `[node] relay` (written only when false, so other configs stay as they were).
+    pub relay: bool,
     /// `routing.mode`, if not the default (onion): tests of flood mode's
     /// own behaviour set `Some("flood")`. Merged into a `[routing]` section
     /// of `extra_toml` if it has one.
@@ -328,6 +340,7 @@ impl Default for NodeOpts {
             fault_injection: false,
             log_json: false,
             extra_toml: String::new(),
+            relay: true,
             routing_mode: None,
         }
     }
@@ -404,6 +417,10 @@ impl Node {
             max = self.opts.max_neighbours,
             format = if self.opts.log_json { "json" } else { "text" },
         );
+        if !self.opts.relay {
+            // Still inside [node]: it is the first section of the file.
+            text = text.replacen("\n\n[network]", "\nrelay = false\n\n[network]", 1);
+        }
         if let Some(port) = self.opts.legacy_port {
             text.push_str(&format!("\n[client]\nlegacy_port = {port}\n"));
         }
@@ -511,7 +528,9 @@ impl Node {
         let log = self.log();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| !l.contains("DEBG client request"))
+            .filter(|l| {
+                !l.contains("DEBG client request") && !l.contains(r#""msg":"client request""#)
+            })
             .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
