@@ -511,10 +511,13 @@ mod tests {
         let first = origin
             .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW, false)
             .unwrap();
+        // Every relay of a sending: a retry sends each part twice.
         let relays = |p: &Plan| -> std::collections::HashSet<Address> {
-            let part = &p.parts[0];
-            let mut s: std::collections::HashSet<Address> = part.path.ids().into_iter().collect();
-            s.extend(part.reply_path.iter().map(|h| h.id));
+            let mut s = std::collections::HashSet::new();
+            for part in &p.parts {
+                s.extend(part.path.ids());
+                s.extend(part.reply_path.iter().map(|h| h.id));
+            }
             s
         };
         let used = relays(&first);
