@@ -27,6 +27,7 @@ mod churn;
 mod daemons;
 mod line;
 mod mesh;
+mod onion;
 mod report;
 mod wan;
 
@@ -268,6 +269,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Row::new("primitives_bound", Some(ctx.ncpu as f64 * 1e6 / prim), "msg/s")
             .note(format!("{} cores / primitives_per_msg", ctx.ncpu)),
     ];
+    rows.extend(onion::bound_rows(&b, ctx.ncpu));
     let mut problems: Vec<String> = Vec::new();
     let mut line_out = None;
     let mut churn_out = None;
