@@ -525,6 +525,23 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         )
         .bound(floor),
     );
+    // The origin logs every onion packet it sends (at info, which it runs
+    // at); none logged means the daemons did not route in onion mode (e.g.
+    // a build without it), and the figures above are not onion figures.
+    if lat_parts == 0 && parts == 0 {
+        problems.push(format!(
+            "onion: the origin logged no {PART_SENT:?} line: the daemons did not route in onion mode; the onion rows are left empty"
+        ));
+        for r in rows.iter_mut() {
+            r.value = None;
+            r.ratio = None;
+            r.pass = None;
+            r.note = Some(format!(
+                "not measured: no {PART_SENT:?} logged by the origin (not onion routing); what was seen: {}",
+                r.note.take().unwrap_or_default()
+            ));
+        }
+    }
     ctx.phase(&format!(
         "onion: done (set-up {setup_s:.1} s, flood and drain {t_settled:.1} s)"
     ));
