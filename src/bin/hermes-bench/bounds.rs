@@ -516,16 +516,8 @@ mod tests {
         // seal + open + wrap + block + 6 relay peels with their tags + the
         // recipient's peel + using the block + opening the reply + 8 Noise
         // hops + 2 commit shares.
-        let want = 180.0
-            + 140.0
-            + 800.0
-            + 790.0
-            + 6.0 * 155.0
-            + 90.0
-            + 20.0
-            + 95.0
-            + 8.0 * 10.0
-            + 60.0;
+        let want =
+            180.0 + 140.0 + 800.0 + 790.0 + 6.0 * 155.0 + 90.0 + 20.0 + 95.0 + 8.0 * 10.0 + 60.0;
         assert!((b.onion_primitives_us() - want).abs() < 1e-9);
         let floor = 180.0 + 790.0 + 800.0 + 3.0 * 155.0 + 90.0 + 140.0 + 4.0 * 40.0 + 300.0;
         assert!((b.onion_latency_floor_ms() - floor / 1000.0).abs() < 1e-9);

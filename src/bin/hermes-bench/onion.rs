@@ -185,8 +185,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         "the onion mesh is linked and every record known",
         || {
             Ok(nodes.iter().all(|n| {
-                n.status()
-                    .is_some_and(|s| s.neighbours.len() >= NODES - 1)
+                n.status().is_some_and(|s| s.neighbours.len() >= NODES - 1)
                     && relays_known(n) >= NODES - 1
             }))
         },
@@ -407,7 +406,8 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         ));
     }
     if !receipts_back {
-        problems.push("onion flood: the origin's outbox not empty 30 s after the last delivery".into());
+        problems
+            .push("onion flood: the origin's outbox not empty 30 s after the last delivery".into());
     }
     if pushed.refused > 0 {
         problems.push(format!(
