@@ -280,9 +280,10 @@ fn onion_bounds(
     sctx: &mut hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>,
     rctx: &mut hpke::aead::AeadCtxR<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>,
 ) -> anyhow::Result<OnionBounds> {
-    // A wrap or a reply block is ~10 DH (~1 ms): fewer calls per round.
-    let n = if quick { 40 } else { 100 };
-    let rounds = 7;
+    // A wrap or a reply block is ~10 DH (~1 ms): fewer calls per round,
+    // more rounds (short rounds are more often undisturbed on a busy machine).
+    let n = if quick { 20 } else { 50 };
+    let rounds = 15;
     let mut o = OnionBounds::default();
     let nodes: Vec<_> = (1..=ONION_RELAYS as u8 + 1).map(onion_hop).collect();
     let relays: Vec<NodeHop> = nodes[..ONION_RELAYS].iter().map(|h| h.0).collect();

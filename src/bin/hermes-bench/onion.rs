@@ -409,6 +409,9 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         problems
             .push("onion flood: the origin's outbox not empty 30 s after the last delivery".into());
     }
+    if let Some(w) = &pushed.warning {
+        problems.push(format!("onion flood: hermes push said: {w}"));
+    }
     if pushed.refused > 0 {
         problems.push(format!(
             "onion flood: {} pushes refused (first: {})",
@@ -564,6 +567,8 @@ struct EachLine {
     accepted: Vec<(u64, f64)>,
     refused: usize,
     first_refusal: Option<String>,
+    /// What the client warned of (a path shorter than `routing.hops`), once.
+    warning: Option<String>,
 }
 
 /// Runs `hermes push --each-line` against `origin`, writing one text per
@@ -658,7 +663,14 @@ fn push_each_line(
             .collect();
         let mut out = EachLine {
             refused: refused_lines.len(),
-            first_refusal: errs.first().cloned(),
+            first_refusal: errs
+                .iter()
+                .find(|l| l.starts_with("hermes: line "))
+                .cloned(),
+            warning: errs
+                .iter()
+                .find(|l| l.starts_with("hermes: warning: "))
+                .cloned(),
             ..EachLine::default()
         };
         let mut ids = ids_at.into_iter();
