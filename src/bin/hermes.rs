@@ -566,6 +566,10 @@ fn push(
     let mut client = connect(config)?;
     let id = match client.call(&Request::Push { to, text })? {
         Response::Pushed { id } => id,
+        Response::PushedShort { id, warning } => {
+            eprintln!("hermes: warning: {warning}");
+            id
+        }
         other => return Err(unexpected(other)),
     };
     println!("{id}");
@@ -607,11 +611,19 @@ fn push_each_line(config: &Config, to: String) -> Result<u8, Failure> {
     let mut out = stdout.lock();
     let mut refused = 0usize;
     let mut line = 0usize;
+    let mut warned = false;
     client.pipeline(lines, PUSH_WINDOW, |answer| {
         line += 1;
         match answer {
             Ok(Response::Pushed { id }) => {
                 // An id is printed once its message is on disk.
+                let _ = writeln!(out, "{id}");
+            }
+            Ok(Response::PushedShort { id, warning }) => {
+                if !warned {
+                    warned = true;
+                    eprintln!("hermes: warning: {warning}");
+                }
                 let _ = writeln!(out, "{id}");
             }
             Ok(Response::Error { message, .. }) => {

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod link;
 pub mod message;
+pub mod onion;
 
 use std::fmt;
 

@@ -336,7 +336,7 @@ pub fn push_pipelined(
         for (seq, d, t) in rx.iter() {
             let resp: Response = read_frame(&mut reader)?;
             match resp {
-                Response::Pushed { .. } => {
+                Response::Pushed { .. } | Response::PushedShort { .. } => {
                     out.call_us.push(t.elapsed().as_micros() as u64);
                     out.accepted.push((seq, d, t0.elapsed().as_secs_f64()));
                 }

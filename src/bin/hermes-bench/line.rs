@@ -133,7 +133,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
                     to: nodes[NODES - 1].ip.clone(),
                     text: warm.clone(),
                 })?,
-                Response::Pushed { .. }
+                Response::Pushed { .. } | Response::PushedShort { .. }
             ))
         },
     )?;
@@ -174,7 +174,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
                 to: target.ip.clone(),
                 text: daemons::text(&tag, seq, ctx.size),
             })? {
-                Response::Pushed { .. } => {}
+                Response::Pushed { .. } | Response::PushedShort { .. } => {}
                 other => bail!("latency push refused: {other:?}"),
             }
             daemons::wait_until(
