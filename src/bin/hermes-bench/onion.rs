@@ -197,6 +197,9 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
     let relays: Vec<usize> = (1..last).collect();
 
     // Warm-up: one message end to end, and its receipt back.
+    // Pushes answered with a short-path warning (fewer relays than hops).
+    let mut short = 0usize;
+    let mut short_warning: Option<String> = None;
     let mut pusher = Client::connect(&nodes[origin].socket())?;
     let mut far = Client::connect(&nodes[last].socket())?;
     let warm = format!("warm-up {}", now_us());
@@ -205,6 +208,10 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         text: warm.clone(),
     })? {
         Response::Pushed { .. } => {}
+        Response::PushedShort { warning, .. } => {
+            short += 1;
+            short_warning.get_or_insert(warning);
+        }
         other => bail!("onion warm-up push refused: {other:?}"),
     }
     daemons::wait_until(
@@ -246,6 +253,10 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
             text: daemons::text(&tag, seq, ctx.size),
         })? {
             Response::Pushed { .. } => {}
+            Response::PushedShort { warning, .. } => {
+                short += 1;
+                short_warning.get_or_insert(warning);
+            }
             other => bail!("onion latency push refused: {other:?}"),
         }
         daemons::wait_until(
@@ -271,6 +282,11 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
         }
     }
     let lat_parts = parts_sent(&nodes[origin]).saturating_sub(parts0);
+    if let Some(w) = &short_warning {
+        problems.push(format!(
+            "onion latency: {short} pushes answered with a short path: {w}"
+        ));
+    }
     if tally.duplicates + tally.unexpected > 0 {
         problems.push(format!(
             "onion latency: {} duplicates, {} unexpected",
