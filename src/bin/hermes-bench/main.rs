@@ -56,7 +56,7 @@ struct Args {
     /// The hermes binary (default: `hermes` next to this executable).
     #[arg(long, value_name = "PATH")]
     hermes: Option<PathBuf>,
-    /// The short run (~2 min on 2 cores): fewer samples, a 45 s churn run.
+    /// The short run (~2 min on 2 cores): fewer samples, a 20 s onion flood, a 45 s churn run.
     #[arg(long)]
     quick: bool,
     /// Write the rows as JSON here, and the SVG pictures next to it.
