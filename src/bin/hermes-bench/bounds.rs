@@ -174,6 +174,35 @@ fn time_us(n: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
     per.into_iter().fold(f64::INFINITY, f64::min)
 }
 
+/// This thread's CPU time so far, µs (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_us() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
+}
+
+/// As [`time_us`], but this thread's CPU time instead of wall time: for
+/// pure computations, so that time slices given to other processes of a
+/// shared machine do not count (the daemons' CPU is measured the same way).
+fn cpu_us(n: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..n.div_ceil(10) {
+        f();
+    }
+    let mut per = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = thread_cpu_us();
+        for _ in 0..n {
+            f();
+        }
+        per.push((thread_cpu_us() - t) / n as f64);
+    }
+    per.into_iter().fold(f64::INFINITY, f64::min)
+}
+
 pub fn measure(dir: &Path, quick: bool) -> anyhow::Result<Bounds> {
     let n = if quick { 200 } else { 500 };
     let rounds = 7;
@@ -281,7 +310,7 @@ fn onion_bounds(
     rctx: &mut hpke::aead::AeadCtxR<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>,
 ) -> anyhow::Result<OnionBounds> {
     // A wrap or a reply block is ~10 DH (~1 ms): fewer calls per round,
-    // more rounds (short rounds are more often undisturbed on a busy machine).
+    // more rounds. CPU time of this thread: these are pure computations.
     let n = if quick { 20 } else { 50 };
     let rounds = 15;
     let mut o = OnionBounds::default();
@@ -292,13 +321,13 @@ fn onion_bounds(
         anyhow::anyhow!("onion bound, {what}: {e}")
     };
 
-    o.wrap_us = time_us(n, rounds, || {
+    o.wrap_us = cpu_us(n, rounds, || {
         std::hint::black_box(Sphinx.wrap(&relays, &last.0, plain).ok());
     });
     let packet = Sphinx
         .wrap(&relays, &last.0, plain)
         .map_err(|e| fail("wrap", e))?;
-    o.peel_us = time_us(n * 4, rounds, || {
+    o.peel_us = cpu_us(n * 4, rounds, || {
         std::hint::black_box(Sphinx.peel(&packet, &nodes[0].1).ok());
     });
     let mut p = packet;
@@ -312,21 +341,21 @@ fn onion_bounds(
         Peeled::Deliver { payload, .. } if payload == plain => {}
         other => anyhow::bail!("onion bound: the recipient got {other:?}"),
     }
-    o.peel_last_us = time_us(n * 4, rounds, || {
+    o.peel_last_us = cpu_us(n * 4, rounds, || {
         std::hint::black_box(Sphinx.peel(&p, &last.1).ok());
     });
 
     // The reply: the origin (`last` here plays it) builds a block through the
     // same relays, the recipient uses it for a receipt, the relays peel it
     // and the origin opens it.
-    o.reply_block_us = time_us(n, rounds, || {
+    o.reply_block_us = cpu_us(n, rounds, || {
         std::hint::black_box(Sphinx.reply_block(&relays, &last.0).ok());
     });
     let (block, recovery) = Sphinx
         .reply_block(&relays, &last.0)
         .map_err(|e| fail("reply block", e))?;
     let receipt = vec![0x42u8; RECEIPT_BYTES];
-    o.use_reply_us = time_us(n * 2, rounds, || {
+    o.use_reply_us = cpu_us(n * 2, rounds, || {
         std::hint::black_box(Sphinx.use_reply_block(&block, &receipt).ok());
     });
     let (_, mut p) = Sphinx
@@ -348,12 +377,12 @@ fn onion_bounds(
         Some(r) if r.starts_with(&receipt) => {}
         other => anyhow::bail!("onion bound: the reply opened to {other:?}"),
     }
-    o.reply_open_us = time_us(n * 4, rounds, || {
+    o.reply_open_us = cpu_us(n * 4, rounds, || {
         std::hint::black_box(open_reply(&p));
     });
 
     let frame: Vec<u8> = (0..PACKET_SIZE).map(|i| (i * 5 + 1) as u8).collect();
-    o.aead_packet_us = time_us(n * 20, rounds, || {
+    o.aead_packet_us = cpu_us(n * 20, rounds, || {
         if let Ok(ct) = sctx.seal(&frame, b"") {
             std::hint::black_box(rctx.open(&ct, b"").ok());
         }
@@ -367,7 +396,7 @@ fn onion_bounds(
 
 /// A relay's replay-tag check on a raw sled tree: `contains_key` then
 /// `compare_and_swap` of a fresh 40-byte key (epoch ‖ tag), empty value, no
-/// flush (as `store::replay` does), µs each.
+/// flush (as `store::replay` does), µs of this thread's CPU each.
 fn sled_tag_us(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let db = sled::Config::new()
         .path(dir)
@@ -386,11 +415,16 @@ fn sled_tag_us(dir: &Path, n: usize) -> anyhow::Result<f64> {
     for _ in 0..n / 10 {
         insert()?;
     }
-    let t = Instant::now();
-    for _ in 0..n {
-        insert()?;
+    // This thread's CPU time, fastest of 5 rounds (sled's own threads only
+    // flush in the background, every 500 ms).
+    let mut us = f64::INFINITY;
+    for _ in 0..5 {
+        let t = thread_cpu_us();
+        for _ in 0..n / 5 {
+            insert()?;
+        }
+        us = us.min((thread_cpu_us() - t) / (n / 5) as f64);
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     drop(tree);
     drop(db);
     let _ = std::fs::remove_dir_all(dir);
