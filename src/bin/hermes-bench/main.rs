@@ -20,7 +20,8 @@
 //! Prints a table; `--json PATH` writes the rows
 //! `{"name","value","unit","bound","ratio","target","pass"}` and SVG pictures
 //! next to it (`PATH` stem + `-latency.svg`, `-flood.svg`, `-churn.svg`,
-//! `-wan.svg`, `-onion-latency.svg`, `-onion-flood.svg`). `--quick` takes ~3 min on 2 cores (the full run ~5). See docs/benchmarks.md.
+//! `-wan.svg`, `-onion-latency.svg`, `-onion-flood.svg`). `--quick` takes ~2 min on 2 cores (125 s, the onion phase ~23 s of it; the
+//! full run ~3 min plus ~1 min of onion phase). See docs/benchmarks.md.
 //!
 //! Exit code: 0 every phase ran (targets may be missed: the table says);
 //! 1 a phase failed or lost/duplicated messages were seen with an error;
