@@ -877,6 +877,8 @@ impl Router {
         let c: Vec<Candidate> = match self.store.peers_all() {
             Ok(all) => all
                 .iter()
+                // Not a node the book failed to reach twice in a row.
+                .filter(|e| e.failures < 2)
                 .filter_map(|e| {
                     Self::hop_of(&e.record, now).map(|hop| Candidate {
                         hop,
@@ -1124,7 +1126,11 @@ impl Router {
             Arrival::Reply {
                 outcome: (reply_id, sealed),
             } => match self.origin.open_reply(&reply_id, &sealed) {
-                ReplyOutcome::Receipt(r) => self.on_receipt(r, None, ctx),
+                ReplyOutcome::Receipt(r) => {
+                    // Its paths worked (the receipt is checked next).
+                    self.origin.delivered(&r.id);
+                    self.on_receipt(r, None, ctx)
+                }
                 ReplyOutcome::Unknown => {
                     slog::debug!(self.log, "reply for no outstanding block");
                 }
@@ -1587,6 +1593,9 @@ impl Handler<NeighbourDown> for Router {
             .is_some_and(|(h, _)| h.session_id == msg.session_id)
         {
             self.couriers.remove(&msg.address);
+            if !self.neighbours.contains_key(&msg.address) {
+                self.entries.remove(&msg.address);
+            }
         }
     }
 }

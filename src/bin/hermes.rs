@@ -564,16 +564,17 @@ fn push(
         ));
     }
     let mut client = connect(config)?;
-    let id = match client.call(&Request::Push { to, text })? {
-        Response::Pushed { id } => id,
-        Response::PushedShort { id, warning } => {
-            eprintln!("hermes: warning: {warning}");
-            id
-        }
+    let (id, warning) = match client.call(&Request::Push { to, text })? {
+        Response::Pushed { id } => (id, None),
+        Response::PushedShort { id, warning } => (id, Some(warning)),
         other => return Err(unexpected(other)),
     };
+    // The id first (what scripts read), then what the user should know.
     println!("{id}");
     let _ = std::io::stdout().flush();
+    if let Some(w) = warning {
+        eprintln!("hermes: warning: {w}");
+    }
     let Some(secs) = wait else { return Ok(0) };
     let timeout = Duration::from_secs(secs);
     let req = Request::Wait {

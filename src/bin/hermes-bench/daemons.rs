@@ -37,6 +37,9 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// The rows that measure flood mode say so (the default is onion).
+pub const FLOOD_TOML: &str = "[routing]\nmode = \"flood\"\n\n";
+
 /// What a node's config holds beyond its address and folder.
 #[derive(Clone)]
 pub struct NodeOpts {

@@ -32,6 +32,14 @@ use crate::wire::MessageId;
 /// per part sent; a reply that comes after its entry was dropped is lost,
 /// and the message is sent again at its next retry.
 pub const MAX_REPLIES: usize = 16_384;
+/// Messages whose last sending's relays are remembered, to learn which
+/// relays fail (oldest dropped first).
+pub const MAX_ATTEMPTS_REMEMBERED: usize = 16_384;
+/// Sendings that came to nothing, in a row, after which a relay on their
+/// paths is avoided for [`SUSPECT_FOR_SECS`].
+pub const SUSPECT_AFTER: u32 = 2;
+/// How long a suspect relay is avoided (seconds) unless too few remain.
+pub const SUSPECT_FOR_SECS: u64 = 120;
 
 /// One part of one sending, with its paths.
 #[derive(Clone, Debug)]
@@ -84,6 +92,12 @@ pub struct Origin {
     replies: HashMap<ReplyId, (MessageId, ReplyRecovery)>,
     order: VecDeque<ReplyId>,
     max_replies: usize,
+    /// Relays (forward and reply) of each message's last sending.
+    last_paths: HashMap<MessageId, Vec<Address>>,
+    last_order: VecDeque<MessageId>,
+    /// Relays on sendings that got no receipt: failures in a row, and when
+    /// the last was counted (seconds).
+    failures: HashMap<Address, (u32, u64)>,
     rng: StdRng,
 }
 
@@ -96,6 +110,9 @@ impl Origin {
     pub fn with_capacity(guards: Guards, rng: StdRng, max_replies: usize) -> Origin {
         Origin {
             max_replies,
+            last_paths: HashMap::new(),
+            last_order: VecDeque::new(),
+            failures: HashMap::new(),
             guards,
             guards_changed: false,
             recent: RecentPaths::new(),
@@ -155,6 +172,28 @@ impl Origin {
             self.guards_changed = true;
         }
         let parts = split(id, expires_at, letter, MAX_PART_BYTES)?;
+        // A sending again means the last one got no receipt: its relays
+        // count a failure each (one of them is likely down).
+        if let Some(mut failed) = self.last_paths.remove(&id) {
+            // Once per sending, however many of its paths a relay was on.
+            failed.sort();
+            failed.dedup();
+            for r in failed {
+                let f = self.failures.entry(r).or_insert((0, now));
+                *f = (f.0.saturating_add(1), now);
+            }
+        }
+        self.failures
+            .retain(|_, (_, at)| now.saturating_sub(*at) < SUSPECT_FOR_SECS);
+        // Suspects are avoided even if the path gets shorter: a path
+        // through a relay that is down delivers nothing, and an innocent
+        // suspect is back after SUSPECT_FOR_SECS or its next success.
+        let healthy: Vec<Candidate> = candidates
+            .iter()
+            .copied()
+            .filter(|c| !self.is_suspect(&c.hop.id, now))
+            .collect();
+        let candidates = &healthy[..];
         let no_guards = Guards::new();
         let mut shortfall = 0;
         let mut out = Vec::with_capacity(parts.len());
@@ -181,6 +220,9 @@ impl Origin {
                 &mut self.rng,
             );
             shortfall = shortfall.max(path.shortfall);
+            let used = self.last_paths.entry(id).or_default();
+            used.extend(path.ids());
+            used.extend(reply.relays.iter().map(|h| h.id));
             out.push(PartPlan {
                 index: part.index,
                 count: part.count,
@@ -189,10 +231,39 @@ impl Origin {
                 reply_path: reply.relays,
             });
         }
+        if !self.last_order.contains(&id) {
+            self.last_order.push_back(id);
+        }
+        while self.last_paths.len() > MAX_ATTEMPTS_REMEMBERED {
+            match self.last_order.pop_front() {
+                Some(old) => {
+                    self.last_paths.remove(&old);
+                }
+                None => break,
+            }
+        }
         Ok(Plan {
             parts: out,
             shortfall,
         })
+    }
+
+    /// Whether `relay` is avoided at `now`: on [`SUSPECT_AFTER`] sendings
+    /// in a row that got no receipt, the last within [`SUSPECT_FOR_SECS`].
+    pub fn is_suspect(&self, relay: &Address, now: u64) -> bool {
+        self.failures.get(relay).is_some_and(|(n, at)| {
+            *n >= SUSPECT_AFTER && now.saturating_sub(*at) < SUSPECT_FOR_SECS
+        })
+    }
+
+    /// A receipt for `id` came back: the relays of its last sending work.
+    pub fn delivered(&mut self, id: &MessageId) {
+        if let Some(ok) = self.last_paths.remove(id) {
+            for r in ok {
+                self.failures.remove(&r);
+            }
+        }
+        self.last_order.retain(|m| m != id);
     }
 
     /// Keeps the recovery of a part's reply block, for message `id`.
@@ -405,6 +476,58 @@ mod tests {
         let built = build_part(&Sphinx, &plan.parts[0], &hop(to, &s), &hop(me, &s)).unwrap();
         let (at, _) = carry(&nodes, &s, built.first, built.packet);
         assert_eq!(at, to.id);
+    }
+
+    #[test]
+    fn relays_on_sendings_without_receipts_are_avoided_while_others_remain() {
+        let (nodes, s) = nodes(8);
+        let cands: Vec<Candidate> = nodes
+            .iter()
+            .map(|n| Candidate {
+                hop: hop(n, &s),
+                relay: true,
+            })
+            .collect();
+        let (me, to) = (nodes[0].id, nodes[7].id);
+        let mut origin = Origin::new(Guards::new(), StdRng::seed_from_u64(6));
+        let id = MessageId([8; 16]);
+        let first = origin
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW)
+            .unwrap();
+        let relays = |p: &Plan| -> std::collections::HashSet<Address> {
+            let part = &p.parts[0];
+            let mut s: std::collections::HashSet<Address> = part.path.ids().into_iter().collect();
+            s.extend(part.reply_path.iter().map(|h| h.id));
+            s
+        };
+        let used = relays(&first);
+        assert!(used.iter().all(|r| !origin.is_suspect(r, NOW)));
+        // Two sendings without a receipt: relays on both are suspect, relays
+        // on one only are not.
+        let second = origin
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 2)
+            .unwrap();
+        let third = origin
+            .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW + 6)
+            .unwrap();
+        let again = relays(&second);
+        assert!(!used.is_disjoint(&again), "6 relays, 6 places: some repeat");
+        for r in used.union(&again) {
+            let both = used.contains(r) && again.contains(r);
+            assert_eq!(origin.is_suspect(r, NOW + 6), both, "{r:?}");
+        }
+        // Suspects are not used, even at the cost of a shorter path.
+        let suspects: Vec<Address> = used.intersection(&again).copied().collect();
+        assert!(!suspects.is_empty());
+        assert!(suspects.iter().all(|r| !relays(&third).contains(r)));
+        // A receipt clears the last sending's relays.
+        let last = relays(&third);
+        origin.delivered(&id);
+        assert!(last.iter().all(|r| !origin.is_suspect(r, NOW + 6)));
+        // And suspicion wears off.
+        assert!(used
+            .iter()
+            .all(|r| !origin.is_suspect(r, NOW + 6 + SUSPECT_FOR_SECS)));
     }
 
     #[test]
