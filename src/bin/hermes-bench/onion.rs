@@ -577,7 +577,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<OnionOu
 }
 
 /// What `hermes push --each-line` answered.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct EachLine {
     /// (seq = line number, seconds since the flood's start when its id was read)
     accepted: Vec<(u64, f64)>,
@@ -585,6 +585,46 @@ struct EachLine {
     first_refusal: Option<String>,
     /// What the client warned of (a path shorter than `routing.hops`), once.
     warning: Option<String>,
+}
+
+/// What `hermes push --each-line` answered, from the `written` lines (line
+/// n carries seq n), the times its ids were read (one per accepted line, in
+/// line order) and its standard error (`hermes: line N: why` per refused
+/// line, `hermes: warning: ...` once).
+fn each_line_answers(written: u64, ids_at: Vec<f64>, errs: &[String]) -> EachLine {
+    let refused_lines: HashSet<u64> = errs
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("hermes: line ")?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut out = EachLine {
+        refused: refused_lines.len(),
+        first_refusal: errs
+            .iter()
+            .find(|l| l.starts_with("hermes: line "))
+            .cloned(),
+        warning: errs
+            .iter()
+            .find(|l| l.starts_with("hermes: warning: "))
+            .cloned(),
+        ..EachLine::default()
+    };
+    let mut ids = ids_at.into_iter();
+    for seq in 1..=written {
+        if refused_lines.contains(&seq) {
+            continue;
+        }
+        match ids.next() {
+            Some(at) => out.accepted.push((seq, at)),
+            None => break,
+        }
+    }
+    out
 }
 
 /// Runs `hermes push --each-line` against `origin`, writing one text per
@@ -667,39 +707,7 @@ fn push_each_line(
         let errs = errs
             .join()
             .map_err(|_| anyhow::anyhow!("stderr thread panicked"))?;
-        let refused_lines: HashSet<u64> = errs
-            .iter()
-            .filter_map(|l| {
-                l.strip_prefix("hermes: line ")?
-                    .split(':')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        let mut out = EachLine {
-            refused: refused_lines.len(),
-            first_refusal: errs
-                .iter()
-                .find(|l| l.starts_with("hermes: line "))
-                .cloned(),
-            warning: errs
-                .iter()
-                .find(|l| l.starts_with("hermes: warning: "))
-                .cloned(),
-            ..EachLine::default()
-        };
-        let mut ids = ids_at.into_iter();
-        for seq in 1..=written {
-            if refused_lines.contains(&seq) {
-                continue;
-            }
-            match ids.next() {
-                Some(at) => out.accepted.push((seq, at)),
-                None => break,
-            }
-        }
-        Ok(out)
+        Ok(each_line_answers(written, ids_at, &errs))
     });
     let status = child.wait()?;
     let out = out?;
@@ -710,4 +718,33 @@ fn push_each_line(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_line_ids_map_to_their_lines_around_refused_ones() {
+        let errs = vec![
+            "hermes: warning: only 2 relays known".to_string(),
+            "hermes: line 2: too long".to_string(),
+            "hermes: line 4: too long".to_string(),
+        ];
+        // 6 lines written, 2 and 4 refused, ids for 1, 3, 5 (6 unanswered).
+        let out = each_line_answers(6, vec![0.1, 0.3, 0.5], &errs);
+        assert_eq!(out.accepted, vec![(1, 0.1), (3, 0.3), (5, 0.5)]);
+        assert_eq!(out.refused, 2);
+        assert_eq!(
+            out.first_refusal.as_deref(),
+            Some("hermes: line 2: too long")
+        );
+        assert_eq!(
+            out.warning.as_deref(),
+            Some("hermes: warning: only 2 relays known")
+        );
+        let clean = each_line_answers(2, vec![0.1, 0.2], &[]);
+        assert_eq!(clean.accepted, vec![(1, 0.1), (2, 0.2)]);
+        assert!(clean.first_refusal.is_none() && clean.warning.is_none());
+    }
 }
