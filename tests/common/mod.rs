@@ -101,9 +101,10 @@
 //! | 102 | client.rs         | readiness_status_warnings_and_sighup_reload       |
 //! | 103 | client.rs         | outbox_cancel_peek_and_peers_without_self         |
 //! | 104-109 | (ops, issue 12) | reserved                                      |
+//! | 240-245 | hermes-bench    | onion phase (`--net-onion`, default 127.0.240.2-.6; 241-245 reserved) |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 240-255
-//! (120-129: onion, issue 9; 200-239: hermes-bench).
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 246-255
+//! (120-129: onion, issue 9; 200-245: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!

@@ -10,13 +10,18 @@
 //! - [`line`]: 5 daemons in a line on 127.0.200.x: unloaded latency (1 and 2
 //!   hops), idle RSS, then the flood (one pipelined pushing connection at
 //!   .2, pulled at .6): `flood`, `accept`, `cpu_per_msg`, `rss`.
+//! - [`onion`]: 5 daemons meshed on 127.0.240.x in `routing.mode = "onion"`
+//!   (3 relays): unloaded 3-relay latency, then a flood by `hermes push
+//!   --each-line`: `onion_relay` (packets/s per core of the relays),
+//!   `onion_e2e`, `onion_cpu_per_msg`, `onion_latency_*`.
 //! - [`churn`]: 20 daemons on 127.0.201.x, 6 SIGKILLed and restarted under load.
 //! - [`wan`]: 20 daemons in network namespaces with netem (root only).
 //!
 //! Prints a table; `--json PATH` writes the rows
 //! `{"name","value","unit","bound","ratio","target","pass"}` and SVG pictures
 //! next to it (`PATH` stem + `-latency.svg`, `-flood.svg`, `-churn.svg`,
-//! `-wan.svg`). `--quick` takes ~2 min on 2 cores (the full run ~3). See docs/benchmarks.md.
+//! `-wan.svg`, `-onion-latency.svg`, `-onion-flood.svg`). `--quick` takes ~2 min on 2 cores (125 s, the onion phase ~23 s of it; the
+//! full run ~3 min plus ~1 min of onion phase). See docs/benchmarks.md.
 //!
 //! Exit code: 0 every phase ran (targets may be missed: the table says);
 //! 1 a phase failed or lost/duplicated messages were seen with an error;
@@ -27,6 +32,7 @@ mod churn;
 mod daemons;
 mod line;
 mod mesh;
+mod onion;
 mod report;
 mod wan;
 
@@ -51,14 +57,14 @@ struct Args {
     /// The hermes binary (default: `hermes` next to this executable).
     #[arg(long, value_name = "PATH")]
     hermes: Option<PathBuf>,
-    /// The short run (~2 min on 2 cores): fewer samples, a 45 s churn run.
+    /// The short run (~2 min on 2 cores): fewer samples, a 20 s onion flood, a 45 s churn run.
     #[arg(long)]
     quick: bool,
     /// Write the rows as JSON here, and the SVG pictures next to it.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Phases to run, comma-separated, of: line, churn, wan (bounds always run).
-    #[arg(long, default_value = "line,churn,wan")]
+    /// Phases to run, comma-separated, of: line, onion, churn, wan (bounds always run).
+    #[arg(long, default_value = "line,onion,churn,wan")]
     only: String,
     /// Bytes of text per message.
     #[arg(long, default_value_t = bounds::KIB)]
@@ -66,6 +72,9 @@ struct Args {
     /// First three octets of the line's loopback addresses (.2 to .6).
     #[arg(long, default_value = "127.0.200")]
     net_line: String,
+    /// First three octets of the onion network's loopback addresses (.2 to .6).
+    #[arg(long, default_value = "127.0.240")]
+    net_onion: String,
     /// First three octets of the churn network's loopback addresses (.2 to .21).
     #[arg(long, default_value = "127.0.201")]
     net_churn: String,
@@ -99,6 +108,7 @@ pub struct Ctx {
     pub size: usize,
     pub net_line: String,
     pub net_churn: String,
+    pub net_onion: String,
     pub net_wan: String,
     pub log_level: String,
     pub default_limits: bool,
@@ -179,8 +189,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     let phases: Vec<&str> = args.only.split(',').map(str::trim).collect();
     for p in &phases {
-        if !["line", "churn", "wan", ""].contains(p) {
-            bail!("--only: unknown phase {p:?} (line, churn, wan)");
+        if !["line", "onion", "churn", "wan", ""].contains(p) {
+            bail!("--only: unknown phase {p:?} (line, onion, churn, wan)");
         }
     }
     let secs = args.deadline.unwrap_or(if args.quick { 600 } else { 1800 });
@@ -207,6 +217,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         size: args.size,
         net_line: args.net_line.clone(),
         net_churn: args.net_churn.clone(),
+        net_onion: args.net_onion.clone(),
         net_wan: args.net_wan.clone(),
         log_level: args.log_level.clone(),
         default_limits: args.default_limits,
@@ -244,7 +255,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         if ctx.quick { " --quick" } else { "" },
         ctx.size
     );
-    ctx.phase("bounds: X25519, HPKE, ChaCha20-Poly1305, sled, loopback TCP");
+    ctx.phase("bounds: X25519, HPKE, ChaCha20-Poly1305, sled, loopback TCP, Sphinx");
     let b = bounds::measure(&ctx.base, ctx.quick)?;
     let hops = line::NODES - 1;
     let prim = b.primitives_us(hops);
@@ -268,9 +279,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Row::new("primitives_bound", Some(ctx.ncpu as f64 * 1e6 / prim), "msg/s")
             .note(format!("{} cores / primitives_per_msg", ctx.ncpu)),
     ];
+    rows.extend(onion::bound_rows(&b, ctx.ncpu));
     let mut problems: Vec<String> = Vec::new();
     let mut line_out = None;
     let mut churn_out = None;
+    let mut onion_out = None;
     let mut wan_out = None;
     if phases.contains(&"line") {
         match line::run(&ctx, &b) {
@@ -280,6 +293,16 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 line_out = Some(o);
             }
             Err(e) => problems.push(format!("line: {e:#}")),
+        }
+    }
+    if phases.contains(&"onion") {
+        match onion::run(&ctx, &b) {
+            Ok(o) => {
+                rows.extend(o.rows.iter().cloned());
+                problems.extend(o.problems.iter().cloned());
+                onion_out = Some(o);
+            }
+            Err(e) => problems.push(format!("onion: {e:#}")),
         }
     }
     if phases.contains(&"churn") {
@@ -344,6 +367,33 @@ fn run(args: Args) -> anyhow::Result<bool> {
             report::rate_over_time(
                 &p,
                 "flood: 5-node line, 1 KiB, one pushing connection",
+                "messages per second",
+                &[
+                    (
+                        "accepted at .2".to_string(),
+                        report::rate_series(&o.accepted_s, 0.5, o.flood_s),
+                    ),
+                    (
+                        "delivered at .6".to_string(),
+                        report::rate_series(&o.delivered_s, 0.5, o.flood_s),
+                    ),
+                ],
+                &[],
+            )?;
+            pics.push(p);
+        }
+        if let Some(o) = &onion_out {
+            let p = report::svg_path(path, "onion-latency");
+            report::latency_cdf(
+                &p,
+                "onion: push to inbox, unloaded, 3 relays (client clock)",
+                &[("3 relays (.2 -> .6), unloaded".to_string(), o.lat.clone())],
+            )?;
+            pics.push(p);
+            let p = report::svg_path(path, "onion-flood");
+            report::rate_over_time(
+                &p,
+                "onion flood: 5 nodes, 3 relays, 1 KiB, hermes push --each-line",
                 "messages per second",
                 &[
                     (

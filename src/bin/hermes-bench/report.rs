@@ -156,6 +156,9 @@ pub fn print_table(rows: &[Row]) {
 
 pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(rows)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(path, text + "\n")?;
     Ok(())
 }
