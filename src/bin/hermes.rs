@@ -435,7 +435,7 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
                 Err(e) => return Err(e.into()),
             };
             println!(
-                "salvaged {} into {}: kept {} inbox, {} outbox and {} drop-list entries, {} peers and {} replay tags; {} records did not read or decode",
+                "salvaged {} into {}: kept {} inbox, {} outbox and {} drop-list entries, {} peers, {} replay tags and {} message parts; {} records did not read or decode",
                 data_dir.join("store").display(),
                 dest.display(),
                 c.inbox,
@@ -443,6 +443,7 @@ fn store_command(config: &Config, cmd: StoreCommand) -> Result<u8, Failure> {
                 c.drop,
                 c.peers,
                 c.replay,
+                c.parts,
                 c.skipped
             );
             match c.source_manifest {

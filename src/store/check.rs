@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::manifest::{self, Manifest, ManifestError, ManifestWriter};
+use super::parts::PARTS_TREE;
 use super::replay::{REPLAY_KEY_LEN, REPLAY_TREE};
 use super::{
     make_private, DropEntry, DropKey, OutboxEntry, Store, StoreError, GENERATION_KEY, IDENTITY_KEY,
@@ -62,6 +63,8 @@ pub struct Counts {
     pub meta: u64,
     /// Onion replay tags.
     pub replay: u64,
+    /// Parts of incomplete onion messages held at their recipient.
+    pub parts: u64,
 }
 
 /// What `hermes store check` shows.
@@ -112,7 +115,7 @@ impl fmt::Display for StoreReport {
         let c = &self.counts;
         writeln!(
             f,
-            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / contacts {} / peers {}{} / replay tags {}",
+            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / contacts {} / peers {}{} / replay tags {} / message parts {}",
             c.inbox,
             c.outbox,
             c.outbox_due,
@@ -125,7 +128,8 @@ impl fmt::Display for StoreReport {
             } else {
                 String::new()
             },
-            c.replay
+            c.replay,
+            c.parts
         )?;
         if let Some(id) = &self.identity {
             writeln!(f, "node       {}", hex::encode(id))?;
@@ -154,6 +158,8 @@ pub struct CopyCounts {
     pub contacts: u64,
     /// Onion replay tags.
     pub replay: u64,
+    /// Parts of incomplete onion messages.
+    pub parts: u64,
     /// Records that did not read or decode (left out).
     pub skipped: u64,
     /// The generation of the new store once written.
@@ -220,13 +226,18 @@ fn replay_entry_valid(key: &[u8], value: &[u8]) -> Result<(), String> {
 /// The replay-tag tree, if the store has one (opened only then: `check`
 /// does not write to the store it inspects).
 fn replay_tree(store: &Store) -> Result<Option<sled::Tree>, sled::Error> {
+    optional_tree(store, REPLAY_TREE)
+}
+
+/// Tree `name` if the store has one (opened only then).
+fn optional_tree(store: &Store, name: &str) -> Result<Option<sled::Tree>, sled::Error> {
     if store
         .db
         .tree_names()
         .iter()
-        .any(|n| n.as_ref() == REPLAY_TREE.as_bytes())
+        .any(|n| n.as_ref() == name.as_bytes())
     {
-        store.db.open_tree(REPLAY_TREE).map(Some)
+        store.db.open_tree(name).map(Some)
     } else {
         Ok(None)
     }
@@ -234,14 +245,14 @@ fn replay_tree(store: &Store) -> Result<Option<sled::Tree>, sled::Error> {
 
 /// Reads every record of every tree once.
 fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
-    let parts = match store.db.open_tree(super::parts::PARTS_TREE) {
+    let parts = match optional_tree(store, PARTS_TREE) {
         Ok(t) => t,
         Err(e) => {
             report.problems.push(format!(
-                "{}: damaged: cannot open tree parts ({e})",
+                "{}: damaged: the tree {PARTS_TREE} does not open ({e})",
                 file.display()
             ));
-            return;
+            None
         }
     };
     let mut trees: Vec<(&str, &sled::Tree)> = vec![
@@ -253,8 +264,10 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
         ("peers", &store.peers),
         ("contacts", &store.contacts),
         ("meta", &store.meta),
-        ("parts", &parts),
     ];
+    if let Some(t) = &parts {
+        trees.push((PARTS_TREE, t));
+    }
     let replay = match replay_tree(store) {
         Ok(t) => t,
         Err(e) => {
@@ -316,6 +329,7 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
             "peers" => &mut c.peers,
             "contacts" => &mut c.contacts,
             REPLAY_TREE => &mut c.replay,
+            PARTS_TREE => &mut c.parts,
             _ => &mut c.meta,
         } = n;
     }
@@ -595,6 +609,25 @@ fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
         }
         out.apply_batch(batch)?;
     }
+    // Parts of incomplete messages: a restored recipient need not wait for
+    // the parts it had (their origins would send them again).
+    if let Some(parts) = optional_tree(src, PARTS_TREE)? {
+        let out = dst.db.open_tree(PARTS_TREE)?;
+        let mut batch = sled::Batch::default();
+        for item in parts.iter() {
+            let Ok((k, v)) = item else {
+                c.skipped += 1;
+                break;
+            };
+            if super::parts::entry_decodes(&k, &v) {
+                batch.insert(k, v);
+                c.parts += 1;
+            } else {
+                c.skipped += 1;
+            }
+        }
+        out.apply_batch(batch)?;
+    }
     for item in src.meta.iter() {
         let Ok((k, v)) = item else {
             c.skipped += 1;
@@ -835,6 +868,8 @@ mod tests {
             tags.check_and_insert(u64::from(n % 2) + 1, &[n; 32])
                 .unwrap();
         }
+        s.parts_put(&MessageId([5; 16]), 1, 1_000, b"a part")
+            .unwrap();
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("backup");
         let c = s.backup_to(&dest).unwrap();
@@ -866,6 +901,8 @@ mod tests {
         assert_eq!(report.counts.drop_exp, 5);
         assert_eq!(report.counts.replay, 3);
         assert!(report.to_string().contains("replay tags 3"), "{report}");
+        assert_eq!(report.counts.parts, 1);
+        assert!(report.to_string().contains("message parts 1"), "{report}");
         assert!(
             prepare_dest(&dest).is_err(),
             "a dir with a store is refused"
@@ -874,8 +911,10 @@ mod tests {
         let salvaged = out.path().join("salvaged");
         let c = salvage(dir.path(), &salvaged).unwrap();
         assert_eq!((c.inbox, c.outbox, c.drop, c.skipped), (5, 1, 5, 0));
-        assert_eq!((c.contacts, c.replay), (1, 3));
+        assert_eq!((c.contacts, c.replay, c.parts), (1, 3, 1));
         assert!(inspect(&salvaged).unwrap().intact());
+        let back = Store::open(&salvaged).unwrap();
+        assert_eq!(back.parts_all().unwrap(), vec![(1_000, b"a part".to_vec())]);
     }
 
     /// The replay tree holds `epoch ‖ tag` keys with empty values only:
