@@ -1085,12 +1085,7 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
     };
     let key_grace = match raw.routing.key_grace.as_deref() {
         None => Duration::from_secs(3_600).min(key_rotation * 3),
-        Some(s) => duration(
-            "routing.key_grace",
-            s,
-            Duration::ZERO,
-            key_rotation * 3,
-        )?,
+        Some(s) => duration("routing.key_grace", s, Duration::ZERO, key_rotation * 3)?,
     };
     let shards = raw.routing.shards.unwrap_or(1);
     if shards != 1 {

@@ -172,8 +172,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
     }
     // The packet keys (onion routing): a damaged key file stops the daemon
     // here with what to do. Replay tags of keys deleted meanwhile go with them.
-    let (keys, rotation) =
-        PacketKeys::open(data_dir, config.routing.key_schedule(), unix_now())?;
+    let (keys, rotation) = PacketKeys::open(data_dir, config.routing.key_schedule(), unix_now())?;
     let keys = Arc::new(keys);
     let replay = Arc::new(store.replay_tags(REPLAY_TAGS_PER_KEY)?);
     let held = keys.epochs();
@@ -235,9 +234,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
             keys: keys.clone(),
             replay: replay.clone(),
         };
-        Supervisor::start(move |_| {
-            Router::new(me, store, inbox, cfg.clone(), onion.clone(), &log)
-        })
+        Supervisor::start(move |_| Router::new(me, store, inbox, cfg.clone(), onion.clone(), &log))
     };
     let live = Live {
         router: router.clone(),
