@@ -77,6 +77,7 @@
 //! | 111 | overlay.rs        | links_leave_from_the_listen_ip                    |
 //! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
 //! | 113-119 | (overlay, reserved)                                          |
+//! | 123 | link_cells.rs     | both tests: link_capture_shows_one_message_size (.2, .3, proxy .10), malformed_cells_cost_the_link (.20, peers .30-.39) |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
@@ -91,7 +92,7 @@
 //! | 104-109 | (ops, issue 12) | reserved                                      |
 //!
 //! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 240-255
-//! (120-129: onion, issue 9; 200-239: hermes-bench).
+//! (120-129: onion, issue 9, of which 123: link cells; 200-239: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
