@@ -141,7 +141,8 @@ impl Proxy {
     fn busy(&self, enough: usize, up_bytes: usize) -> bool {
         self.captures.lock().expect("captures").iter().any(|c| {
             let c = c.lock().expect("capture");
-            c.up.len() >= enough + 2 && c.down.len() >= enough + 1 && c.up_bytes >= up_bytes
+            // Handshake messages: 2 up, 1 down.
+            c.up.len() >= enough + 2 && c.down.len() > enough && c.up_bytes >= up_bytes
         })
     }
 

@@ -18,8 +18,9 @@
 //!
 //! Budgets ([`LinkBudget`], from `[limits]`): every cell (its Noise message)
 //! is counted against the link's bytes per second before it is decrypted,
-//! every frame (however many cells it took) once against its frames per second, and the records in membership frames
-//! against its records per minute. A peer over any budget, or reported by
+//! every frame (however many cells it took) once against its frames per
+//! second, and the records in membership frames against its records per
+//! minute. A peer over any budget, or reported by
 //! the Router ([`OverBudget`]), is logged once, cut off, and refused by the
 //! NeighbourManager for `limits.backoff` ([`Ban`]). A session reads no frame
 //! before the NeighbourManager has let it in ([`SessionUp`] answers whether
