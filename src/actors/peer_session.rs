@@ -915,4 +915,53 @@ mod tests {
             assert_eq!(b.frame(&LinkBody::Ping(0)), Ok(()));
         }
     }
+
+    /// Two ends of a real Noise link over an in-memory pipe.
+    async fn linked() -> (tokio::io::DuplexStream, Link, tokio::io::DuplexStream, Link) {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let (ida, idb) = (Identity::generate(), Identity::generate());
+        let (la, lb) = tokio::join!(
+            noise::handshake(&mut a, &ida, true),
+            noise::handshake(&mut b, &idb, false)
+        );
+        (a, la.unwrap(), b, lb.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_are_sealed_in_cells_of_one_size() {
+        let (_a, mut la, _b, _lb) = linked().await;
+        for len in [1, 12, 4_100, cell::CELL_PAYLOAD + 1, MAX_LINK_FRAME] {
+            let frame: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut wire = Vec::new();
+            seal_frame(&mut la.send, &frame, &mut wire).unwrap();
+            assert_eq!(wire.len(), cell::cells_for(len) * CELL_WIRE, "len {len}");
+            for msg in wire.chunks(CELL_WIRE) {
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([msg[0], msg[1]])),
+                    CELL_MESSAGE
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_a_message_of_another_size_is_refused() {
+        let (mut a, mut la, mut b, mut lb) = linked().await;
+        for len in [1, 4_100, MAX_LINK_FRAME] {
+            let frame = vec![len as u8; len];
+            write_frame(&mut a, &mut la.send, &frame).await.unwrap();
+            assert_eq!(read_frame(&mut b, &mut lb.recv).await.unwrap(), frame);
+        }
+        assert!(matches!(
+            write_frame(&mut a, &mut la.send, &vec![0; MAX_LINK_FRAME + 1]).await,
+            Err(LinkError::Cell(CellError::TooLarge))
+        ));
+        // A frame in a Noise message of its own length (the old framing).
+        let sealed = la.send.encrypt(&[1, 4, 7]).unwrap();
+        noise::write_prefixed(&mut a, &sealed).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b, &mut lb.recv).await,
+            Err(LinkError::Cell(CellError::WrongSize(19)))
+        ));
+    }
 }
