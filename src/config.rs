@@ -210,7 +210,7 @@ pub struct NetworkConfig {
 /// `[routing]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingConfig {
-    /// How messages travel (default and, for now, only accepted value: flood).
+    /// How messages travel (default onion; or flood).
     pub mode: RoutingMode,
     /// Relays on an onion path, 1 to 8 (default 3).
     pub hops: u8,
@@ -1034,8 +1034,8 @@ fn validate(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Config, Ba
 
     // [routing]
     let mode = match raw.routing.mode.as_deref() {
-        None | Some("flood") => RoutingMode::Flood,
-        Some("onion") => RoutingMode::Onion,
+        Some("flood") => RoutingMode::Flood,
+        None | Some("onion") => RoutingMode::Onion,
         Some(other) => {
             return Err(bad(
                 "routing.mode",
@@ -1287,7 +1287,7 @@ mod tests {
                 max_neighbours: 8,
             },
             routing: RoutingConfig {
-                mode: RoutingMode::Flood,
+                mode: RoutingMode::Onion,
                 hops: 3,
                 ttl: Duration::from_secs(7 * 86400),
                 shards: 1,

@@ -227,7 +227,9 @@ fn receipt_goes_back_only_the_way_the_message_came() {
     use common::hostile::HostilePeer;
     use hermes::wire::link::LinkBody;
     const N: u8 = 95;
-    let nodes = line(N, 3);
+    // The way back of flood mode's receipts (onion receipts take reply
+    // blocks: tests/onion.rs).
+    let nodes = line_with(N, 3, |_, o| o.routing_mode = Some("flood"));
     let (s, b, r) = (&nodes[0], &nodes[1], &nodes[2]);
     let at = |h: u8| listen_addr(N, h).parse().expect("an address");
     // A bystander linked to the relay only.

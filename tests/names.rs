@@ -63,7 +63,10 @@ fn assert_refused(out: &CmdOutput, needles: &[&str]) {
 #[test]
 fn gossiped_record_claiming_the_recipients_ip_does_not_redirect_a_push() {
     const N: u8 = 24;
-    let nodes = line(N, 2);
+    // Flood mode, so that the hostile neighbour sees every packet the sender
+    // sends and can tell whom it is addressed to (name binding does not
+    // depend on the mode).
+    let nodes = line_with(N, 2, |_, o| o.routing_mode = Some("flood"));
     let (sender, recipient) = (&nodes[0], &nodes[1]);
 
     let mut hostile = HostilePeer::dial(sock(&sender.listen()), sock(&listen_addr(N, 9)));

@@ -46,6 +46,8 @@ fn hostile_line(n: u8, sender_extra: &str) -> HostileLine {
         2,
         NodeOpts {
             extra_toml: sender_extra.to_string(),
+            // What H sees and changes are flood packets.
+            routing_mode: Some("flood"),
             ..NodeOpts::default()
         },
     );

@@ -20,7 +20,7 @@ use super::listener::Listener;
 use super::names;
 use super::neighbours::{GetBootstrap, GetNeighbours, GetPeers, NeighbourManager};
 use super::peer_session::LinkIdentity;
-use super::router::{CancelOutbox, LearnedRecord, Push, PushError, Router, WaitDelivered};
+use super::router::{CancelOutbox, LearnedRecord, Push, PushError, Pushed, Router, WaitDelivered};
 use super::{FaultKind, InjectFault};
 use crate::logging::LevelHandle;
 use crate::store::{Counter, Store};
@@ -202,7 +202,11 @@ where
 
 async fn push(deps: &ClientDeps, to: String, text: String) -> Response {
     match deps.router.send(Push { to, text }).await {
-        Ok(Ok(id)) => Response::Pushed { id },
+        Ok(Ok(Pushed { id, warning: None })) => Response::Pushed { id },
+        Ok(Ok(Pushed {
+            id,
+            warning: Some(warning),
+        })) => Response::PushedShort { id, warning },
         Ok(Err(e)) => refused(e),
         Err(e) => refused(format!("router unavailable: {e}")),
     }

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::peer_session::{dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession};
-use super::router::{LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
+use super::peer_session::{
+    dial_courier, dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession,
+};
+use super::router::{CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router};
 use super::{fault_handler, guard};
 use crate::config::{LiveLimits, NetworkConfig};
 use crate::crypto::{unix_now_ms, Address, SignedRecord};
@@ -38,6 +40,12 @@ use crate::wire::link::{LinkBody, LinkFrame};
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Room in the mailbox: sessions report ups, downs, gossip and round trips.
 pub const MAILBOX: usize = 256;
+/// Courier links (onion packets to non-neighbours) being dialled at once;
+/// past this a request is refused and the packet waits for a retry.
+pub const MAX_COURIER_DIALS: usize = 16;
+/// Courier links up at once, both directions; a link past this is refused
+/// (the Router closes its own idle ones, so a busy relay stays under it).
+pub const MAX_COURIER_LINKS: usize = 128;
 /// Links refused from banned peers are logged as one count this often.
 pub const REFUSED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 const EV_UP: &str = "neighbour up";
@@ -77,6 +85,10 @@ pub struct NeighbourManager {
     bootstrap_errors: HashMap<SocketAddr, (String, u64)>,
     /// The anchors as last saved.
     anchors: Vec<SignedRecord>,
+    /// Courier links up (session id → peer): outside the Membership.
+    couriers: HashMap<u64, Address>,
+    /// Courier links being dialled.
+    courier_dials: std::collections::HashSet<Address>,
 }
 
 /// A stored book entry, as the overlay's book holds it.
@@ -153,6 +165,8 @@ impl NeighbourManager {
             logs: LogLimiter::default(),
             bootstrap,
             bootstrap_errors: HashMap::new(),
+            couriers: HashMap::new(),
+            courier_dials: Default::default(),
         }
     }
 
@@ -333,7 +347,10 @@ impl Actor for NeighbourManager {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
         // The book has one owner: records the Router learns come here.
-        self.router.do_send(PeerBook(ctx.address().recipient()));
+        self.router.do_send(PeerBook(
+            ctx.address().recipient(),
+            ctx.address().recipient(),
+        ));
         ctx.run_interval(TICK, |this, ctx| {
             guard(this, ctx, &this.log.clone(), "neighbours", |this, ctx| {
                 let now = unix_now_ms();
@@ -368,6 +385,8 @@ pub struct SessionUp {
     pub record: SignedRecord,
     pub direction: Direction,
     pub handle: PeerHandle,
+    /// A courier link: handed to the Router, not to the Membership.
+    pub courier: bool,
 }
 
 impl Handler<SessionUp> for NeighbourManager {
@@ -379,6 +398,17 @@ impl Handler<SessionUp> for NeighbourManager {
             if this.membership.is_banned(&msg.record.record.address, now) {
                 this.refuse(&msg.record.record.address);
                 return false;
+            }
+            if msg.courier {
+                if this.couriers.len() >= MAX_COURIER_LINKS {
+                    slog::debug!(this.log, "courier link refused: too many"; "peer" => ?msg.record.record.address);
+                    return false;
+                }
+                // Not a neighbour: the Router only sends packets over it.
+                this.couriers
+                    .insert(msg.handle.session_id, msg.record.record.address);
+                this.router.do_send(CourierUp(msg.handle));
+                return true;
             }
             let link = LinkId(msg.handle.session_id);
             this.sessions.insert(link, msg.handle);
@@ -427,6 +457,60 @@ impl Handler<LearnedRecord> for NeighbourManager {
     }
 }
 
+/// The Router has onion packets for a node that is neither a neighbour nor
+/// linked by a courier link: dial one (outside the Membership). The record
+/// is the book's; a node not in the book is not dialled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DialCourier {
+    pub address: Address,
+}
+
+impl Handler<DialCourier> for NeighbourManager {
+    type Result = ();
+    fn handle(&mut self, msg: DialCourier, ctx: &mut Context<Self>) {
+        let now = unix_now_ms();
+        if self.courier_dials.len() >= MAX_COURIER_DIALS
+            || self.courier_dials.contains(&msg.address)
+            || self.membership.is_banned(&msg.address, now)
+            || self.membership.is_leaving()
+        {
+            return;
+        }
+        let record = match self.store.peer_get(&msg.address) {
+            Ok(Some(r)) => r,
+            _ => {
+                slog::debug!(self.log, "no record to dial a courier link"; "peer" => ?msg.address);
+                return;
+            }
+        };
+        self.courier_dials.insert(msg.address);
+        let me = self.me.clone();
+        let addr = record.record.listen;
+        let expected = msg.address;
+        let fut = async move { dial_courier(addr, &me.identity, &me.record, expected).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
+            this.courier_dials.remove(&expected);
+            match res {
+                Ok(est) => {
+                    PeerSession::launch(
+                        est,
+                        Direction::Out,
+                        next_session_id(),
+                        this.router.clone(),
+                        ctx.address(),
+                        &this.limits.get(),
+                        &this.session_log,
+                    );
+                }
+                Err(e) => {
+                    slog::debug!(this.log, "courier dial failed"; "addr" => %addr, "error" => %e)
+                }
+            }
+        }));
+    }
+}
+
 /// A session ended.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -439,6 +523,13 @@ impl Handler<SessionDown> for NeighbourManager {
     fn handle(&mut self, msg: SessionDown, ctx: &mut Context<Self>) {
         let log = self.log.clone();
         guard(self, ctx, &log, "neighbours", |this, ctx| {
+            if let Some(address) = this.couriers.remove(&msg.session_id) {
+                this.router.do_send(NeighbourDown {
+                    address,
+                    session_id: msg.session_id,
+                });
+                return;
+            }
             let link = LinkId(msg.session_id);
             this.membership.link_down(link, unix_now_ms());
             this.apply(ctx);

@@ -212,21 +212,46 @@ pub struct Established {
     pub stream: TcpStream,
     pub link: Link,
     pub peer: SignedRecord,
+    /// A courier link ([`LinkBody::CourierRecord`]): onion packets only,
+    /// not a neighbour.
+    pub courier: bool,
 }
 
 /// Sets up a link on a connected stream: handshake, records, checks.
 pub async fn establish(
-    mut stream: TcpStream,
+    stream: TcpStream,
     identity: &Identity,
     my_record: &SignedRecord,
     initiator: bool,
     expected: Option<Address>,
 ) -> Result<Established, LinkError> {
+    establish_as(stream, identity, my_record, initiator, expected, false).await
+}
+
+/// [`establish`], as a courier link if `courier` (the dialling side says so
+/// in its first frame).
+pub async fn establish_as(
+    mut stream: TcpStream,
+    identity: &Identity,
+    my_record: &SignedRecord,
+    initiator: bool,
+    expected: Option<Address>,
+    courier: bool,
+) -> Result<Established, LinkError> {
     let mut link = noise::handshake(&mut stream, identity, initiator).await?;
     // Both sides write before they read, so neither waits on the other.
-    let first = LinkFrame::new(LinkBody::Record(my_record.clone())).encode()?;
+    let body = if courier {
+        LinkBody::CourierRecord(my_record.clone())
+    } else {
+        LinkBody::Record(my_record.clone())
+    };
+    let first = LinkFrame::new(body).encode()?;
     write_frame(&mut stream, &mut link.send, &first).await?;
-    let peer = read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await?;
+    let (peer, peer_courier) =
+        read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await?;
+    // Only the dialling side may make a link a courier; either way both
+    // sides then treat it as one.
+    let courier = courier || (!initiator && peer_courier);
     if let Some(expected) = expected {
         if expected != peer.record.address {
             return Err(LinkError::WrongPeer {
@@ -235,16 +260,22 @@ pub async fn establish(
             });
         }
     }
-    Ok(Established { stream, link, peer })
+    Ok(Established {
+        stream,
+        link,
+        peer,
+        courier,
+    })
 }
 
-/// Reads and checks the peer's first frame, its signed record.
+/// Reads and checks the peer's first frame, its signed record, and whether
+/// it asks for a courier link.
 async fn read_record(
     stream: &mut TcpStream,
     recv: &mut RecvCipher,
     remote_static: &[u8; 32],
     identity: &Identity,
-) -> Result<SignedRecord, LinkError> {
+) -> Result<(SignedRecord, bool), LinkError> {
     let plain = match tokio::time::timeout(RECORD_TIMEOUT, read_frame(stream, recv)).await {
         Err(_) => return Err(LinkError::Timeout),
         Ok(Err(LinkError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -253,8 +284,10 @@ async fn read_record(
         Ok(r) => r?,
     };
     let frame = LinkFrame::decode(&plain)?;
-    let LinkBody::Record(peer) = frame.body else {
-        return Err(LinkError::NoRecord);
+    let (peer, courier) = match frame.body {
+        LinkBody::Record(peer) => (peer, false),
+        LinkBody::CourierRecord(peer) => (peer, true),
+        _ => return Err(LinkError::NoRecord),
     };
     peer.verify(unix_now())?;
     if peer.record.kem_key != *remote_static {
@@ -263,7 +296,7 @@ async fn read_record(
     if peer.record.address == identity.address() {
         return Err(LinkError::SelfLink);
     }
-    Ok(peer)
+    Ok((peer, courier))
 }
 
 /// Seals one encoded frame as cells, in order, each behind its 2-byte length
@@ -400,7 +433,27 @@ pub async fn probe(addr: SocketAddr, identity: &Identity) -> Result<SignedRecord
     let mut link = noise::handshake(&mut stream, identity, true).await?;
     let peer = read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await;
     let _ = stream.shutdown().await;
-    peer
+    peer.map(|(record, _)| record)
+}
+
+/// Dials a courier link to `addr` (from this node's own IP, as
+/// [`dial_from_own_ip`]): onion packets to a node that is not a neighbour.
+pub async fn dial_courier(
+    addr: SocketAddr,
+    identity: &Identity,
+    my_record: &SignedRecord,
+    expected: Address,
+) -> Result<Established, LinkError> {
+    let bind = Some(my_record.record.listen.ip());
+    establish_as(
+        connect_from(addr, bind).await?,
+        identity,
+        my_record,
+        true,
+        Some(expected),
+        true,
+    )
+    .await
 }
 
 /// What the writer task is asked to do.
@@ -458,6 +511,8 @@ pub struct PeerSession {
     admitted: bool,
     /// Set once the peer broke a budget: it is cut and banned once only.
     over_budget: bool,
+    /// A courier link: onion packets (and pings) only, not a neighbour.
+    courier: bool,
 }
 
 impl PeerSession {
@@ -474,7 +529,12 @@ impl PeerSession {
         let budget = LinkBudget::new(limits);
         let out = Arc::new(LinkBudget::outbound(limits));
         let backoff = limits.backoff;
-        let Established { stream, link, peer } = est;
+        let Established {
+            stream,
+            link,
+            peer,
+            courier,
+        } = est;
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let log = log.new(slog::o!("peer" => format!("{:?}", peer.record.address), "peer_listen" => peer.record.listen.to_string()));
@@ -504,6 +564,7 @@ impl PeerSession {
                 backoff,
                 admitted: false,
                 over_budget: false,
+                courier,
             }
         })
     }
@@ -557,8 +618,18 @@ impl PeerSession {
     }
 
     fn on_frame(&mut self, frame: LinkFrame, ctx: &mut Context<Self>) {
+        if self.courier
+            && !matches!(
+                frame.body,
+                LinkBody::Onion(_) | LinkBody::Ping(_) | LinkBody::Pong(_)
+            )
+        {
+            return self.cut(ctx, "a courier link carries onion packets only");
+        }
         match frame.body {
-            LinkBody::Record(_) => self.cut(ctx, "second record on a link"),
+            LinkBody::Record(_) | LinkBody::CourierRecord(_) => {
+                self.cut(ctx, "second record on a link")
+            }
             LinkBody::Ping(n) => self.send_frame(LinkBody::Pong(n)),
             LinkBody::Pong(n) => {
                 if let Some((sent, at)) = self.ping {
@@ -643,6 +714,7 @@ impl Actor for PeerSession {
             record: self.peer.clone(),
             direction: self.direction,
             handle,
+            courier: self.courier,
         };
         // No frame is read until the manager has answered: a banned peer's
         // frames never reach the Router.

@@ -29,15 +29,22 @@ use tokio::sync::oneshot;
 use super::inbox::{Deliver, Inbox};
 use super::peer_session::{LinkIdentity, PeerHandle};
 use super::{backoff_delay, fault_handler, guard};
+use crate::config::RoutingMode;
 use crate::crypto::seal;
-use crate::crypto::{unix_now, unix_now_ms, Address};
+use crate::crypto::sphinx::{NodeHop, Packet, Peeled, ReplyBlock, Sphinx};
+use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
 use crate::routing::accept::{open_packet, Header};
 use crate::routing::filter::copy_key;
+use crate::routing::onion::engine::{build_part, BuiltPart, Origin, ReplyOutcome};
+use crate::routing::onion::fragments::{self, Outcome, Part, Reassembly};
+use crate::routing::onion::path::{Candidate, Guards};
 use crate::routing::{CopyVerdict, FloodFilter};
+use crate::store::replay::TagVerdict;
 use crate::store::{Counter, DropKey, OutboxEntry, Reschedule, Store, StoreError};
 use crate::wire::client::InboxMessage;
-use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, Receipt, MAX_HOPS};
+use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, OnionPacket, Receipt, MAX_HOPS};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
+use crate::wire::onion::{PartPayload, ReplyPayload, MAX_PART_BYTES};
 use crate::wire::MessageId;
 use crate::workers::Workers;
 
@@ -56,6 +63,32 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub const MAX_DELIVERING: usize = 256;
 /// Router mailbox: sessions wait (back-pressure) when it is full.
 pub const MAILBOX: usize = 256;
+/// Onion packets being peeled at once; past this a session waits for its
+/// packet's peeling before it reads on (back-pressure).
+pub const MAX_PEELING: usize = 256;
+/// How often the relay candidates are read again from the address book.
+pub const CANDIDATES_REFRESH: Duration = Duration::from_secs(5);
+/// Onion packets held for one node while a courier link to it is dialled.
+pub const PENDING_PER_NODE: usize = 64;
+/// Nodes with packets waiting for a courier link.
+pub const PENDING_NODES: usize = 64;
+/// Packets waiting for a courier link longer than this are dropped (the
+/// origin sends again at its next retry).
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A courier link unused this long is closed.
+pub const COURIER_IDLE: Duration = Duration::from_secs(30);
+/// Courier links kept at once; past this the longest idle is closed.
+pub const MAX_COURIERS: usize = 64;
+/// How often idle courier links and stale waiting packets are swept.
+pub const COURIER_SWEEP: Duration = Duration::from_secs(5);
+/// Recipients' records learned at push time, kept for wrapping to their
+/// packet keys (the address book gets them too, asynchronously).
+pub const RECIPIENT_RECORDS: usize = 1024;
+/// Incomplete multi-part messages held at a recipient, and their bytes.
+pub const MAX_INCOMPLETE: usize = 256;
+/// Time after which a packet key read from a record is not used, whatever
+/// its window says: a record this old is stale.
+pub const MAX_RECORD_AGE: Duration = Duration::from_secs(3 * 86_400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -129,6 +162,22 @@ pub struct Router {
     workers: Workers,
     /// Packet keys and replay tags (onion packets).
     onion: OnionParts,
+    /// The onion origin's policy state (guards, paths, reply blocks).
+    origin: Origin,
+    /// Multi-part onion messages being rebuilt.
+    reassembly: Reassembly,
+    /// Courier links (onion packets to non-neighbours), with their last use.
+    couriers: HashMap<Address, (PeerHandle, std::time::Instant)>,
+    /// Packets waiting for a courier link, with when they started waiting.
+    pending: HashMap<Address, (std::time::Instant, Vec<Bytes>)>,
+    /// Where courier links are dialled (the NeighbourManager).
+    courier_dialer: Option<Recipient<super::neighbours::DialCourier>>,
+    /// Relay candidates from the address book, and when they were read.
+    candidates: Option<(std::time::Instant, Vec<Candidate>)>,
+    /// Recipients' records from push time.
+    recipients: HashMap<Address, SignedRecord>,
+    /// Onion packets being peeled now.
+    peeling: usize,
     /// A [`Router::send_due`] is waiting for the store's answer.
     taking_due: bool,
     /// Another was asked for meanwhile: run it when that one is answered.
@@ -145,6 +194,7 @@ impl Router {
         onion: OnionParts,
         log: &slog::Logger,
     ) -> Router {
+        let max_ttl = cfg.max_ttl.as_secs();
         Router {
             me,
             store,
@@ -158,6 +208,20 @@ impl Router {
             delivering: HashMap::new(),
             workers: Workers::per_core("hermes-crypto"),
             onion,
+            origin: Origin::new(Guards::new(), rand::SeedableRng::from_entropy()),
+            reassembly: Reassembly::new(fragments::Limits {
+                max_incomplete: MAX_INCOMPLETE,
+                per_sender: MAX_INCOMPLETE,
+                // The sealed letter as postcard: its ciphertext and two keys.
+                max_message_bytes: crate::wire::message::MAX_SEALED_BYTES + 128,
+                max_ttl,
+            }),
+            couriers: HashMap::new(),
+            pending: HashMap::new(),
+            courier_dialer: None,
+            candidates: None,
+            recipients: HashMap::new(),
+            peeling: 0,
             taking_due: false,
             due_again: false,
             log: log.new(slog::o!("actor" => "router")),
@@ -307,6 +371,9 @@ impl Router {
         now_ms: u64,
         ctx: &mut Context<Self>,
     ) {
+        if self.cfg.mode == RoutingMode::Onion && entry.recipient != self.my_address() {
+            return self.send_onion(id, entry, ctx);
+        }
         let packet = FloodPacket {
             id,
             attempt: entry.attempts,
@@ -529,6 +596,17 @@ impl Router {
     /// with its delivered mark (flushed), then sends the receipt back over
     /// the link the packet came from (`from`).
     fn deliver(&mut self, p: FloodPacket, from: Option<Address>) -> ResponseActFuture<Self, ()> {
+        self.deliver_back(p, from, None)
+    }
+
+    /// [`Router::deliver`], the receipt going back over `reply` (an onion
+    /// reply block) if given, else over the link the packet came from.
+    fn deliver_back(
+        &mut self,
+        p: FloodPacket,
+        from: Option<Address>,
+        reply: Option<ReplyBlock>,
+    ) -> ResponseActFuture<Self, ()> {
         let identity = self.me.identity.clone();
         let inbox = self.inbox.clone();
         let log = self.log.clone();
@@ -616,6 +694,9 @@ impl Router {
                 this.settle_own(id, receipt, ctx);
                 return;
             }
+            if let Some(block) = reply {
+                return this.reply_over(&block, receipt);
+            }
             let upstream: Vec<Address> = from.into_iter().collect();
             this.send_back(receipt, &upstream, None);
         }))
@@ -685,6 +766,536 @@ impl Router {
     }
 }
 
+/// What peeling one onion packet came to (on a worker thread).
+enum Arrival {
+    Forward {
+        next: Address,
+        packet: Packet,
+    },
+    Deliver {
+        part: Part,
+        reply: ReplyBlock,
+    },
+    Reply {
+        outcome: (
+            crate::crypto::sphinx::ReplyId,
+            crate::crypto::sphinx::SealedReply,
+        ),
+    },
+    Replay,
+    Refused(String),
+}
+
+/// Peels one packet with this node's packet keys and checks its replay tag
+/// in the persistent store before anything else is done with it.
+fn peel_arrival(onion: &OnionParts, me: &Address, bytes: &[u8], now: u64) -> Arrival {
+    let packet = match Packet::from_bytes(bytes) {
+        Ok(p) => p,
+        Err(e) => return Arrival::Refused(e.to_string()),
+    };
+    let (epoch, peeled) = match onion.keys.peel(&Sphinx, &packet, now) {
+        Ok(x) => x,
+        Err(e) => return Arrival::Refused(format!("no packet key opens it: {e}")),
+    };
+    let tag = match &peeled {
+        Peeled::Forward { replay_tag, .. }
+        | Peeled::Deliver { replay_tag, .. }
+        | Peeled::Reply { replay_tag, .. } => replay_tag.0,
+    };
+    match onion.replay.check_and_insert(epoch, &tag) {
+        Ok(TagVerdict::Fresh) => {}
+        Ok(TagVerdict::Replay) => return Arrival::Replay,
+        Ok(TagVerdict::Full) => return Arrival::Refused("replay tags of this key full".into()),
+        Err(e) => return Arrival::Refused(format!("cannot check the replay tag: {e}")),
+    }
+    match peeled {
+        Peeled::Forward { next, packet, .. } => Arrival::Forward { next, packet },
+        Peeled::Deliver {
+            destination,
+            payload,
+            ..
+        } => {
+            if destination != *me {
+                return Arrival::Refused("delivered to another node".into());
+            }
+            let p = match PartPayload::decode(&payload) {
+                Ok(p) => p,
+                Err(e) => return Arrival::Refused(format!("payload: {e}")),
+            };
+            let reply = match ReplyBlock::from_bytes(&p.reply) {
+                Ok(b) => b,
+                Err(e) => return Arrival::Refused(format!("reply block: {e}")),
+            };
+            match Part::decode(&p.part, MAX_PART_BYTES) {
+                Ok(part) => Arrival::Deliver { part, reply },
+                Err(e) => Arrival::Refused(format!("part: {e}")),
+            }
+        }
+        Peeled::Reply {
+            destination,
+            reply_id,
+            sealed,
+            ..
+        } => {
+            if destination != *me {
+                return Arrival::Refused("a reply for another node".into());
+            }
+            Arrival::Reply {
+                outcome: (reply_id, sealed),
+            }
+        }
+    }
+}
+
+impl Router {
+    /// This node as the last hop of a reply block.
+    fn my_hop(&self, now: u64) -> Option<NodeHop> {
+        self.onion.keys.announced(now).map(|k| NodeHop {
+            id: self.my_address(),
+            key: k.public,
+        })
+    }
+
+    /// A record's packet key, if it may be wrapped to at `now`.
+    fn hop_of(rec: &SignedRecord, now: u64) -> Option<NodeHop> {
+        let key = rec.record.packet_key?;
+        let fresh = now.saturating_sub(rec.record.time) <= MAX_RECORD_AGE.as_secs();
+        (fresh && key.valid_at(now)).then_some(NodeHop {
+            id: rec.record.address,
+            key: key.public,
+        })
+    }
+
+    /// Relays known from the address book with a usable packet key (read
+    /// again every [`CANDIDATES_REFRESH`]).
+    fn candidates(&mut self, now: u64) -> Vec<Candidate> {
+        if let Some((at, c)) = &self.candidates {
+            if at.elapsed() < CANDIDATES_REFRESH {
+                return c.clone();
+            }
+        }
+        let c: Vec<Candidate> = match self.store.peers_all() {
+            Ok(all) => all
+                .iter()
+                // Not a node the book failed to reach twice in a row.
+                .filter(|e| e.failures < 2)
+                .filter_map(|e| {
+                    Self::hop_of(&e.record, now).map(|hop| Candidate {
+                        hop,
+                        relay: e.record.record.relay,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                slog::warn!(self.log, "cannot read the address book"; "error" => %e);
+                Vec::new()
+            }
+        };
+        self.candidates = Some((std::time::Instant::now(), c.clone()));
+        c
+    }
+
+    /// The freshest record known for `address`: from push time or the book.
+    fn record_of(&self, address: &Address) -> Option<SignedRecord> {
+        let booked = self.store.peer_get(address).ok().flatten();
+        match (self.recipients.get(address), booked) {
+            (Some(a), Some(b)) => Some(if a.record.time >= b.record.time {
+                a.clone()
+            } else {
+                b
+            }),
+            (Some(a), None) => Some(a.clone()),
+            (None, b) => b,
+        }
+    }
+
+    /// How many relays this node is short of `routing.hops` for `to`.
+    fn shortfall_for(&mut self, to: &Address) -> usize {
+        let now = unix_now();
+        let cands = self.candidates(now);
+        Origin::shortfall(&self.my_address(), to, &cands, self.cfg.hops as usize)
+    }
+
+    /// Sends one of this node's messages as onion packets: every part on a
+    /// fresh path, with its own reply block.
+    fn send_onion(&mut self, id: MessageId, entry: OutboxEntry, ctx: &mut Context<Self>) {
+        let now = unix_now();
+        let me = self.my_address();
+        let Some(recipient) = self
+            .record_of(&entry.recipient)
+            .and_then(|r| Self::hop_of(&r, now))
+        else {
+            slog::info!(self.log, "message waits: no current packet key known for its recipient"; "id" => %id);
+            return;
+        };
+        let Some(me_hop) = self.my_hop(now) else {
+            slog::error!(self.log, "no current packet key of this node"; "id" => %id);
+            return;
+        };
+        let letter = match postcard::to_stdvec(&entry.sealed) {
+            Ok(b) => b,
+            Err(e) => {
+                slog::error!(self.log, "cannot encode a sealed letter"; "id" => %id, "error" => %e);
+                return;
+            }
+        };
+        let cands = self.candidates(now);
+        let plan = match self.origin.plan(
+            &me,
+            &entry.recipient,
+            id,
+            entry.expires_at,
+            &letter,
+            &cands,
+            self.cfg.hops as usize,
+            now,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                slog::error!(self.log, "cannot split a message into packets"; "id" => %id, "error" => %e);
+                return;
+            }
+        };
+        if self.origin.take_guards_changed() {
+            if let Ok(bytes) = self.origin.guards().to_bytes() {
+                if let Err(e) = self.store.guards_save(&bytes) {
+                    slog::warn!(self.log, "cannot save the guards"; "error" => %e);
+                }
+            }
+        }
+        let attempt = entry.attempts.saturating_add(1);
+        let parts = plan.parts.len();
+        let workers = self.workers.clone();
+        let fut = async move {
+            workers
+                .run(move || {
+                    plan.parts
+                        .iter()
+                        .map(|p| build_part(&Sphinx, p, &recipient, &me_hop))
+                        .collect::<Vec<_>>()
+                })
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |built, this, _ctx| {
+            let built = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    slog::error!(this.log, "wrapping task failed"; "error" => %e);
+                    return;
+                }
+            };
+            for b in built {
+                match b {
+                    Ok(b) => this.send_part(id, attempt, parts, b),
+                    Err(e) => {
+                        slog::error!(this.log, "cannot wrap a packet"; "id" => %id, "error" => %e)
+                    }
+                }
+            }
+            if attempt > 1 {
+                this.bump(Counter::Retried);
+                slog::info!(this.log, "message retried"; "id" => %id, "attempt" => attempt, "parts" => parts);
+            } else {
+                slog::info!(this.log, "message sent"; "id" => %id, "parts" => parts);
+            }
+        }));
+    }
+
+    fn send_part(&mut self, id: MessageId, attempt: u32, parts: usize, b: BuiltPart) {
+        let path: Vec<String> = b.path.iter().map(|a| a.to_string()).collect();
+        slog::info!(self.log, "onion part sent";
+            "id" => %id, "part" => b.index, "parts" => parts, "attempt" => attempt,
+            "path" => path.join(" "));
+        self.origin.file_reply(b.recovery, id);
+        self.send_onion_packet(b.first, b.packet);
+    }
+
+    /// Sends a packet to `next`: over its neighbour link or courier link if
+    /// one is up, else it waits (bounded) while a courier link is dialled.
+    fn send_onion_packet(&mut self, next: Address, packet: Packet) {
+        let frame = LinkFrame::new(LinkBody::Onion(OnionPacket(packet.into_bytes())));
+        let bytes: Bytes = match frame.encode() {
+            Ok(b) => b.into(),
+            Err(e) => {
+                slog::error!(self.log, "cannot encode frame"; "error" => %e);
+                return;
+            }
+        };
+        if let Some(h) = self.neighbours.get(&next) {
+            if !h.send(bytes) {
+                self.bump(Counter::Dropped);
+            }
+            return;
+        }
+        if let Some((h, used)) = self.couriers.get_mut(&next) {
+            *used = std::time::Instant::now();
+            if !h.send(bytes) {
+                self.bump(Counter::Dropped);
+            }
+            return;
+        }
+        if !self.pending.contains_key(&next) && self.pending.len() >= PENDING_NODES {
+            self.bump(Counter::Dropped);
+            return;
+        }
+        let (_, queue) = self
+            .pending
+            .entry(next)
+            .or_insert_with(|| (std::time::Instant::now(), Vec::new()));
+        if queue.len() >= PENDING_PER_NODE {
+            self.bump(Counter::Dropped);
+            return;
+        }
+        queue.push(bytes);
+        if let Some(d) = &self.courier_dialer {
+            let _ = d.try_send(super::neighbours::DialCourier { address: next });
+        }
+    }
+
+    /// Sends a receipt back to the origin over its reply block.
+    fn reply_over(&mut self, block: &ReplyBlock, receipt: Receipt) {
+        let body = match ReplyPayload::new(receipt).encode() {
+            Ok(b) => b,
+            Err(e) => {
+                slog::error!(self.log, "cannot encode a receipt"; "error" => %e);
+                return;
+            }
+        };
+        match crate::crypto::sphinx::OnionFormat::use_reply_block(&Sphinx, block, &body) {
+            Ok((first, packet)) => {
+                if first == self.my_address() {
+                    return;
+                }
+                self.send_onion_packet(first, packet)
+            }
+            Err(e) => {
+                slog::debug!(self.log, "reply block refused"; "error" => %e);
+                self.bump(Counter::Dropped);
+            }
+        }
+    }
+
+    /// An onion packet from a link: peeled on a worker thread, then passed
+    /// on, delivered, or settled.
+    fn on_onion(
+        &mut self,
+        p: OnionPacket,
+        from: Option<Address>,
+    ) -> Option<ResponseActFuture<Self, ()>> {
+        let onion = self.onion.clone();
+        let me = self.my_address();
+        let workers = self.workers.clone();
+        self.peeling += 1;
+        let fut = async move {
+            workers
+                .run(move || peel_arrival(&onion, &me, &p.0, unix_now()))
+                .await
+        };
+        let fut = fut.into_actor(self).map(move |arrival, this, ctx| {
+            this.peeling = this.peeling.saturating_sub(1);
+            match arrival {
+                Ok(a) => this.on_arrival(a, from, ctx),
+                Err(e) => slog::error!(this.log, "peeling task failed"; "error" => %e),
+            }
+        });
+        if self.peeling > MAX_PEELING {
+            // Back-pressure: the session reads on once this one is peeled.
+            return Some(Box::pin(fut));
+        }
+        Some(Box::pin(actix::fut::ready(()).map(
+            move |(), _this: &mut Self, ctx| {
+                ctx.spawn(fut);
+            },
+        )))
+    }
+
+    fn on_arrival(&mut self, a: Arrival, from: Option<Address>, ctx: &mut Context<Self>) {
+        match a {
+            Arrival::Forward { next, packet } => {
+                if !self.relay() {
+                    slog::debug!(self.log, "onion packet dropped: this node does not relay");
+                    return self.bump(Counter::Dropped);
+                }
+                if Some(next) == from || next == self.my_address() {
+                    return self.bump(Counter::Dropped);
+                }
+                self.bump(Counter::Relayed);
+                self.send_onion_packet(next, packet);
+            }
+            Arrival::Deliver { part, reply } => self.on_part(part, reply, from, ctx),
+            Arrival::Reply {
+                outcome: (reply_id, sealed),
+            } => match self.origin.open_reply(&reply_id, &sealed) {
+                ReplyOutcome::Receipt(r) => {
+                    // Its paths worked (the receipt is checked next).
+                    self.origin.delivered(&r.id);
+                    self.on_receipt(r, None, ctx)
+                }
+                ReplyOutcome::Unknown => {
+                    slog::debug!(self.log, "reply for no outstanding block");
+                }
+                ReplyOutcome::Bad => self.bump(Counter::Dropped),
+            },
+            Arrival::Replay => {
+                slog::debug!(self.log, "onion packet dropped: replay"; "from" => ?from);
+                self.bump(Counter::Replays);
+            }
+            Arrival::Refused(why) => {
+                slog::debug!(self.log, "onion packet dropped"; "reason" => why, "from" => ?from);
+                self.bump(Counter::Dropped);
+            }
+        }
+    }
+
+    /// A part of a message to this node.
+    fn on_part(
+        &mut self,
+        part: Part,
+        reply: ReplyBlock,
+        from: Option<Address>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
+        if part.expires_at <= now || part.expires_at > now.saturating_add(self.max_ttl_secs()) {
+            return self.bump(Counter::Dropped);
+        }
+        let id = part.id;
+        if self.store.write_failure().is_some() || self.delivering.contains_key(&id) {
+            // As for flood packets: no answer until the mark is on disk.
+            return;
+        }
+        match self.store.drop_get(&DropKey::Delivered(id), now) {
+            Ok(Some(done)) => {
+                // Delivered before: answer over this copy's reply block.
+                self.bump(Counter::Replays);
+                if let Some(r) = done.receipt {
+                    self.reply_over(&reply, r);
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
+                return;
+            }
+        }
+        if !self.charge_entry(from, now_ms) {
+            return self.bump(Counter::Dropped);
+        }
+        let expires_at = part.expires_at;
+        let (index, count) = (part.index, part.count);
+        let encoded = (count > 1).then(|| part.encode());
+        let letter = match self.reassembly.insert([0; 32], part, now) {
+            Outcome::Complete(l) => {
+                if count > 1 {
+                    if let Err(e) = self.store.parts_remove(&id) {
+                        slog::warn!(self.log, "cannot remove the parts of a rebuilt message"; "id" => %id, "error" => %e);
+                    }
+                }
+                l
+            }
+            Outcome::Stored { .. } => {
+                // Kept on disk too, so a restart does not lose it.
+                if let Some(bytes) = encoded {
+                    if let Err(e) = self.store.parts_put(&id, index, expires_at, &bytes) {
+                        slog::warn!(self.log, "cannot keep a message part"; "id" => %id, "error" => %e);
+                    }
+                }
+                return;
+            }
+            Outcome::Duplicate => return,
+            Outcome::Refused(why) => {
+                slog::debug!(self.log, "part refused"; "id" => %id, "why" => ?why);
+                return self.bump(Counter::Dropped);
+            }
+        };
+        let sealed: seal::Sealed = match postcard::from_bytes(&letter) {
+            Ok(s) => s,
+            Err(_) => return self.bump(Counter::Dropped),
+        };
+        let p = FloodPacket {
+            id,
+            attempt: 0,
+            hops_left: 0,
+            recipient: self.my_address(),
+            expires_at,
+            sealed,
+        };
+        *self.delivering.entry(id).or_insert(0) += 1;
+        ctx.spawn(self.deliver_back(p, from, Some(reply)));
+    }
+
+    /// Closes idle courier links, drops packets that waited too long for
+    /// one, and drops expired incomplete messages.
+    fn sweep_couriers(&mut self) {
+        let now = std::time::Instant::now();
+        let idle: Vec<Address> = self
+            .couriers
+            .iter()
+            .filter(|(_, (_, used))| now.duration_since(*used) > COURIER_IDLE)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in idle {
+            if let Some((h, _)) = self.couriers.remove(&a) {
+                h.session
+                    .do_send(super::peer_session::Close { farewell: None });
+            }
+        }
+        let stale: Vec<Address> = self
+            .pending
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) > PENDING_TIMEOUT)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in stale {
+            if let Some((_, q)) = self.pending.remove(&a) {
+                slog::debug!(self.log, "onion packets dropped: no link to their next hop"; "next" => ?a, "packets" => q.len());
+                if let Err(e) = self.store.bump(Counter::Dropped, q.len() as u64) {
+                    slog::warn!(self.log, "cannot count"; "error" => %e);
+                }
+            }
+        }
+        for (_, id) in self.reassembly.expire(unix_now()) {
+            slog::info!(self.log, "incomplete message dropped: its time to live ran out"; "id" => %id);
+            if let Err(e) = self.store.parts_remove(&id) {
+                slog::warn!(self.log, "cannot remove expired parts"; "id" => %id, "error" => %e);
+            }
+        }
+    }
+
+    /// Reads back the parts of incomplete messages kept before a restart.
+    fn load_parts(&mut self) {
+        let now = unix_now();
+        let held = match self.store.parts_all() {
+            Ok(h) => h,
+            Err(e) => {
+                slog::warn!(self.log, "cannot read the held message parts"; "error" => %e);
+                return;
+            }
+        };
+        let mut n = 0usize;
+        for (_, bytes) in held {
+            let Ok(part) = Part::decode(&bytes, MAX_PART_BYTES) else {
+                continue;
+            };
+            let id = part.id;
+            match self.reassembly.insert([0; 32], part, now) {
+                Outcome::Stored { .. } => n += 1,
+                Outcome::Duplicate => {}
+                Outcome::Complete(_) | Outcome::Refused(_) => {
+                    // Complete only if a set was kept whole by mistake, or
+                    // expired meanwhile: the origin sends it again.
+                    let _ = self.store.parts_remove(&id);
+                }
+            }
+        }
+        if n > 0 {
+            slog::info!(self.log, "message parts held from before the restart"; "parts" => n);
+        }
+    }
+}
+
 impl Actor for Router {
     type Context = Context<Self>;
 
@@ -704,6 +1315,20 @@ impl Actor for Router {
                 this.send_due(ctx)
             });
         });
+        ctx.run_interval(COURIER_SWEEP, |this, _ctx| this.sweep_couriers());
+        if self.reassembly.is_empty() {
+            self.load_parts();
+        }
+        match self.store.guards_load() {
+            Ok(Some(bytes)) => match Guards::from_bytes(&bytes) {
+                Ok(g) => self.origin = Origin::new(g, rand::SeedableRng::from_entropy()),
+                Err(e) => {
+                    slog::warn!(self.log, "stored guards do not decode; choosing new ones"; "error" => %e)
+                }
+            },
+            Ok(None) => {}
+            Err(e) => slog::warn!(self.log, "cannot read the guards"; "error" => %e),
+        }
         ctx.run_interval(SWEEP_INTERVAL, |this, _ctx| {
             match this.store.drop_sweep(unix_now()) {
                 Ok(0) => {}
@@ -723,14 +1348,24 @@ impl Supervised for Router {
 
 /// Queue a message from the local user.
 #[derive(Message)]
-#[rtype(result = "Result<MessageId, PushError>")]
+#[rtype(result = "Result<Pushed, PushError>")]
 pub struct Push {
     pub to: String,
     pub text: String,
 }
 
+/// A message on disk in the outbox, and what the user should know about
+/// how it will travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub id: MessageId,
+    /// Set when fewer relays are known than `routing.hops` (onion mode):
+    /// the message goes over a shorter path.
+    pub warning: Option<String>,
+}
+
 impl Handler<Push> for Router {
-    type Result = ResponseActFuture<Self, Result<MessageId, PushError>>;
+    type Result = ResponseActFuture<Self, Result<Pushed, PushError>>;
 
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
@@ -802,13 +1437,29 @@ impl Handler<Push> for Router {
             // Durability point 1: the id is shown only once this is on disk
             // (one flush for every push and delivery waiting with it).
             store.outbox_add(id, entry).await?;
-            Ok::<_, PushError>((id, to))
+            Ok::<_, PushError>((id, recipient))
         };
         Box::pin(fut.into_actor(self).map(move |res, this, ctx| {
-            let (id, to) = res?;
+            let (id, recipient) = res?;
+            let to = recipient.record.address;
             slog::info!(this.log, "message accepted"; "id" => %id, "to" => ?to);
+            let mut warning = None;
+            if this.cfg.mode == RoutingMode::Onion && to != this.my_address() {
+                if this.recipients.len() >= RECIPIENT_RECORDS {
+                    this.recipients.clear();
+                }
+                this.recipients.insert(to, recipient);
+                let short = this.shortfall_for(&to);
+                if short > 0 {
+                    let hops = this.cfg.hops as usize;
+                    let known = hops - short;
+                    warning = Some(format!(
+                        "only {known} relays known of routing.hops = {hops}: this message goes over a shorter path, so relays learn more about who talks to whom"
+                    ));
+                }
+            }
             this.send_due(ctx);
-            Ok(id)
+            Ok(Pushed { id, warning })
         }))
     }
 }
@@ -832,6 +1483,7 @@ impl Handler<Inbound> for Router {
                 this.on_receipt(r, msg.from, ctx);
                 None
             }
+            LinkBody::Onion(p) => this.on_onion(p, msg.from),
             _ => None,
         });
         fut.flatten()
@@ -848,12 +1500,50 @@ pub struct LearnedRecord(pub crate::crypto::SignedRecord);
 /// Where to send [`LearnedRecord`]s (from the NeighbourManager, at start).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PeerBook(pub Recipient<LearnedRecord>);
+pub struct PeerBook(
+    pub Recipient<LearnedRecord>,
+    pub Recipient<super::neighbours::DialCourier>,
+);
 
 impl Handler<PeerBook> for Router {
     type Result = ();
     fn handle(&mut self, msg: PeerBook, _ctx: &mut Context<Self>) {
         self.peer_book = Some(msg.0);
+        self.courier_dialer = Some(msg.1);
+    }
+}
+
+/// A courier link is up (from the NeighbourManager): packets waiting for
+/// its node go now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CourierUp(pub PeerHandle);
+
+impl Handler<CourierUp> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: CourierUp, _ctx: &mut Context<Self>) {
+        let h = msg.0;
+        let address = h.address;
+        if let Some((_, q)) = self.pending.remove(&address) {
+            for bytes in q {
+                if !h.send(bytes) {
+                    self.bump(Counter::Dropped);
+                }
+            }
+        }
+        if self.couriers.len() >= MAX_COURIERS && !self.couriers.contains_key(&address) {
+            let oldest = self
+                .couriers
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(a, _)| *a);
+            if let Some((old, _)) = oldest.and_then(|a| self.couriers.remove(&a)) {
+                old.session
+                    .do_send(super::peer_session::Close { farewell: None });
+            }
+        }
+        self.couriers
+            .insert(address, (h, std::time::Instant::now()));
     }
 }
 
@@ -896,6 +1586,16 @@ impl Handler<NeighbourDown> for Router {
         {
             self.neighbours.remove(&msg.address);
             self.entries.remove(&msg.address);
+        }
+        if self
+            .couriers
+            .get(&msg.address)
+            .is_some_and(|(h, _)| h.session_id == msg.session_id)
+        {
+            self.couriers.remove(&msg.address);
+            if !self.neighbours.contains_key(&msg.address) {
+                self.entries.remove(&msg.address);
+            }
         }
     }
 }

@@ -564,12 +564,17 @@ fn push(
         ));
     }
     let mut client = connect(config)?;
-    let id = match client.call(&Request::Push { to, text })? {
-        Response::Pushed { id } => id,
+    let (id, warning) = match client.call(&Request::Push { to, text })? {
+        Response::Pushed { id } => (id, None),
+        Response::PushedShort { id, warning } => (id, Some(warning)),
         other => return Err(unexpected(other)),
     };
+    // The id first (what scripts read), then what the user should know.
     println!("{id}");
     let _ = std::io::stdout().flush();
+    if let Some(w) = warning {
+        eprintln!("hermes: warning: {w}");
+    }
     let Some(secs) = wait else { return Ok(0) };
     let timeout = Duration::from_secs(secs);
     let req = Request::Wait {
@@ -607,11 +612,19 @@ fn push_each_line(config: &Config, to: String) -> Result<u8, Failure> {
     let mut out = stdout.lock();
     let mut refused = 0usize;
     let mut line = 0usize;
+    let mut warned = false;
     client.pipeline(lines, PUSH_WINDOW, |answer| {
         line += 1;
         match answer {
             Ok(Response::Pushed { id }) => {
                 // An id is printed once its message is on disk.
+                let _ = writeln!(out, "{id}");
+            }
+            Ok(Response::PushedShort { id, warning }) => {
+                if !warned {
+                    warned = true;
+                    eprintln!("hermes: warning: {warning}");
+                }
                 let _ = writeln!(out, "{id}");
             }
             Ok(Response::Error { message, .. }) => {

@@ -317,7 +317,7 @@ enum Event {
     Frame {
         link: LinkIx,
         to: Side,
-        body: LinkBody,
+        body: Box<LinkBody>,
     },
     /// The other end closed the connection.
     Fin {
@@ -935,7 +935,7 @@ impl Sim {
             }
             Event::AcceptUp(l) => self.accept_up(l),
             Event::DialUp(l) => self.dial_up(l),
-            Event::Frame { link, to, body } => self.frame(link, to, body),
+            Event::Frame { link, to, body } => self.frame(link, to, *body),
             Event::Fin { link, to } => {
                 if self.end_is(link, to, End::Pending) {
                     // The handshake was cut short: no session, and a
@@ -1028,7 +1028,7 @@ impl Sim {
                     Event::Frame {
                         link: l,
                         to: 1 - side,
-                        body: frame.body,
+                        body: Box::new(frame.body),
                     },
                 );
             }
@@ -1050,7 +1050,7 @@ impl Sim {
                                 Event::Frame {
                                     link: l,
                                     to: 1 - side,
-                                    body: frame.body,
+                                    body: Box::new(frame.body),
                                 },
                             );
                         }

@@ -179,19 +179,37 @@ fn check_value(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
             32 => Ok(()),
             n => Err(format!("node address of {n} bytes")),
         },
+        "meta" if key == super::GUARDS_KEY => {
+            match crate::routing::onion::path::Guards::from_bytes(value) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("guard set does not decode: {e}")),
+            }
+        }
         "meta" => match value.len() {
             8 => Ok(()),
             n => Err(format!("counter of {n} bytes")),
         },
         "contacts" if super::contacts::value_decodes(value) => Ok(()),
         "contacts" => Err("a pinned contact does not decode".into()),
+        "parts" if super::parts::entry_decodes(key, value) => Ok(()),
+        "parts" => Err("a held message part does not decode".into()),
         _ => Ok(()),
     }
 }
 
 /// Reads every record of every tree once.
 fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
-    let trees: [(&str, &sled::Tree); 8] = [
+    let parts = match store.db.open_tree(super::parts::PARTS_TREE) {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(format!(
+                "{}: damaged: cannot open tree parts ({e})",
+                file.display()
+            ));
+            return;
+        }
+    };
+    let trees: [(&str, &sled::Tree); 9] = [
         ("outbox", &store.outbox),
         ("outbox_due", &store.outbox_due),
         ("inbox", &store.inbox),
@@ -200,6 +218,7 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
         ("peers", &store.peers),
         ("contacts", &store.contacts),
         ("meta", &store.meta),
+        ("parts", &parts),
     ];
     for (name, tree) in trees {
         let mut n = 0u64;

@@ -31,6 +31,7 @@ mod drop_list;
 mod inbox;
 pub mod manifest;
 mod outbox;
+pub mod parts;
 mod peers;
 pub mod replay;
 mod writer;
@@ -53,6 +54,11 @@ use writer::{Job, Op, Outcome, Reply, WriterHandle};
 
 /// `meta` key of the generation counter that [`Store::flush`] bumps.
 const GENERATION_KEY: &[u8] = b"generation";
+/// `meta` key of the onion guard set (the Router's, encoded by
+/// `routing::onion::path::Guards`; the store only keeps the bytes).
+pub const GUARDS_KEY: &[u8] = b"guards";
+/// Largest guard set value accepted.
+pub const MAX_GUARDS_VALUE: usize = 1024;
 /// `meta` key of the node address this store belongs to.
 const IDENTITY_KEY: &[u8] = b"identity";
 /// What to do about a damaged store; ends every damage message.
@@ -267,6 +273,23 @@ pub struct Store {
 }
 
 impl Store {
+    /// Saves the onion guard set (bytes of at most [`MAX_GUARDS_VALUE`]).
+    pub fn guards_save(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() > MAX_GUARDS_VALUE {
+            return Err(StoreError::Io {
+                path: self.path().to_path_buf(),
+                why: format!("a guard set of {} bytes is too large", bytes.len()),
+            });
+        }
+        self.meta.insert(GUARDS_KEY, bytes)?;
+        Ok(())
+    }
+
+    /// The stored onion guard set's bytes.
+    pub fn guards_load(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(GUARDS_KEY)?.map(|v| v.to_vec()))
+    }
+
     /// Opens the database in `<data_dir>/store`, or creates it (with its
     /// manifest) in a data dir that has neither. Refuses a store that lost
     /// flushed writes, whose records do not decode, or that is missing while

@@ -128,6 +128,12 @@ pub enum Response {
         entries: Vec<OutboxItem>,
     },
     // --- end operations ---
+    /// As [`Response::Pushed`], with a warning for the user (e.g. a path
+    /// shorter than `routing.hops`).
+    PushedShort {
+        id: MessageId,
+        warning: String,
+    },
 }
 
 /// Most outbox entries one `Outbox` answer lists (about 200 bytes each).

@@ -59,6 +59,12 @@ pub enum LinkBody {
     /// [`crate::crypto::sphinx::PACKET_SIZE`] bytes, whatever its place on
     /// its path; a frame with any other length is refused.
     Onion(OnionPacket),
+    /// Instead of [`LinkBody::Record`] as the first frame: the sender's
+    /// record, and this link only carries onion packets to the receiver (a
+    /// relay's or origin's "courier" link to a node that is not its
+    /// neighbour). It is not a neighbour link: neither side counts it in its
+    /// overlay, and either closes it once idle.
+    CourierRecord(SignedRecord),
 }
 
 /// The bytes of one onion packet on a link (see docs/packet.md).

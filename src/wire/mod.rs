@@ -12,6 +12,7 @@ pub mod cell;
 pub mod client;
 pub mod link;
 pub mod message;
+pub mod onion;
 
 use std::fmt;
 

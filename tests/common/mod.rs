@@ -311,6 +311,10 @@ pub struct NodeOpts {
     pub log_json: bool,
     /// Extra TOML appended verbatim to the config (whole sections only).
     pub extra_toml: String,
+    /// `routing.mode`, if not the default (onion): tests of flood mode's
+    /// own behaviour set `Some("flood")`. Merged into a `[routing]` section
+    /// of `extra_toml` if it has one.
+    pub routing_mode: Option<&'static str>,
 }
 
 impl Default for NodeOpts {
@@ -323,6 +327,7 @@ impl Default for NodeOpts {
             fault_injection: false,
             log_json: false,
             extra_toml: String::new(),
+            routing_mode: None,
         }
     }
 }
@@ -401,9 +406,18 @@ impl Node {
         if let Some(port) = self.opts.legacy_port {
             text.push_str(&format!("\n[client]\nlegacy_port = {port}\n"));
         }
-        if !self.opts.extra_toml.is_empty() {
+        let mut extra = self.opts.extra_toml.clone();
+        if let Some(mode) = self.opts.routing_mode {
+            let line = format!("mode = {mode:?}\n");
+            if let Some(at) = extra.find("[routing]\n") {
+                extra.insert_str(at + "[routing]\n".len(), &line);
+            } else {
+                extra.push_str(&format!("\n[routing]\n{line}"));
+            }
+        }
+        if !extra.is_empty() {
             text.push('\n');
-            text.push_str(&self.opts.extra_toml);
+            text.push_str(&extra);
             text.push('\n');
         }
         text

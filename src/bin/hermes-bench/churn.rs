@@ -3,6 +3,7 @@
 //! are SIGKILLed once each and restarted. Every accepted message must be
 //! pulled exactly once.
 
+use crate::daemons::FLOOD_TOML;
 use std::time::{Duration, Instant};
 
 use crate::daemons::{self, stop_all, Daemon, NodeOpts};
@@ -47,7 +48,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ChurnOut> {
             min_neighbours: 3,
             max_neighbours: 8,
             log_level: ctx.log_level.clone(),
-            extra_toml: ctx.limits_toml(),
+            extra_toml: format!("{FLOOD_TOML}{}", ctx.limits_toml()),
         };
         nodes.push(Daemon::new(
             &ctx.hermes,

@@ -37,6 +37,9 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// The rows that measure flood mode say so (the default is onion).
+pub const FLOOD_TOML: &str = "[routing]\nmode = \"flood\"\n\n";
+
 /// What a node's config holds beyond its address and folder.
 #[derive(Clone)]
 pub struct NodeOpts {
@@ -336,7 +339,7 @@ pub fn push_pipelined(
         for (seq, d, t) in rx.iter() {
             let resp: Response = read_frame(&mut reader)?;
             match resp {
-                Response::Pushed { .. } => {
+                Response::Pushed { .. } | Response::PushedShort { .. } => {
                     out.call_us.push(t.elapsed().as_micros() as u64);
                     out.accepted.push((seq, d, t0.elapsed().as_secs_f64()));
                 }

@@ -3,6 +3,7 @@
 //! pipelined client connection, the far end pulling): `flood`, `accept`,
 //! `cpu_per_msg`, `rss`.
 
+use crate::daemons::FLOOD_TOML;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ pub fn run(ctx: &Ctx, b: &Bounds) -> anyhow::Result<LineOut> {
             min_neighbours: 1,
             max_neighbours: 8,
             log_level: ctx.log_level.clone(),
-            extra_toml: ctx.limits_toml(),
+            extra_toml: format!("{FLOOD_TOML}{}", ctx.limits_toml()),
         };
         nodes.push(Daemon::new(
             &ctx.hermes,
@@ -133,7 +134,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
                     to: nodes[NODES - 1].ip.clone(),
                     text: warm.clone(),
                 })?,
-                Response::Pushed { .. }
+                Response::Pushed { .. } | Response::PushedShort { .. }
             ))
         },
     )?;
@@ -174,7 +175,7 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
                 to: target.ip.clone(),
                 text: daemons::text(&tag, seq, ctx.size),
             })? {
-                Response::Pushed { .. } => {}
+                Response::Pushed { .. } | Response::PushedShort { .. } => {}
                 other => bail!("latency push refused: {other:?}"),
             }
             daemons::wait_until(

@@ -6,6 +6,7 @@
 //! min_neighbours of 3), delivery latency by the daemons' stamps and the
 //! delivery ratio of a light load. No target. Needs root, `ip` and `tc`.
 
+use crate::daemons::FLOOD_TOML;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -182,7 +183,7 @@ fn run_root(ctx: &Ctx) -> anyhow::Result<WanOut> {
             min_neighbours: MIN_LINKS,
             max_neighbours: 8,
             log_level: ctx.log_level.clone(),
-            extra_toml: ctx.limits_toml(),
+            extra_toml: format!("{FLOOD_TOML}{}", ctx.limits_toml()),
         };
         nodes.push(Daemon::new(
             &ctx.hermes,

@@ -11,6 +11,7 @@
 //! [`crate::crypto::sphinx`], the rotating packet keys in
 //! [`crate::crypto::keyring`]; docs/packet.md describes the whole.
 
+pub mod engine;
 pub mod fragments;
 pub mod path;
 pub mod replay;
