@@ -1,13 +1,13 @@
 //! Every Noise transport message on a link has one size (a cell), whatever it
 //! carries: a capture of a link after the handshake shows one length only.
 //!
-//! `link_capture_shows_one_message_size`: node A (`.2`) bootstraps to a TCP
-//! proxy (`.10`) in this test that forwards both ways to node B (`.3`) and
+//! `link_capture_shows_one_message_size` (flood mode) and `..._in_onion_mode`
+//! (the default): node A (`.2`; `.4`) bootstraps to a TCP proxy (`.10`;
+//! `.11`) in this test that forwards both ways to node B (`.3`; `.5`) and
 //! parses the 2-byte length prefixes of both byte streams. While the nodes
 //! exchange records, gossip, pings and pongs, A probes B through the proxy
-//! and pushes it a small and a largest message (flood mode, the default)
-//! with their receipts coming back, every length after the three handshake
-//! messages must be the same.
+//! and pushes it a small and a largest message, with their receipts coming
+//! back, every length after the three handshake messages must be the same.
 //!
 //! `malformed_cells_cost_the_link`: a peer sending a frame not in cells, a
 //! cell with non-zero padding, a short cell that says "more", or a frame
@@ -177,17 +177,37 @@ fn forward(mut from: TcpStream, mut to: TcpStream, capture: Arc<Mutex<Capture>>,
 
 #[test]
 fn link_capture_shows_one_message_size() {
-    let b = Node::start(N, 3, NodeOpts::default());
-    let proxy_addr = listen_addr(N, PROXY_HOST);
+    capture_link(Some("flood"), 2, 3, PROXY_HOST);
+}
+
+#[test]
+fn link_capture_shows_one_message_size_in_onion_mode() {
+    capture_link(None, 4, 5, PROXY_HOST + 1);
+}
+
+/// Node A (`a_host`) bootstraps to the proxy (`proxy_host`) in front of node
+/// B (`b_host`), both in `mode` (None: the default, onion), pushes B a small
+/// and a largest message through it, and the capture is judged.
+fn capture_link(mode: Option<&'static str>, a_host: u8, b_host: u8, proxy_host: u8) {
+    let b = Node::start(
+        N,
+        b_host,
+        NodeOpts {
+            routing_mode: mode,
+            ..NodeOpts::default()
+        },
+    );
+    let proxy_addr = listen_addr(N, proxy_host);
     let proxy = Proxy::start(
         proxy_addr.parse().expect("proxy address"),
         b.listen().parse().expect("B's address"),
     );
     let a = Node::start(
         N,
-        2,
+        a_host,
         NodeOpts {
             bootstrap: vec![proxy_addr.clone()],
+            routing_mode: mode,
             ..NodeOpts::default()
         },
     );
@@ -207,17 +227,15 @@ fn link_capture_shows_one_message_size() {
 
     wait_for(
         CAPTURE_TIMEOUT,
-        format!(
-            "a proxied link with {ENOUGH} messages each way and the largest message on it \
-             (lengths so far: {:?})",
-            proxy.lengths()
-        ),
+        format!("a proxied link with {ENOUGH} messages each way and the largest message on it"),
         &[&a, &b],
         || proxy.busy(ENOUGH, BIG_TEXT),
     );
     let lengths = proxy.lengths();
     eprintln!(
-        "{} proxied connections; message lengths after the handshake (length: count): {lengths:?}",
+        "mode {}: {} proxied connections; message lengths after the handshake (length: count): \
+         {lengths:?}",
+        mode.unwrap_or("onion (default)"),
         proxy.connections()
     );
     assert_eq!(
@@ -232,7 +250,7 @@ fn link_capture_shows_one_message_size() {
 #[test]
 fn malformed_cells_cost_the_link() {
     // Hosts .20 (the node) and .30-.39 (the hostile peers' claimed listen
-    // addresses) of N, apart from the other test's .2, .3 and .10.
+    // addresses) of N, apart from the other tests' .2-.5, .10 and .11.
     const NODE: u8 = 20;
     let node = Node::start(N, NODE, NodeOpts::default());
     let to: SocketAddr = node.listen().parse().expect("node address");

@@ -77,7 +77,7 @@
 //! | 111 | overlay.rs        | links_leave_from_the_listen_ip                    |
 //! | 112 | overlay.rs        | eclipsed_node_restarted_finds_its_honest_neighbours |
 //! | 113-119 | (overlay, reserved)                                          |
-//! | 123 | link_cells.rs     | both tests: link_capture_shows_one_message_size (.2, .3, proxy .10), malformed_cells_cost_the_link (.20, peers .30-.39) |
+//! | 123 | link_cells.rs     | all three: link_capture_shows_one_message_size (.2, .3, proxy .10), ..._in_onion_mode (.4, .5, proxy .11), malformed_cells_cost_the_link (.20, peers .30-.39) |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 91 | store_damage.rs    | damage_after_sigkill_is_refused_or_intact         |
 //! | 92 | store_damage.rs    | store_check_salvage_and_backup                    |
