@@ -872,7 +872,9 @@ fn validate_limits(raw: RawLimits, ttl: Duration) -> Result<LimitsConfig, Bad> {
         1024,
         u32::MAX,
     )?;
-    // A burst smaller than the largest frame would cut off an honest peer.
+    // A burst smaller than the largest frame (its cells:
+    // `wire::cell::message_bytes(MAX_LINK_FRAME)`, 61,920 bytes) would cut
+    // off an honest peer.
     let byte_burst = limit_u32(
         "limits.byte_burst",
         raw.byte_burst,

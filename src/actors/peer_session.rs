@@ -2,8 +2,13 @@
 //!
 //! A link is set up before the actor starts ([`establish`]): the Noise XX
 //! handshake, then each side's signed record as the first transport message,
-//! checked against the Noise static key. The session then reads length-
-//! prefixed Noise messages, decrypts and decodes each into a frame and hands
+//! checked against the Noise static key. Every frame after the handshake,
+//! the record too, travels in cells ([`crate::wire::cell`]): Noise transport
+//! messages of exactly [`CELL_MESSAGE`] bytes each, behind a length prefix
+//! that always says the same, so a capture of the link shows one message
+//! size whatever is sent. A prefix of any other length, a malformed cell or a
+//! frame over [`MAX_LINK_FRAME`] closes the link. The session reads cells,
+//! decrypts each, rebuilds frames from them, decodes each frame and hands
 //! packets and receipts to the Router, waiting for the Router to take each one
 //! before reading more (back-pressure reaches the peer through TCP). Writes go
 //! through a bounded queue to a writer task that owns the sending half; a peer
@@ -11,10 +16,11 @@
 //! Any bad frame, decrypt failure or missed keepalive closes the link; the
 //! NeighbourManager hears of it and redials or replaces the peer.
 //!
-//! Budgets ([`LinkBudget`], from `[limits]`): every Noise message is counted
-//! against the link's bytes per second before it is decrypted, every frame
-//! against its frames per second, and the records in membership frames
-//! against its records per minute. A peer over any budget, or reported by
+//! Budgets ([`LinkBudget`], from `[limits]`): every cell (its Noise message)
+//! is counted against the link's bytes per second before it is decrypted,
+//! every frame (however many cells it took) once against its frames per
+//! second, and the records in membership frames against its records per
+//! minute. A peer over any budget, or reported by
 //! the Router ([`OverBudget`]), is logged once, cut off, and refused by the
 //! NeighbourManager for `limits.backoff` ([`Ban`]). A session reads no frame
 //! before the NeighbourManager has let it in ([`SessionUp`] answers whether
@@ -29,7 +35,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -38,12 +44,11 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use super::neighbours::{Ban, FromPeer, LinkRtt, NeighbourManager, SessionDown, SessionUp};
 use super::router::{Inbound, Router};
 use crate::config::LimitsConfig;
-use crate::crypto::noise::{
-    self, Link, NoiseError, RecvCipher, SendCipher, MAX_NOISE_MESSAGE, TAG_LEN,
-};
+use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher};
 use crate::crypto::{unix_now, Address, Identity, RecordCell, RecordError, SignedRecord};
 pub use crate::overlay::Direction;
-use crate::wire::link::{LinkBody, LinkFrame, MAX_RECORDS_PER_FRAME};
+use crate::wire::cell::{self, CellError, Reassembler, CELL_MESSAGE, CELL_WIRE};
+use crate::wire::link::{LinkBody, LinkFrame, MAX_LINK_FRAME, MAX_RECORDS_PER_FRAME};
 use crate::wire::WireError;
 
 /// Frames waiting for the writer; past this a slow peer loses frames.
@@ -78,7 +83,8 @@ pub const BUDGET_GOSSIP: &str = "limits.gossip_records_per_min";
 ///   counts one: packets and receipts are nearly all of an honest link's
 ///   frames, and pings (each costs a pong) and membership frames count too;
 /// - bytes: `bytes_per_sec` sustained, `byte_burst` at once, counted on each
-///   Noise message as read, before it is decrypted;
+///   cell's Noise message ([`CELL_MESSAGE`] bytes, padding included) as read,
+///   before it is decrypted: a frame costs all its cells;
 /// - records: `gossip_records_per_min` records carried by `Gossip`,
 ///   `Records`, `Full` and `Leaving` frames, with a burst of a minute's worth
 ///   and at least one full frame ([`MAX_RECORDS_PER_FRAME`]). An honest
@@ -114,7 +120,8 @@ impl LinkBudget {
     }
 
     /// The budget this node keeps to on what it sends one link (see
-    /// [`OUTBOUND_SHARE_NUM`]); a largest frame always fits its byte burst.
+    /// [`OUTBOUND_SHARE_NUM`]); a largest frame (all its cells) always fits
+    /// its byte burst.
     pub fn outbound(limits: &LimitsConfig) -> LinkBudget {
         let share = |v: u32| {
             (u64::from(v) * u64::from(OUTBOUND_SHARE_NUM) / u64::from(OUTBOUND_SHARE_DEN)).max(1)
@@ -124,14 +131,15 @@ impl LinkBudget {
         l.packets_per_sec = share(l.packets_per_sec);
         l.packet_burst = share(l.packet_burst);
         l.bytes_per_sec = share(l.bytes_per_sec);
-        l.byte_burst = share(l.byte_burst).max(MAX_NOISE_MESSAGE as u32);
+        l.byte_burst = share(l.byte_burst).max(cell::message_bytes(MAX_LINK_FRAME) as u32);
         LinkBudget::new(&l)
     }
 
-    /// Counts one frame of `len` bytes going out (its Noise message is
-    /// [`TAG_LEN`] longer); false if it would break the budget.
+    /// Counts one frame of `len` bytes going out: one frame, and the bytes
+    /// of the cells it takes ([`cell::message_bytes`]); false if it would
+    /// break the budget.
     pub fn send(&self, len: usize) -> bool {
-        Self::take(&self.bytes, len + TAG_LEN) && self.frames.check().is_ok()
+        Self::take(&self.bytes, cell::message_bytes(len)) && self.frames.check().is_ok()
     }
 
     /// Takes `n` units from `limiter`; false if that breaks it.
@@ -143,7 +151,7 @@ impl LinkBudget {
         }
     }
 
-    /// Counts one Noise message of `len` bytes (before decrypting it).
+    /// Counts one Noise message (a cell) of `len` bytes, before decrypting it.
     pub fn bytes(&self, len: usize) -> Result<(), &'static str> {
         Self::take(&self.bytes, len)
             .then_some(())
@@ -179,6 +187,8 @@ pub enum LinkError {
     Noise(#[from] NoiseError),
     #[error("bad frame: {0}")]
     Wire(#[from] WireError),
+    #[error("bad cell: {0}")]
+    Cell(#[from] CellError),
     #[error("first frame is not a node record")]
     NoRecord,
     #[error("node record: {0}")]
@@ -236,7 +246,7 @@ pub async fn establish_as(
         LinkBody::Record(my_record.clone())
     };
     let first = LinkFrame::new(body).encode()?;
-    noise::write_prefixed(&mut stream, &link.send.encrypt(&first)?).await?;
+    write_frame(&mut stream, &mut link.send, &first).await?;
     let (peer, peer_courier) =
         read_record(&mut stream, &mut link.recv, &link.remote_static, identity).await?;
     // Only the dialling side may make a link a courier; either way both
@@ -266,14 +276,14 @@ async fn read_record(
     remote_static: &[u8; 32],
     identity: &Identity,
 ) -> Result<(SignedRecord, bool), LinkError> {
-    let msg = match tokio::time::timeout(RECORD_TIMEOUT, noise::read_prefixed(stream)).await {
+    let plain = match tokio::time::timeout(RECORD_TIMEOUT, read_frame(stream, recv)).await {
         Err(_) => return Err(LinkError::Timeout),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Ok(Err(LinkError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(LinkError::HungUp)
         }
         Ok(r) => r?,
     };
-    let frame = LinkFrame::decode(&recv.decrypt(&msg)?)?;
+    let frame = LinkFrame::decode(&plain)?;
     let (peer, courier) = match frame.body {
         LinkBody::Record(peer) => (peer, false),
         LinkBody::CourierRecord(peer) => (peer, true),
@@ -287,6 +297,63 @@ async fn read_record(
         return Err(LinkError::SelfLink);
     }
     Ok((peer, courier))
+}
+
+/// Seals one encoded frame as cells, in order, each behind its 2-byte length
+/// prefix (always [`CELL_MESSAGE`]), appended to `out`.
+pub fn seal_frame(
+    cipher: &mut SendCipher,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    out.reserve(cell::cells_for(frame.len()) * CELL_WIRE);
+    for c in cell::split(frame)? {
+        let sealed = cipher.encrypt(&c)?;
+        let len = u16::try_from(sealed.len()).map_err(|_| CellError::WrongSize(sealed.len()))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&sealed);
+    }
+    Ok(())
+}
+
+/// Writes one encoded frame as cells (see [`seal_frame`]).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cipher: &mut SendCipher,
+    frame: &[u8],
+) -> Result<(), LinkError> {
+    let mut out = Vec::new();
+    seal_frame(cipher, frame, &mut out)?;
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+/// Reads one cell's Noise message; a length prefix other than
+/// [`CELL_MESSAGE`] is refused before anything is read behind it.
+pub async fn read_cell<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, LinkError> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).await?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len != CELL_MESSAGE {
+        return Err(CellError::WrongSize(len).into());
+    }
+    let mut msg = vec![0u8; CELL_MESSAGE];
+    r.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+/// Reads cells until one whole frame is in, and returns its bytes.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cipher: &mut RecvCipher,
+) -> Result<Vec<u8>, LinkError> {
+    let mut cells = Reassembler::new();
+    loop {
+        let msg = read_cell(r).await?;
+        if let Some(frame) = cells.push(&cipher.decrypt(&msg)?)? {
+            return Ok(frame);
+        }
+    }
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, LinkError> {
@@ -425,6 +492,8 @@ pub struct PeerSession {
     peer: SignedRecord,
     direction: Direction,
     recv: RecvCipher,
+    /// The frame being rebuilt from the cells read so far.
+    cells: Reassembler,
     tx: mpsc::Sender<Outgoing>,
     writer: Option<tokio::task::JoinHandle<()>>,
     router: Addr<Router>,
@@ -473,7 +542,7 @@ impl PeerSession {
         PeerSession::create(move |ctx| {
             let codec = LengthDelimitedCodec::builder()
                 .length_field_type::<u16>()
-                .max_frame_length(MAX_NOISE_MESSAGE)
+                .max_frame_length(CELL_MESSAGE)
                 .new_codec();
             ctx.add_stream(FramedRead::new(read_half, codec));
             PeerSession {
@@ -481,6 +550,7 @@ impl PeerSession {
                 peer,
                 direction,
                 recv: link.recv,
+                cells: Reassembler::new(),
                 tx,
                 writer: Some(writer),
                 router,
@@ -607,17 +677,16 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     log: slog::Logger,
 ) {
+    let mut buf = Vec::new();
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Frame(bytes) => {
-                let sealed = match cipher.encrypt(&bytes) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        slog::warn!(log, "cannot encrypt frame"; "error" => %e);
-                        break;
-                    }
-                };
-                if let Err(e) = noise::write_prefixed(&mut half, &sealed).await {
+                buf.clear();
+                if let Err(e) = seal_frame(&mut cipher, &bytes, &mut buf) {
+                    slog::warn!(log, "cannot seal frame"; "error" => %e);
+                    break;
+                }
+                if let Err(e) = half.write_all(&buf).await {
                     slog::debug!(log, "write failed"; "error" => %e);
                     break;
                 }
@@ -691,6 +760,14 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerSession {
             Ok(b) => b,
             Err(e) => return self.cut(ctx, &format!("read: {e}")),
         };
+        // The codec refuses a longer prefix before reading it; a shorter one
+        // is no cell either.
+        if bytes.len() != CELL_MESSAGE {
+            return self.cut(
+                ctx,
+                &format!("bad cell: {}", CellError::WrongSize(bytes.len())),
+            );
+        }
         if let Err(what) = self.budget.bytes(bytes.len()) {
             return self.over_budget(ctx, what);
         }
@@ -699,7 +776,12 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerSession {
             Ok(p) => p,
             Err(e) => return self.cut(ctx, &format!("decrypt: {e}")),
         };
-        match LinkFrame::decode(&plain) {
+        let frame = match self.cells.push(&plain) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => return self.cut(ctx, &format!("bad cell: {e}")),
+        };
+        match LinkFrame::decode(&frame) {
             Ok(frame) => match self.budget.frame(&frame.body) {
                 Ok(()) => self.on_frame(frame, ctx),
                 Err(what) => self.over_budget(ctx, what),
@@ -782,6 +864,7 @@ impl LinkIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::noise::MAX_NOISE_MESSAGE;
     use crate::crypto::{unix_now, Identity};
     use crate::wire::link::Gossip;
 
@@ -861,29 +944,105 @@ mod tests {
             l.bytes_per_sec = 65_536;
             l.byte_burst = 65_535;
         });
-        let out = LinkBudget::outbound(&l);
-        let inbound = LinkBudget::new(&l);
+        // Frames: 3/4 of the packet burst go out, each counted once
+        // however many cells it takes (the byte budget is out of the way).
+        let frames = limits(|f| {
+            *f = l.clone();
+            f.bytes_per_sec = u32::MAX;
+            f.byte_burst = u32::MAX;
+        });
+        let out = LinkBudget::outbound(&frames);
+        let inbound = LinkBudget::new(&frames);
         let mut sent = 0;
         for _ in 0..1_000 {
-            if out.send(100) {
+            if out.send(2 * cell::CELL_PAYLOAD) {
                 sent += 1;
-                assert_eq!(inbound.bytes(100 + TAG_LEN), Ok(()));
+                for _ in 0..2 {
+                    assert_eq!(inbound.bytes(CELL_MESSAGE), Ok(()));
+                }
                 assert_eq!(inbound.frame(&LinkBody::Ping(0)), Ok(()));
             }
         }
         assert!((300..=310).contains(&sent), "{sent} frames let out");
+        // Bytes: every cell is counted whole, padding included, and what
+        // goes out passes the peer's byte budget.
+        let out = LinkBudget::outbound(&l);
+        let inbound = LinkBudget::new(&l);
+        let mut cells = 0;
+        for _ in 0..1_000 {
+            if out.send(100) {
+                cells += 1;
+                assert_eq!(inbound.bytes(CELL_MESSAGE), Ok(()));
+            }
+        }
+        // The outbound burst is at least one largest frame (15 cells).
+        assert!(
+            (15..=17).contains(&cells),
+            "{cells} one-cell frames let out"
+        );
         // A largest frame still goes out.
         let big = LinkBudget::outbound(&l);
-        assert!(big.send(MAX_NOISE_MESSAGE - TAG_LEN));
+        assert!(big.send(MAX_LINK_FRAME));
+        assert!(cell::message_bytes(MAX_LINK_FRAME) <= MAX_NOISE_MESSAGE);
     }
 
     #[test]
     fn default_budget_carries_a_busy_honest_link() {
-        // 4,000 frames of a few hundred bytes at once: within the defaults.
+        // 4,000 frames of a few hundred bytes at once (one cell each):
+        // within the defaults.
         let b = LinkBudget::new(&LimitsConfig::default());
         for _ in 0..4_000 {
-            assert_eq!(b.bytes(600), Ok(()));
+            assert_eq!(b.bytes(CELL_MESSAGE), Ok(()));
             assert_eq!(b.frame(&LinkBody::Ping(0)), Ok(()));
         }
+    }
+
+    /// Two ends of a real Noise link over an in-memory pipe.
+    async fn linked() -> (tokio::io::DuplexStream, Link, tokio::io::DuplexStream, Link) {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let (ida, idb) = (Identity::generate(), Identity::generate());
+        let (la, lb) = tokio::join!(
+            noise::handshake(&mut a, &ida, true),
+            noise::handshake(&mut b, &idb, false)
+        );
+        (a, la.unwrap(), b, lb.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_are_sealed_in_cells_of_one_size() {
+        let (_a, mut la, _b, _lb) = linked().await;
+        for len in [1, 12, 4_100, cell::CELL_PAYLOAD + 1, MAX_LINK_FRAME] {
+            let frame: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut wire = Vec::new();
+            seal_frame(&mut la.send, &frame, &mut wire).unwrap();
+            assert_eq!(wire.len(), cell::cells_for(len) * CELL_WIRE, "len {len}");
+            for msg in wire.chunks(CELL_WIRE) {
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([msg[0], msg[1]])),
+                    CELL_MESSAGE
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_a_message_of_another_size_is_refused() {
+        let (mut a, mut la, mut b, mut lb) = linked().await;
+        for len in [1, 4_100, MAX_LINK_FRAME] {
+            let frame = vec![len as u8; len];
+            write_frame(&mut a, &mut la.send, &frame).await.unwrap();
+            assert_eq!(read_frame(&mut b, &mut lb.recv).await.unwrap(), frame);
+        }
+        assert!(matches!(
+            write_frame(&mut a, &mut la.send, &vec![0; MAX_LINK_FRAME + 1]).await,
+            Err(LinkError::Cell(CellError::TooLarge))
+        ));
+        // A frame in a Noise message of its own length (the old framing).
+        let sealed = la.send.encrypt(&[1, 4, 7]).unwrap();
+        noise::write_prefixed(&mut a, &sealed).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b, &mut lb.recv).await,
+            Err(LinkError::Cell(CellError::WrongSize(19)))
+        ));
     }
 }

@@ -1,5 +1,10 @@
 //! The link handshake: `Noise_XX_25519_ChaChaPoly_BLAKE2s`, prologue
-//! `hermes/1`, every message behind a 2-byte big-endian length.
+//! `hermes/2`, every message behind a 2-byte big-endian length.
+//!
+//! The prologue names the link protocol's version: `hermes/2` carries frames
+//! in fixed-size cells (`wire::cell`), `hermes/1` sent each frame as one
+//! Noise message of its own length. A node of the other version fails the
+//! handshake (message 2 does not verify) before any frame is read.
 //!
 //! XX authenticates both static keys but decides no trust: the caller must
 //! compare [`Link::remote_static`] with the key in the peer's signed record.
@@ -16,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::identity::Identity;
 
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-pub const PROLOGUE: &[u8] = b"hermes/1";
+pub const PROLOGUE: &[u8] = b"hermes/2";
 /// Largest Noise message, set by the 2-byte length prefix.
 pub const MAX_NOISE_MESSAGE: usize = 65535;
 /// Poly1305 tag on every transport message.

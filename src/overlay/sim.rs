@@ -67,7 +67,6 @@ use super::book::BOOK_CAPACITY;
 use super::membership::{
     Action, Direction, LinkId, Membership, MembershipConfig, MembershipStats, TICK,
 };
-use crate::crypto::noise::TAG_LEN;
 use crate::crypto::{Identity, SignedRecord};
 use crate::wire::link::{LinkBody, LinkFrame};
 
@@ -92,7 +91,6 @@ pub const DEFAULT_PARTITION_SHARE: f64 = 0.5;
 /// across it, and a small network has few rotations a minute.
 pub const DEFAULT_HEAL_LIMIT: Duration = Duration::from_secs(1800);
 
-const PER_FRAME: u64 = TAG_LEN as u64 + LENGTH_PREFIX;
 /// What the dialler sends of the handshake: messages 1 and 3.
 const HANDSHAKE_DIALLER: u64 = NOISE_XX_MESSAGES[0] + NOISE_XX_MESSAGES[2] + 2 * LENGTH_PREFIX;
 /// What the listener sends of the handshake: message 2.
@@ -1901,9 +1899,14 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Bytes of a frame on the wire: encoded, sealed (tag), length-prefixed.
+/// Bytes of a frame on the wire: encoded, cut into cells of one size, each
+/// sealed (tag) and length-prefixed ([`crate::wire::cell::CELL_WIRE`]).
 fn frame_len(frame: &LinkFrame) -> Option<u64> {
-    frame.encode().ok().map(|b| b.len() as u64 + PER_FRAME)
+    use crate::wire::cell::{cells_for, CELL_WIRE};
+    frame
+        .encode()
+        .ok()
+        .map(|b| (cells_for(b.len()) * CELL_WIRE) as u64)
 }
 
 /// The `p`th percentile (nearest rank) of sorted values.

@@ -1,6 +1,7 @@
 //! Frames between nodes, inside a Noise link.
 //!
-//! Each Noise transport message carries exactly one [`LinkFrame`]. The first
+//! Each frame travels in one or more cells of one size ([`super::cell`]),
+//! each cell one Noise transport message. The first
 //! frame each side sends is its [`SignedRecord`]; after that any frame may
 //! follow. A frame that does not decode, breaks a limit, or comes out of turn
 //! costs the peer its link.
@@ -10,13 +11,13 @@ use serde::{Deserialize, Serialize};
 use super::message::MAX_SEALED_BYTES;
 use super::{decode_limited, encode_limited, MessageId, WireError};
 use crate::crypto::identity::{verify, Address, Identity};
-use crate::crypto::noise::MAX_PLAINTEXT;
 use crate::crypto::seal::Sealed;
 use crate::crypto::SignedRecord;
 
 pub const LINK_VERSION: u8 = 1;
-/// Largest encoded frame: what one Noise transport message can carry.
-pub const MAX_LINK_FRAME: usize = MAX_PLAINTEXT;
+/// Largest encoded frame: what [`super::cell::MAX_CELLS_PER_FRAME`] cells
+/// carry (61,650 bytes; a largest flood packet is about 60,730).
+pub const MAX_LINK_FRAME: usize = super::cell::MAX_FRAME_BYTES;
 /// Most records one peer-exchange frame may carry.
 pub const MAX_RECORDS_PER_FRAME: usize = 32;
 /// Most neighbours one gossip frame may name (the most a node may have).

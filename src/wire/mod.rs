@@ -1,12 +1,14 @@
 //! Frame types, their limits and their versions.
 //!
 //! Two protocols live here: [`link`], the frames nodes exchange inside a
-//! Noise link, and [`client`], the requests `hermes push/pull/status` send to
+//! Noise link (carried in fixed-size [`cell`]s, so that every Noise message
+//! on a link has one length), and [`client`], the requests `hermes push/pull/status` send to
 //! the local daemon over its Unix socket. Both are postcard with a version
 //! byte on every frame. Postcard is not self-describing: enum variants are
 //! only ever appended, never reordered. Every decoder checks the frame size
 //! before it allocates and refuses trailing bytes.
 
+pub mod cell;
 pub mod client;
 pub mod link;
 pub mod message;

@@ -1,6 +1,6 @@
 //! A hostile peer for the attack tests: it speaks the real protocol (Noise XX,
-//! postcard link frames) with its own valid identity and signed record, and
-//! then sends whatever the test tells it to.
+//! postcard link frames in fixed-size cells) with its own valid identity and
+//! signed record, and then sends whatever the test tells it to.
 //!
 //! Blocking API over a private current-thread tokio runtime, so tests stay
 //! plain `#[test]` functions. Each method that waits takes a deadline.
@@ -8,9 +8,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hermes::actors::peer_session::{dial, Established};
+use hermes::actors::peer_session::{dial, read_frame, write_frame, Established};
 use hermes::crypto::{noise, unix_now, Identity, SignedRecord};
 use hermes::wire::link::{LinkBody, LinkFrame};
+
+/// How long the rest of a frame may take once its first byte has come.
+const MID_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One authenticated link from a hostile peer to a node.
 pub struct HostilePeer {
@@ -60,9 +63,19 @@ impl HostilePeer {
         self.send_raw(&frame)
     }
 
-    /// Sends already encoded frame bytes (which may be invalid on purpose).
+    /// Sends already encoded frame bytes (which may be invalid on purpose),
+    /// in cells as the protocol wants.
     pub fn send_raw(&mut self, frame: &[u8]) -> bool {
-        let Ok(sealed) = self.est.link.send.encrypt(frame) else {
+        let stream = &mut self.est.stream;
+        let cipher = &mut self.est.link.send;
+        self.rt.block_on(write_frame(stream, cipher, frame)).is_ok()
+    }
+
+    /// Sends `plaintext` as one Noise transport message of its own length,
+    /// not as cells (a malformed cell, or a message of the wrong size, on
+    /// purpose).
+    pub fn send_message(&mut self, plaintext: &[u8]) -> bool {
+        let Ok(sealed) = self.est.link.send.encrypt(plaintext) else {
             return false;
         };
         let stream = &mut self.est.stream;
@@ -75,20 +88,27 @@ impl HostilePeer {
     /// `Err` once the link is closed.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<LinkBody>, String> {
         let stream = &mut self.est.stream;
-        let read = self
-            .rt
-            .block_on(async { tokio::time::timeout(timeout, noise::read_prefixed(stream)).await });
-        let bytes = match read {
-            Err(_) => return Ok(None),
-            Ok(Err(e)) => return Err(format!("link closed: {e}")),
-            Ok(Ok(b)) => b,
+        let cipher = &mut self.est.link.recv;
+        // A timeout in the middle of a frame would lose its first cells:
+        // wait for the rest once a cell has come.
+        let read = self.rt.block_on(async {
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+            match tokio::time::timeout(MID_FRAME_TIMEOUT, read_frame(stream, cipher)).await {
+                Err(_) => Err("the node stalled in the middle of a frame".to_string()),
+                Ok(r) => r.map(Some).map_err(|e| e.to_string()),
+            }
+        });
+        let plain = match read {
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("link closed: {e}")),
+            Ok(Some(b)) => b,
         };
-        let plain = self
-            .est
-            .link
-            .recv
-            .decrypt(&bytes)
-            .map_err(|e| format!("decrypt: {e}"))?;
         let frame = LinkFrame::decode(&plain).map_err(|e| format!("decode: {e}"))?;
         Ok(Some(frame.body))
     }

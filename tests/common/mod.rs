@@ -87,6 +87,7 @@
 //! | 128 | onion.rs          | push_wait_and_a_60000_byte_message (.20-.24)      |
 //! | 129 | onion.rs          | small_network_sends_and_says_relays_known (.2-.4) |
 //! | 129 | onion.rs          | non_relay_relays_nothing (.20-.26)                |
+//! | 123 | link_cells.rs     | all three: link_capture_shows_one_message_size (.2, .3, proxy .10), ..._in_onion_mode (.4, .5, proxy .11), malformed_cells_cost_the_link (.20, peers .30-.39) |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 121 | onion_keys.rs     | packet_key_rotates_and_reaches_neighbours_and_new_links |
 //! | 122 | onion_keys.rs     | damaged_packet_keys_stop_the_daemon_with_what_to_do |
@@ -104,7 +105,7 @@
 //! | 240-245 | hermes-bench    | onion phase (`--net-onion`, default 127.0.240.2-.6; 241-245 reserved) |
 //!
 //! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 246-255
-//! (120-129: onion, issue 9; 200-245: hermes-bench).
+//! (120-129: onion, issue 9, of which 123: link cells; 200-245: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
 //!
