@@ -1579,7 +1579,14 @@ pub struct NeighbourUp(pub PeerHandle);
 impl Handler<NeighbourUp> for Router {
     type Result = ();
     fn handle(&mut self, msg: NeighbourUp, ctx: &mut Context<Self>) {
+        let was_alone = self.neighbours.is_empty();
         self.neighbours.insert(msg.0.address, msg.0);
+        if self.cfg.mode == RoutingMode::Onion && !was_alone {
+            // Onion paths do not follow the links: one more neighbour makes
+            // no new path (hurrying here would spend the retries of every
+            // waiting message on each link of a churning overlay).
+            return;
+        }
         // A new path may exist: send what waits now rather than at its backoff.
         let store = self.store.clone();
         let fut = async move { store.outbox_hurry_now(unix_now_ms()).await };

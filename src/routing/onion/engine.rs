@@ -41,10 +41,10 @@ pub const SUSPECT_AFTER: u32 = 2;
 /// How long a suspect relay is avoided (seconds).
 pub const SUSPECT_FOR_SECS: u64 = 120;
 /// Paths each part of a retry takes: a sending that got no receipt went
-/// through a relay that is down or hostile, so a retry tries two fresh ones
+/// through a relay that is down or hostile, so a retry tries three fresh ones
 /// (the recipient keeps one copy; the other is answered from its delivered
 /// mark).
-pub const PATHS_PER_PART_ON_RETRY: usize = 2;
+pub const PATHS_PER_PART_ON_RETRY: usize = 3;
 
 /// One part of one sending, with its paths.
 #[derive(Clone, Debug)]
@@ -511,7 +511,7 @@ mod tests {
         let first = origin
             .plan(&me, &to, id, NOW + 600, b"x", &cands, 3, NOW, false)
             .unwrap();
-        // Every relay of a sending: a retry sends each part twice.
+        // Every relay of a sending: a retry sends each part several times.
         let relays = |p: &Plan| -> std::collections::HashSet<Address> {
             let mut s = std::collections::HashSet::new();
             for part in &p.parts {
