@@ -84,6 +84,8 @@ pub const COURIER_SWEEP: Duration = Duration::from_secs(5);
 /// Recipients' records learned at push time, kept for wrapping to their
 /// packet keys (the address book gets them too, asynchronously).
 pub const RECIPIENT_RECORDS: usize = 1024;
+/// Reply blocks kept per message while it is being delivered.
+pub const REPLY_BLOCKS_WAITING: usize = 4;
 /// Incomplete multi-part messages held at a recipient, and their bytes.
 pub const MAX_INCOMPLETE: usize = 256;
 /// Time after which a packet key read from a record is not used, whatever
@@ -158,6 +160,10 @@ pub struct Router {
     /// mark until its delivery is on disk (a distinct copy is still opened:
     /// the one being opened may be a forgery).
     delivering: HashMap<MessageId, u32>,
+    /// Reply blocks of onion copies that came while their message was being
+    /// delivered: the receipt goes over each once it is on disk (each is a
+    /// different way back; at most [`REPLY_BLOCKS_WAITING`] per message).
+    replies_waiting: HashMap<MessageId, Vec<ReplyBlock>>,
     /// Threads for sealing and opening (never the actor's thread).
     workers: Workers,
     /// Packet keys and replay tags (onion packets).
@@ -206,6 +212,7 @@ impl Router {
             filter: FloodFilter::default(),
             entries: HashMap::new(),
             delivering: HashMap::new(),
+            replies_waiting: HashMap::new(),
             workers: Workers::per_core("hermes-crypto"),
             onion,
             origin: Origin::new(Guards::new(), rand::SeedableRng::from_entropy()),
@@ -684,11 +691,20 @@ impl Router {
                     this.delivering.remove(&id);
                 }
             }
+            let waiting = match (&receipt, this.delivering.contains_key(&id)) {
+                (Ok(Some(_)), _) | (_, false) => {
+                    this.replies_waiting.remove(&id).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
             let receipt = match receipt {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(()) => return this.bump(Counter::Dropped),
             };
+            for block in &waiting {
+                this.reply_over(block, receipt.clone());
+            }
             // Our own message to ourselves is delivered now.
             if from.is_none() && this.in_outbox(&id) {
                 this.settle_own(id, receipt, ctx);
@@ -1162,8 +1178,17 @@ impl Router {
             return self.bump(Counter::Dropped);
         }
         let id = part.id;
-        if self.store.write_failure().is_some() || self.delivering.contains_key(&id) {
-            // As for flood packets: no answer until the mark is on disk.
+        if self.store.write_failure().is_some() {
+            // As for flood packets: no answer until a restart.
+            return;
+        }
+        if self.delivering.contains_key(&id) {
+            // No answer until the mark is on disk; then over this copy's
+            // block too.
+            let waiting = self.replies_waiting.entry(id).or_default();
+            if waiting.len() < REPLY_BLOCKS_WAITING {
+                waiting.push(reply);
+            }
             return;
         }
         match self.store.drop_get(&DropKey::Delivered(id), now) {
