@@ -94,6 +94,9 @@ pub struct NeighbourManager {
     bootstrap_errors: HashMap<SocketAddr, (String, u64)>,
     /// The anchors as last saved.
     anchors: Vec<SignedRecord>,
+    /// The Membership's view of nodes alive nearby, as last told the
+    /// Router: nodes that leave it are reported ([`super::router::Vanished`]).
+    near: std::collections::HashSet<Address>,
     /// Courier links up (session id → peer): outside the Membership.
     couriers: HashMap<u64, Address>,
     /// Courier links being dialled.
@@ -176,6 +179,18 @@ impl NeighbourManager {
             bootstrap_errors: HashMap::new(),
             couriers: HashMap::new(),
             courier_dials: Default::default(),
+            near: Default::default(),
+        }
+    }
+
+    /// Tells the Router which nodes just left the view of nodes alive
+    /// nearby (onion origins avoid them as relays for a while).
+    fn report_vanished(&mut self) {
+        let near = self.membership.near();
+        let gone: Vec<Address> = self.near.difference(&near).copied().collect();
+        self.near = near;
+        if !gone.is_empty() {
+            self.router.do_send(super::router::Vanished(gone));
         }
     }
 
@@ -208,6 +223,7 @@ impl NeighbourManager {
 
     /// Carries out what the membership decided, and saves book changes.
     fn apply(&mut self, ctx: &mut Context<Self>) {
+        self.report_vanished();
         let mut linked = false;
         for action in self.membership.take_actions() {
             match action {

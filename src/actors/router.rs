@@ -1539,6 +1539,23 @@ impl Handler<PeerBook> for Router {
     }
 }
 
+/// Nodes that just left the NeighbourManager's view of nodes alive nearby
+/// (its neighbours and theirs): most likely down, so onion paths avoid them
+/// for a while ([`crate::routing::onion::engine::SUSPECT_FOR_SECS`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Vanished(pub Vec<Address>);
+
+impl Handler<Vanished> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Vanished, _ctx: &mut Context<Self>) {
+        let now = unix_now();
+        for a in msg.0 {
+            self.origin.vanished(&a, now);
+        }
+    }
+}
+
 /// A courier link could not be dialled (from the NeighbourManager): the
 /// packets waiting for it are dropped, and the node is avoided as a relay
 /// for a while (the origin's messages through it are sent again).

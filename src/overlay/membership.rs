@@ -420,6 +420,20 @@ impl Membership {
         self.links.values().filter(|l| l.pending_until.is_none())
     }
 
+    /// The nodes this node sees alive right now: its neighbours and the
+    /// neighbours they last gossiped. A node that leaves this view was most
+    /// likely cut off or stopped (onion origins avoid it as a relay for a
+    /// while); a node never in it is simply unknown.
+    pub fn near(&self) -> HashSet<Address> {
+        let me = self.own.record.address;
+        self.settled()
+            .flat_map(|l| {
+                std::iter::once(l.record.record.address).chain(l.their_neighbours.iter().copied())
+            })
+            .filter(|a| *a != me)
+            .collect()
+    }
+
     /// Dials first after a restart the nodes of `anchors` (the records of
     /// the longest-lived outbound neighbours before it, see
     /// [`Membership::anchors`]), like lost neighbours.
@@ -2568,5 +2582,24 @@ mod tests {
         });
         m.on_frame(LinkId(1), body, now + 12_000);
         assert_eq!(m.anchors(), vec![newer]);
+    }
+
+    #[test]
+    fn near_is_the_neighbours_and_theirs_and_loses_a_node_whose_link_goes() {
+        let (mut m, now) = node(1, 4, vec![]);
+        let (a, b, c) = (peer(2), peer(3), peer(4));
+        m.link_up(LinkId(1), a.record.clone(), Direction::Out, now);
+        m.take_actions();
+        m.on_frame(LinkId(1), gossip(&[&b, &c], &[]), now + 11_000);
+        let near = m.near();
+        let want: HashSet<Address> = [&a, &b, &c].iter().map(|p| p.id.address()).collect();
+        assert_eq!(near, want);
+        // b leaves a's neighbours: it leaves the view.
+        m.on_frame(LinkId(1), gossip(&[&c], &[]), now + 22_000);
+        assert!(!m.near().contains(&b.id.address()));
+        assert!(m.near().contains(&c.id.address()));
+        // The link to a goes: nothing is near any more.
+        m.link_down(LinkId(1), now + 23_000);
+        assert!(m.near().is_empty());
     }
 }

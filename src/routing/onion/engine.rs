@@ -163,6 +163,13 @@ impl Origin {
         self.guards.mark_unreachable(relay, now);
     }
 
+    /// A relay left the view of nodes seen alive nearby: avoid it for a
+    /// while (not counted against its guard place: a link may just have
+    /// rotated).
+    pub fn vanished(&mut self, relay: &Address, now: u64) {
+        self.failures.insert(*relay, (SUSPECT_AFTER, now));
+    }
+
     /// Splits `letter` (the sealed letter's bytes) and draws each part's
     /// paths: one per part on a first sending, [`PATHS_PER_PART_ON_RETRY`]
     /// on a retry (`retry`). `now` in seconds.
