@@ -1304,3 +1304,38 @@ fn files_containing(
     }
     hits
 }
+
+/// Every onion packet that peels leaves a replay tag on the relay's disk: a
+/// peer sending more than `limits.new_entries_per_min` of them loses its
+/// link, as a peer flooding new copies does.
+#[test]
+fn onion_packets_count_against_the_peers_entry_budget() {
+    const N: u8 = 129;
+    let x = Node::start(
+        N,
+        40,
+        NodeOpts {
+            extra_toml: format!(
+                "{}\n[limits]\nnew_entries_per_min = 20\n",
+                onion_opts(HOPS, "").extra_toml
+            ),
+            ..onion_opts(HOPS, "")
+        },
+    );
+    let mut hx = HostilePeer::dial(sock(&x.listen()), sock(&listen_addr(N, 210)));
+    let x_hop = packet_hop(&hx.peer);
+    for i in 0..40u32 {
+        // Each wrapped afresh: a distinct packet and tag every time.
+        let p = Sphinx
+            .wrap(&[], &x_hop, format!("junk {i}").as_bytes())
+            .expect("the library wraps a packet to X");
+        if !hx.send(LinkBody::Onion(OnionPacket(p.into_bytes()))) {
+            break;
+        }
+    }
+    assert!(
+        hx.closed_within(Duration::from_secs(20)),
+        "X kept the link of a peer over its entry budget{}",
+        x.describe_for_failure()
+    );
+}

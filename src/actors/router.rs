@@ -1099,6 +1099,12 @@ impl Router {
         p: OnionPacket,
         from: Option<Address>,
     ) -> Option<ResponseActFuture<Self, ()>> {
+        // Every packet that peels leaves a replay tag on disk: charged to
+        // the peer that sent it, as flood mode charges each new copy.
+        if !self.charge_entry(from, unix_now_ms()) {
+            self.bump(Counter::Dropped);
+            return None;
+        }
         let onion = self.onion.clone();
         let me = self.my_address();
         let workers = self.workers.clone();

@@ -87,6 +87,7 @@
 //! | 128 | onion.rs          | push_wait_and_a_60000_byte_message (.20-.24)      |
 //! | 129 | onion.rs          | small_network_sends_and_says_relays_known (.2-.4) |
 //! | 129 | onion.rs          | non_relay_relays_nothing (.20-.26)                |
+//! | 129 | onion.rs          | onion_packets_count_against_the_peers_entry_budget (.40, hostile .210) |
 //! | 123 | link_cells.rs     | all three: link_capture_shows_one_message_size (.2, .3, proxy .10), ..._in_onion_mode (.4, .5, proxy .11), malformed_cells_cost_the_link (.20, peers .30-.39) |
 //! | 90 | store_damage.rs    | damage_after_sigterm_is_refused_or_intact         |
 //! | 121 | onion_keys.rs     | packet_key_rotates_and_reaches_neighbours_and_new_links |
