@@ -1,21 +1,23 @@
-//! Router: originates, forwards and delivers messages, and settles receipts.
+//! Router: drives the routing policy ([`crate::routing::policy::Policy`])
+//! and does its I/O: the links, the store, the worker threads.
 //!
-//! Flood mode (the seed's design, done properly): the origin seals a message
-//! to the recipient and sends it to every neighbour; each node forwards a
-//! copy once to every neighbour but the one it came from, with a hop limit.
-//! Relays suppress duplicates with a short-lived, bounded, in-memory
-//! [`FloodFilter`] keyed on a digest of the sealed bytes, so a relay stores
-//! nothing per packet and a forged copy cannot suppress the genuine one. The
-//! recipient opens and verifies the letter ([`crate::routing::accept`]), writes
-//! it to its inbox with its delivered mark (flushed), then sends a signed
-//! receipt back the way the message came (over the first links its copies
-//! came from, remembered by the filter); relays pass a receipt on only for
-//! a message they passed on, and the origin removes the message from its
-//! outbox. Until then the origin
-//! resends it, as a new attempt, with exponential backoff up to
-//! `routing.retry_max`, until its time to live, across any number of
-//! restarts. A late copy of a delivered message is answered with the stored
-//! receipt, so an origin that missed the receipt still gets it.
+//! Every decision — which copy is passed on, which receipt is wanted, how a
+//! message of this node travels in `routing.mode` (flood or onion), where a
+//! receipt goes, what a peeled onion packet comes to — is made by the
+//! policy, which returns [`Action`]s; [`Router::apply`] carries them out.
+//! What the policy needs to know of the node (delivered marks, the outbox,
+//! relay candidates, packet keys) it reads through [`View`].
+//!
+//! The Router itself owns what is I/O: the neighbour and courier links,
+//! packets waiting for a courier link, the waiters of `push --wait`, and
+//! the jobs it runs: sealing at push time, opening and storing deliveries
+//! (the store's writer puts many in one flush), wrapping and peeling onion
+//! packets on the worker threads (never the actor's thread), and taking the
+//! due outbox entries each [`RETRY_TICK`] with their next retry time
+//! ([`crate::routing::policy::RetrySchedule`]) in one step of the writer.
+//! A late copy of a delivered message is answered with the stored receipt,
+//! so an origin that missed the receipt still gets it; an origin resends
+//! until its time to live, across any number of restarts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,39 +30,34 @@ use tokio::sync::oneshot;
 
 use super::inbox::{Deliver, Inbox};
 use super::peer_session::{LinkIdentity, PeerHandle};
-use super::{backoff_delay, fault_handler, guard};
+use super::{fault_handler, guard};
 use crate::config::RoutingMode;
 use crate::crypto::seal;
-use crate::crypto::sphinx::{NodeHop, Packet, Peeled, ReplyBlock, Sphinx};
+use crate::crypto::sphinx::{NodeHop, Packet, ReplyBlock, Sphinx};
 use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
 use crate::routing::accept::{open_packet, Header};
-use crate::routing::filter::copy_key;
-use crate::routing::onion::engine::{build_part, BuiltPart, Origin, ReplyOutcome};
-use crate::routing::onion::fragments::{self, Outcome, Part, Reassembly};
+use crate::routing::onion::engine::{build_part, Origin, Plan};
+use crate::routing::onion::fragments::Part;
 use crate::routing::onion::path::{Candidate, Guards};
-use crate::routing::{CopyVerdict, FloodFilter};
+use crate::routing::onion::relay::{self, Arrival};
+use crate::routing::policy::{Action, Delivery, Facts, Note, Policy, PolicyConfig, Reloaded};
 use crate::store::replay::TagVerdict;
 use crate::store::{Counter, DropKey, OutboxEntry, Reschedule, Store, StoreError};
 use crate::wire::client::InboxMessage;
-use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, OnionPacket, Receipt, MAX_HOPS};
+use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, OnionPacket, Receipt};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
-use crate::wire::onion::{PartPayload, ReplyPayload, MAX_PART_BYTES};
+use crate::wire::onion::{ReplyPayload, MAX_PART_BYTES};
 use crate::wire::MessageId;
 use crate::workers::Workers;
 
+pub use crate::routing::policy::{ENTRY_BUDGET_WINDOW, MAX_DELIVERING, RETRY_MIN};
+
 /// How often the outbox is checked for messages due to be (re)sent.
 pub const RETRY_TICK: Duration = Duration::from_millis(250);
-/// First retry delay; doubles per attempt up to `routing.retry_max`.
-pub const RETRY_MIN: Duration = Duration::from_secs(2);
-/// The window over which `limits.new_entries_per_min` is counted.
-pub const ENTRY_BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// Most outbox entries sent in one tick, so a large backlog cannot stall the router.
 pub const SENDS_PER_TICK: usize = 256;
 /// How often expired drop-list entries are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// Deliveries being opened and stored at once; past this a session waits
-/// for its delivery before it reads on (back-pressure).
-pub const MAX_DELIVERING: usize = 256;
 /// Router mailbox: sessions wait (back-pressure) when it is full.
 pub const MAILBOX: usize = 256;
 /// Onion packets being peeled at once; past this a session waits for its
@@ -84,10 +81,6 @@ pub const COURIER_SWEEP: Duration = Duration::from_secs(5);
 /// Recipients' records learned at push time, kept for wrapping to their
 /// packet keys (the address book gets them too, asynchronously).
 pub const RECIPIENT_RECORDS: usize = 1024;
-/// Reply blocks kept per message while it is being delivered.
-pub const REPLY_BLOCKS_WAITING: usize = 4;
-/// Incomplete multi-part messages held at a recipient, and their bytes.
-pub const MAX_INCOMPLETE: usize = 256;
 /// Time after which a packet key read from a record is not used, whatever
 /// its window says: a record this old is stale.
 pub const MAX_RECORD_AGE: Duration = Duration::from_secs(3 * 86_400);
@@ -134,44 +127,23 @@ pub struct OnionParts {
     pub replay: Arc<crate::store::replay::ReplayStore>,
 }
 
-/// How many filter entries one peer created in the current window.
-#[derive(Debug, Clone, Copy)]
-struct EntryCount {
-    window_start_ms: u64,
-    count: u32,
-}
-
 pub struct Router {
     me: LinkIdentity,
     store: Store,
     inbox: Addr<Inbox>,
     cfg: RouterConfig,
+    /// Every routing decision, and the routing state kept in memory.
+    policy: Policy,
     neighbours: HashMap<Address, PeerHandle>,
     /// Where records learned outside of links go (the NeighbourManager,
     /// which owns the address book; see [`PeerBook`]).
     peer_book: Option<Recipient<LearnedRecord>>,
     waiters: HashMap<MessageId, Vec<oneshot::Sender<bool>>>,
-    /// Duplicate suppression; in memory, bounded, short-lived.
-    filter: FloodFilter,
-    /// Per-neighbour entry budgets (only neighbours: bounded by max_neighbours).
-    entries: HashMap<Address, EntryCount>,
-    /// Ids being opened, stored and flushed right now, with how many copies
-    /// of each: a copy of one of them is not answered from the delivered
-    /// mark until its delivery is on disk (a distinct copy is still opened:
-    /// the one being opened may be a forgery).
-    delivering: HashMap<MessageId, u32>,
-    /// Reply blocks of onion copies that came while their message was being
-    /// delivered: the receipt goes over each once it is on disk (each is a
-    /// different way back; at most [`REPLY_BLOCKS_WAITING`] per message).
-    replies_waiting: HashMap<MessageId, Vec<ReplyBlock>>,
-    /// Threads for sealing and opening (never the actor's thread).
+    /// Threads for sealing, opening, wrapping and peeling (never the
+    /// actor's thread).
     workers: Workers,
     /// Packet keys and replay tags (onion packets).
     onion: OnionParts,
-    /// The onion origin's policy state (guards, paths, reply blocks).
-    origin: Origin,
-    /// Multi-part onion messages being rebuilt.
-    reassembly: Reassembly,
     /// Courier links (onion packets to non-neighbours), with their last use.
     couriers: HashMap<Address, (PeerHandle, std::time::Instant)>,
     /// Packets waiting for a courier link, with when they started waiting.
@@ -191,6 +163,109 @@ pub struct Router {
     log: slog::Logger,
 }
 
+/// The Router's answers to the policy's questions: its store, its links and
+/// its packet keys, borrowed for one decision.
+struct View<'a> {
+    store: &'a Store,
+    linked: bool,
+    keys: &'a crate::crypto::keyring::PacketKeys,
+    me: Address,
+    candidates: &'a mut Option<(std::time::Instant, Vec<Candidate>)>,
+    recipients: &'a HashMap<Address, SignedRecord>,
+    log: &'a slog::Logger,
+}
+
+/// A record's packet key, if it may be wrapped to at `now`.
+fn hop_of(rec: &SignedRecord, now: u64) -> Option<NodeHop> {
+    let key = rec.record.packet_key?;
+    let fresh = now.saturating_sub(rec.record.time) <= MAX_RECORD_AGE.as_secs();
+    (fresh && key.valid_at(now)).then_some(NodeHop {
+        id: rec.record.address,
+        key: key.public,
+    })
+}
+
+impl Facts for View<'_> {
+    fn write_failed(&self) -> bool {
+        self.store.write_failure().is_some()
+    }
+
+    fn delivered_mark(
+        &self,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<Option<Option<Receipt>>, StoreError> {
+        Ok(self
+            .store
+            .drop_get(&DropKey::Delivered(*id), now)?
+            .map(|done| done.receipt))
+    }
+
+    fn outbox_of(&self, id: &MessageId) -> Result<Option<(Address, u64)>, StoreError> {
+        Ok(self
+            .store
+            .outbox_get(id)?
+            .map(|e| (e.recipient, e.expires_at)))
+    }
+
+    fn linked(&self) -> bool {
+        self.linked
+    }
+
+    /// Relays known from the address book with a usable packet key (read
+    /// again every [`CANDIDATES_REFRESH`]).
+    fn candidates(&mut self, now: u64) -> Vec<Candidate> {
+        if let Some((at, c)) = &self.candidates {
+            if at.elapsed() < CANDIDATES_REFRESH {
+                return c.clone();
+            }
+        }
+        let c: Vec<Candidate> = match self.store.peers_all() {
+            Ok(all) => all
+                .iter()
+                // Not a node the book failed to reach twice in a row.
+                .filter(|e| e.failures < 2)
+                .filter_map(|e| {
+                    hop_of(&e.record, now).map(|hop| Candidate {
+                        hop,
+                        relay: e.record.record.relay,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                slog::warn!(self.log, "cannot read the address book"; "error" => %e);
+                Vec::new()
+            }
+        };
+        *self.candidates = Some((std::time::Instant::now(), c.clone()));
+        c
+    }
+
+    /// From the freshest record known for `node`: from push time or the book.
+    fn hop_of(&mut self, node: &Address, now: u64) -> Option<NodeHop> {
+        let booked = self.store.peer_get(node).ok().flatten();
+        let rec = match (self.recipients.get(node), booked) {
+            (Some(a), Some(b)) => {
+                if a.record.time >= b.record.time {
+                    a.clone()
+                } else {
+                    b
+                }
+            }
+            (Some(a), None) => a.clone(),
+            (None, b) => b?,
+        };
+        hop_of(&rec, now)
+    }
+
+    fn my_hop(&self, now: u64) -> Option<NodeHop> {
+        self.keys.announced(now).map(|k| NodeHop {
+            id: self.me,
+            key: k.public,
+        })
+    }
+}
+
 impl Router {
     pub fn new(
         me: LinkIdentity,
@@ -200,29 +275,29 @@ impl Router {
         onion: OnionParts,
         log: &slog::Logger,
     ) -> Router {
-        let max_ttl = cfg.max_ttl.as_secs();
+        let policy = Policy::new(
+            PolicyConfig {
+                me: me.address(),
+                relay: cfg.relay,
+                mode: cfg.mode,
+                hops: cfg.hops,
+                max_ttl_secs: cfg.max_ttl.as_secs(),
+                new_entries_per_min: cfg.new_entries_per_min,
+                retry_max: cfg.retry_max,
+            },
+            Origin::new(Guards::new(), rand::SeedableRng::from_entropy()),
+        );
         Router {
             me,
             store,
             inbox,
             cfg,
+            policy,
             neighbours: HashMap::new(),
             peer_book: None,
             waiters: HashMap::new(),
-            filter: FloodFilter::default(),
-            entries: HashMap::new(),
-            delivering: HashMap::new(),
-            replies_waiting: HashMap::new(),
             workers: Workers::per_core("hermes-crypto"),
             onion,
-            origin: Origin::new(Guards::new(), rand::SeedableRng::from_entropy()),
-            reassembly: Reassembly::new(fragments::Limits {
-                max_incomplete: MAX_INCOMPLETE,
-                per_sender: MAX_INCOMPLETE,
-                // The sealed letter as postcard: its ciphertext and two keys.
-                max_message_bytes: crate::wire::message::MAX_SEALED_BYTES + 128,
-                max_ttl,
-            }),
             couriers: HashMap::new(),
             pending: HashMap::new(),
             courier_dialer: None,
@@ -239,44 +314,159 @@ impl Router {
         self.cfg.max_ttl.as_secs()
     }
 
-    /// Counts one filter entry created by `from`; false once that peer is
-    /// over its budget for the current window (its packets are then dropped
-    /// and its link cut).
-    fn charge_entry(&mut self, from: Option<Address>, now_ms: u64) -> bool {
-        let Some(from) = from else { return true };
-        let window = ENTRY_BUDGET_WINDOW.as_millis() as u64;
-        let c = self.entries.entry(from).or_insert(EntryCount {
-            window_start_ms: now_ms,
-            count: 0,
-        });
-        if now_ms.saturating_sub(c.window_start_ms) >= window {
-            *c = EntryCount {
-                window_start_ms: now_ms,
-                count: 0,
-            };
+    fn my_address(&self) -> Address {
+        self.me.address()
+    }
+
+    /// Runs one decision of the policy with the Router's view of the node.
+    fn decide<R>(&mut self, f: impl FnOnce(&mut Policy, &mut View<'_>) -> R) -> R {
+        let mut view = View {
+            store: &self.store,
+            linked: !self.neighbours.is_empty(),
+            keys: &self.onion.keys,
+            me: self.me.address(),
+            candidates: &mut self.candidates,
+            recipients: &self.recipients,
+            log: &self.log,
+        };
+        f(&mut self.policy, &mut view)
+    }
+
+    /// Carries out the policy's actions. A delivery the policy asked to
+    /// `hold` is returned: the caller's session waits for it before it
+    /// reads on (back-pressure).
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        ctx: &mut Context<Self>,
+    ) -> Option<ResponseActFuture<Self, ()>> {
+        let mut held = None;
+        for a in actions {
+            match a {
+                Action::Flood { body, except, own } => {
+                    let sent = self.flood(&LinkFrame::new(body), except);
+                    match own {
+                        Some((id, attempt)) if attempt > 1 => {
+                            slog::info!(self.log, "message retried"; "id" => %id, "attempt" => attempt, "neighbours" => sent)
+                        }
+                        Some((id, _)) => {
+                            slog::info!(self.log, "message sent"; "id" => %id, "neighbours" => sent)
+                        }
+                        None if sent > 0 => self.bump(Counter::Relayed),
+                        None => {}
+                    }
+                }
+                Action::Send { to, body } => self.send_to(to, body),
+                Action::SendBack {
+                    receipt,
+                    upstream,
+                    except,
+                } => self.send_back(receipt, &upstream, except),
+                Action::Onion { next, packet } => self.send_onion_packet(next, packet),
+                Action::Reply { block, receipt } => self.reply_over(&block, receipt),
+                Action::Deliver {
+                    packet,
+                    from,
+                    reply,
+                    hold,
+                } => {
+                    let fut = self.deliver(packet, from, reply);
+                    if hold && held.is_none() {
+                        held = Some(fut);
+                    } else {
+                        ctx.spawn(fut);
+                    }
+                }
+                Action::Wrap {
+                    id,
+                    attempt,
+                    plan,
+                    recipient,
+                    me,
+                } => self.wrap(id, attempt, plan, recipient, me, ctx),
+                Action::Settle { id, receipt } => self.settle_own(id, receipt, ctx),
+                Action::Failed { id, attempts } => {
+                    slog::warn!(self.log, "message failed: time to live ran out"; "id" => %id, "attempts" => attempts);
+                    self.store.outbox_failed_later(id);
+                    self.notify(&id, false);
+                }
+                Action::KeepPart {
+                    id,
+                    index,
+                    expires_at,
+                    bytes,
+                } => {
+                    if let Err(e) = self.store.parts_put(&id, index, expires_at, &bytes) {
+                        slog::warn!(self.log, "cannot keep a message part"; "id" => %id, "error" => %e);
+                    }
+                }
+                Action::DropParts { id } => {
+                    if let Err(e) = self.store.parts_remove(&id) {
+                        slog::warn!(self.log, "cannot remove the parts of a message"; "id" => %id, "error" => %e);
+                    }
+                }
+                Action::SaveGuards(bytes) => {
+                    if let Err(e) = self.store.guards_save(&bytes) {
+                        slog::warn!(self.log, "cannot save the guards"; "error" => %e);
+                    }
+                }
+                Action::OverBudget(peer) => self.report_over_budget(peer),
+                Action::Count(c) => self.bump(c),
+                Action::Dropped(why) => {
+                    // Anyone can send junk: not worth more than a debug line.
+                    slog::debug!(self.log, "dropped"; "reason" => why);
+                    self.bump(Counter::Dropped);
+                }
+                Action::Replay { from } => {
+                    slog::debug!(self.log, "onion packet dropped: replay"; "from" => ?from);
+                    self.bump(Counter::Replays);
+                }
+                Action::Fault { what, error } => {
+                    slog::error!(self.log, "{}", what; "error" => error)
+                }
+                Action::Note(n) => self.note(n),
+            }
         }
-        c.count = c.count.saturating_add(1);
-        if c.count <= self.cfg.new_entries_per_min {
-            return true;
+        held
+    }
+
+    fn note(&self, n: Note) {
+        match n {
+            Note::PartSent {
+                id,
+                index,
+                parts,
+                attempt,
+                path,
+            } => {
+                let path: Vec<String> = path.iter().map(|a| a.to_string()).collect();
+                slog::info!(self.log, "onion part sent";
+                    "id" => %id, "part" => index, "parts" => parts, "attempt" => attempt,
+                    "path" => path.join(" "));
+            }
+            Note::OnionSent { id, attempt, parts } if attempt > 1 => {
+                slog::info!(self.log, "message retried"; "id" => %id, "attempt" => attempt, "parts" => parts)
+            }
+            Note::OnionSent { id, parts, .. } => {
+                slog::info!(self.log, "message sent"; "id" => %id, "parts" => parts)
+            }
+            Note::Waits { id, why } => {
+                slog::info!(self.log, "message waits"; "id" => %id, "why" => why)
+            }
         }
-        if c.count == self.cfg.new_entries_per_min.saturating_add(1) {
-            // The session logs the breach once, as for its own budgets.
-            self.report_over_budget(from);
-        }
-        false
     }
 
     /// Tells the peer's session it broke a budget: it is cut and backed off.
     fn report_over_budget(&mut self, from: Address) {
-        if let Some(h) = self.neighbours.get(&from) {
+        let session = self
+            .neighbours
+            .get(&from)
+            .or_else(|| self.couriers.get(&from).map(|(h, _)| h));
+        if let Some(h) = session {
             h.session.do_send(super::peer_session::OverBudget {
                 what: "limits.new_entries_per_min",
             });
         }
-    }
-
-    fn my_address(&self) -> Address {
-        self.me.address()
     }
 
     fn bump(&self, c: Counter) {
@@ -309,188 +499,18 @@ impl Router {
         sent
     }
 
-    /// Sends every outbox entry that is due, and fails the expired ones.
-    ///
-    /// The store's writer reads the due entries and gives each its next retry
-    /// time in one step (one transaction for the whole tick), so no entry is
-    /// taken twice and no sending costs a transaction of its own.
-    fn send_due(&mut self, ctx: &mut Context<Self>) {
-        if self.taking_due {
-            // A tick is still being answered; it will pick this up.
-            self.due_again = true;
+    /// Sends a frame to one neighbour, if its link is up.
+    fn send_to(&self, to: Address, body: LinkBody) {
+        let Some(h) = self.neighbours.get(&to) else {
             return;
-        }
-        self.taking_due = true;
-        let now_ms = unix_now_ms();
-        let me = self.my_address();
-        let linked = !self.neighbours.is_empty();
-        let retry_max = self.cfg.retry_max;
-        let reschedule: Reschedule = Box::new(move |_id, e| {
-            let mut e = e.clone();
-            if e.expires_at.saturating_mul(1000) <= now_ms {
-                // Failed below; left as it is.
-                return None;
-            }
-            if e.recipient == me || !linked {
-                // To ourselves (delivered at once), or nobody to send to
-                // (a neighbour coming up hurries it).
-                e.next_try_ms = now_ms + retry_max.as_millis() as u64;
-            } else {
-                e.attempts = e.attempts.saturating_add(1);
-                e.next_try_ms =
-                    now_ms + backoff_delay(RETRY_MIN, retry_max, e.attempts).as_millis() as u64;
-            }
-            Some(e)
-        });
-        let store = self.store.clone();
-        let fut = async move {
-            store
-                .outbox_take_due(now_ms, SENDS_PER_TICK, reschedule)
-                .await
         };
-        ctx.spawn(fut.into_actor(self).map(move |due, this, ctx| {
-            this.taking_due = false;
-            match due {
-                Ok(due) => {
-                    for (id, entry) in due {
-                        if entry.expires_at.saturating_mul(1000) <= now_ms {
-                            slog::warn!(this.log, "message failed: time to live ran out"; "id" => %id, "attempts" => entry.attempts);
-                            this.store.outbox_failed_later(id);
-                            this.notify(&id, false);
-                            continue;
-                        }
-                        this.send_entry(id, entry, now_ms, ctx);
-                    }
-                }
-                Err(e) => slog::error!(this.log, "cannot read the outbox"; "error" => %e),
-            }
-            if std::mem::take(&mut this.due_again) {
-                this.send_due(ctx);
-            }
-        }));
-    }
-
-    /// Sends one entry as it was before its retry state was advanced.
-    fn send_entry(
-        &mut self,
-        id: MessageId,
-        entry: OutboxEntry,
-        now_ms: u64,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.cfg.mode == RoutingMode::Onion && entry.recipient != self.my_address() {
-            return self.send_onion(id, entry, ctx);
-        }
-        let packet = FloodPacket {
-            id,
-            attempt: entry.attempts,
-            hops_left: MAX_HOPS,
-            recipient: entry.recipient,
-            expires_at: entry.expires_at,
-            sealed: entry.sealed,
-        };
-        if entry.recipient == self.my_address() {
-            // A message to ourselves goes straight to delivery.
-            if let std::collections::hash_map::Entry::Vacant(e) = self.delivering.entry(id) {
-                e.insert(1);
-                ctx.spawn(self.deliver(packet, None));
-            }
-            return;
-        }
-        if self.neighbours.is_empty() {
-            return;
-        }
-        // Remember our own copy, so echoes of it are not passed on again
-        // and the receipt is wanted when it comes back.
-        self.filter.on_copy(
-            copy_key(&packet, true),
-            &packet.id,
-            &packet.recipient,
-            packet.expires_at,
-            packet.hops_left,
-            now_ms,
-        );
-        let sent = self.flood(&LinkFrame::new(LinkBody::Packet(packet)), None);
-        let attempt = entry.attempts.saturating_add(1);
-        if attempt > 1 {
-            self.bump(Counter::Retried);
-            slog::info!(self.log, "message retried"; "id" => %id, "attempt" => attempt, "neighbours" => sent);
-        } else {
-            slog::info!(self.log, "message sent"; "id" => %id, "neighbours" => sent);
-        }
-    }
-
-    fn notify(&mut self, id: &MessageId, delivered: bool) {
-        for w in self.waiters.remove(id).unwrap_or_default() {
-            let _ = w.send(delivered);
-        }
-    }
-
-    fn on_packet(
-        &mut self,
-        p: FloodPacket,
-        from: Option<Address>,
-    ) -> Option<ResponseActFuture<Self, ()>> {
-        let now_ms = unix_now_ms();
-        let now = now_ms / 1000;
-        if p.expires_at <= now || p.expires_at > now.saturating_add(self.max_ttl_secs()) {
-            slog::debug!(self.log, "packet dropped: expired or expiry too far ahead"; "id" => %p.id);
-            self.bump(Counter::Dropped);
-            return None;
-        }
-        if p.recipient == self.my_address() {
-            return self.on_packet_for_me(p, from, now_ms);
-        }
-        if !self.relay() {
-            return None;
-        }
-        let key = copy_key(&p, true);
-        match self
-            .filter
-            .on_copy(key, &p.id, &p.recipient, p.expires_at, p.hops_left, now_ms)
-        {
-            CopyVerdict::Delivered(r) => {
-                // Already delivered: answer a late copy with the receipt.
-                self.bump(Counter::Replays);
-                self.send_receipt_to(r, from);
-                return None;
-            }
-            CopyVerdict::Duplicate => {
-                self.note_upstream(&p, from);
-                self.bump(Counter::Dropped);
-                return None;
-            }
-            CopyVerdict::New => {
-                if !self.charge_entry(from, now_ms) {
+        match LinkFrame::new(body).encode() {
+            Ok(bytes) => {
+                if !h.send(bytes.into()) {
                     self.bump(Counter::Dropped);
-                    return None;
                 }
             }
-            CopyVerdict::MoreHops => {}
-        }
-        self.note_upstream(&p, from);
-        if p.hops_left > 0 {
-            let mut fwd = p;
-            fwd.hops_left -= 1;
-            let id = fwd.id;
-            let n = self.flood(&LinkFrame::new(LinkBody::Packet(fwd)), from);
-            if n > 0 {
-                self.bump(Counter::Relayed);
-                slog::debug!(self.log, "packet relayed"; "id" => %id, "to" => n);
-            }
-        }
-        None
-    }
-
-    fn relay(&self) -> bool {
-        self.cfg.relay
-    }
-
-    /// Remembers the link a copy came from, for its receipt's way back.
-    fn note_upstream(&mut self, p: &FloodPacket, from: Option<Address>) {
-        if let Some(from) = from {
-            self.filter
-                .note_upstream(&p.id, &p.recipient, p.expires_at, from);
+            Err(e) => slog::error!(self.log, "cannot encode frame"; "error" => %e),
         }
     }
 
@@ -523,92 +543,57 @@ impl Router {
         }
     }
 
-    /// A packet addressed to this node: answered from the delivered mark if
-    /// it was delivered before, else opened once (whatever its attempt).
-    fn on_packet_for_me(
-        &mut self,
-        p: FloodPacket,
-        from: Option<Address>,
-        now_ms: u64,
-    ) -> Option<ResponseActFuture<Self, ()>> {
-        let opening = self.delivering.contains_key(&p.id);
-        if self.store.write_failure().is_some() {
-            // After a failed write no mark can be trusted to be on disk (a
-            // delivery that could not be taken back may still show one):
-            // answer nothing until a restart has shown what the disk holds.
-            // The sender keeps retrying.
-            return None;
+    /// Sends every outbox entry that is due, and fails the expired ones.
+    ///
+    /// The store's writer reads the due entries and gives each its next retry
+    /// time in one step (one transaction for the whole tick), so no entry is
+    /// taken twice and no sending costs a transaction of its own.
+    fn send_due(&mut self, ctx: &mut Context<Self>) {
+        if self.taking_due {
+            // A tick is still being answered; it will pick this up.
+            self.due_again = true;
+            return;
         }
-        // While a copy of it is being delivered, its mark may not be on disk
-        // yet: no receipt before it is.
-        let mark = if opening {
-            Ok(None)
-        } else {
-            self.store
-                .drop_get(&DropKey::Delivered(p.id), now_ms / 1000)
+        self.taking_due = true;
+        let now_ms = unix_now_ms();
+        let schedule = self
+            .policy
+            .retry_schedule(!self.neighbours.is_empty(), now_ms);
+        let reschedule: Reschedule = Box::new(move |_id, e| schedule.next(e));
+        let store = self.store.clone();
+        let fut = async move {
+            store
+                .outbox_take_due(now_ms, SENDS_PER_TICK, reschedule)
+                .await
         };
-        match mark {
-            Ok(Some(done)) => {
-                self.bump(Counter::Replays);
-                if let Some(r) = done.receipt {
-                    self.send_receipt_to(r, from);
+        ctx.spawn(fut.into_actor(self).map(move |due, this, ctx| {
+            this.taking_due = false;
+            match due {
+                Ok(due) => {
+                    for (id, entry) in due {
+                        let actions = this.decide(|p, v| p.due(id, entry, now_ms, v));
+                        this.apply(actions, ctx);
+                    }
                 }
-                return None;
+                Err(e) => slog::error!(this.log, "cannot read the outbox"; "error" => %e),
             }
-            Ok(None) => {}
-            Err(e) => {
-                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
-                return None;
+            if std::mem::take(&mut this.due_again) {
+                this.send_due(ctx);
             }
-        }
-        // Open each distinct sealed message once: the key leaves out the
-        // attempt and the hops, and covers every sealed byte, so a forged
-        // copy never stands in for the genuine one.
-        let key = copy_key(&p, false);
-        match self
-            .filter
-            .on_copy(key, &p.id, &p.recipient, p.expires_at, u8::MAX, now_ms)
-        {
-            CopyVerdict::New => {}
-            _ => return None,
-        }
-        if !self.charge_entry(from, now_ms) {
-            self.bump(Counter::Dropped);
-            return None;
-        }
-        *self.delivering.entry(p.id).or_insert(0) += 1;
-        if self.delivering.len() > MAX_DELIVERING {
-            // Back-pressure: the session reads on once this one is stored.
-            return Some(self.deliver(p, from));
-        }
-        // Deliveries run side by side, so the store's writer can put many
-        // in one flush; the session reads on at once.
-        Some(Box::pin(actix::fut::ready(()).map(
-            move |(), this: &mut Self, ctx| {
-                ctx.spawn(this.deliver(p, from));
-            },
-        )))
+        }));
     }
 
-    fn send_receipt_to(&self, r: Receipt, to: Option<Address>) {
-        let Some(h) = to.and_then(|a| self.neighbours.get(&a)) else {
-            return;
-        };
-        if let Ok(bytes) = LinkFrame::new(LinkBody::Receipt(r)).encode() {
-            h.send(bytes.into());
+    fn notify(&mut self, id: &MessageId, delivered: bool) {
+        for w in self.waiters.remove(id).unwrap_or_default() {
+            let _ = w.send(delivered);
         }
     }
 
     /// Opens a packet addressed to this node, checks its letter, stores it
-    /// with its delivered mark (flushed), then sends the receipt back over
-    /// the link the packet came from (`from`).
-    fn deliver(&mut self, p: FloodPacket, from: Option<Address>) -> ResponseActFuture<Self, ()> {
-        self.deliver_back(p, from, None)
-    }
-
-    /// [`Router::deliver`], the receipt going back over `reply` (an onion
-    /// reply block) if given, else over the link the packet came from.
-    fn deliver_back(
+    /// with its delivered mark (flushed), then tells the policy, which says
+    /// where the receipt goes (`reply`: the onion reply block it came with;
+    /// `from`: the link it came over).
+    fn deliver(
         &mut self,
         p: FloodPacket,
         from: Option<Address>,
@@ -640,11 +625,11 @@ impl Router {
                 Ok(Err(why)) => {
                     // Anyone can send junk: not worth a line each.
                     slog::debug!(log, "message dropped: not accepted"; "id" => %id, "reason" => %why);
-                    return Err(());
+                    return Delivery::NotAccepted;
                 }
                 Err(e) => {
                     slog::error!(log, "opening task failed"; "error" => %e);
-                    return Ok(None);
+                    return Delivery::Failed;
                 }
             };
             let letter = accepted.letter;
@@ -672,55 +657,22 @@ impl Router {
                     if new {
                         slog::info!(log, "message delivered"; "id" => %id, "from" => ?letter.sender.record.address);
                     }
-                    Ok(Some(receipt))
+                    Delivery::Receipt(receipt)
                 }
                 Ok(Err(e)) => {
                     slog::error!(log, "cannot store a delivered message"; "id" => %id, "error" => %e);
-                    Ok(None)
+                    Delivery::Failed
                 }
                 Err(e) => {
                     slog::error!(log, "inbox unavailable"; "error" => %e);
-                    Ok(None)
+                    Delivery::Failed
                 }
             }
         };
-        Box::pin(fut.into_actor(self).map(move |receipt, this, ctx| {
-            if let Some(n) = this.delivering.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    this.delivering.remove(&id);
-                }
-            }
-            let waiting = match (&receipt, this.delivering.contains_key(&id)) {
-                (Ok(Some(_)), _) | (_, false) => {
-                    this.replies_waiting.remove(&id).unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            let receipt = match receipt {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(()) => return this.bump(Counter::Dropped),
-            };
-            for block in &waiting {
-                this.reply_over(block, receipt.clone());
-            }
-            // Our own message to ourselves is delivered now.
-            if from.is_none() && this.in_outbox(&id) {
-                this.settle_own(id, receipt, ctx);
-                return;
-            }
-            if let Some(block) = reply {
-                return this.reply_over(&block, receipt);
-            }
-            let upstream: Vec<Address> = from.into_iter().collect();
-            this.send_back(receipt, &upstream, None);
+        Box::pin(fut.into_actor(self).map(move |outcome, this, ctx| {
+            let actions = this.decide(|p, v| p.delivered(id, outcome, from, reply, v));
+            this.apply(actions, ctx);
         }))
-    }
-
-    /// Whether an id is in this node's outbox.
-    fn in_outbox(&self, id: &MessageId) -> bool {
-        self.store.outbox_get(id).ok().flatten().is_some()
     }
 
     /// Settles one of this node's own messages with its verified receipt:
@@ -741,70 +693,46 @@ impl Router {
         }));
     }
 
-    fn on_receipt(&mut self, mut r: Receipt, from: Option<Address>, ctx: &mut Context<Self>) {
-        let now_ms = unix_now_ms();
-        let now = now_ms / 1000;
-        if r.expires_at <= now || r.expires_at > now.saturating_add(self.max_ttl_secs()) {
-            self.bump(Counter::Dropped);
-            return;
-        }
-        // Ours: a message in the outbox for exactly this recipient and expiry.
-        let ours = match self.store.outbox_get(&r.id) {
-            Ok(Some(out)) => {
-                (out.recipient == r.recipient && out.expires_at == r.expires_at).then_some(out)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                slog::error!(self.log, "cannot read the outbox"; "error" => %e);
-                return;
-            }
+    /// Wraps one sending's parts on the worker threads, then sends them.
+    fn wrap(
+        &mut self,
+        id: MessageId,
+        attempt: u32,
+        plan: Plan,
+        recipient: NodeHop,
+        me: NodeHop,
+        ctx: &mut Context<Self>,
+    ) {
+        let workers = self.workers.clone();
+        let fut = async move {
+            workers
+                .run(move || {
+                    plan.parts
+                        .iter()
+                        .map(|p| build_part(&Sphinx, p, &recipient, &me))
+                        .collect::<Vec<_>>()
+                })
+                .await
         };
-        // Receipts pass only for messages passed on, once; the cheap check
-        // first, the signature after.
-        let wanted = self.filter.wants_receipt(&r, now_ms);
-        if !wanted && ours.is_none() {
-            return;
-        }
-        if !r.verify() {
-            slog::debug!(self.log, "receipt dropped: bad signature"; "id" => %r.id, "from" => ?from);
-            self.bump(Counter::Dropped);
-            return;
-        }
-        self.filter.add_receipt(r.clone());
-        if ours.is_some() {
-            self.settle_own(r.id, r.clone(), ctx);
-        }
-        if wanted && r.hops_left > 0 {
-            r.hops_left -= 1;
-            let upstream = self.filter.upstreams(&r);
-            self.send_back(r, &upstream, from);
-        }
+        ctx.spawn(fut.into_actor(self).map(move |built, this, ctx| {
+            let built = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    slog::error!(this.log, "wrapping task failed"; "error" => %e);
+                    return;
+                }
+            };
+            let actions = this.policy.wrapped(id, attempt, built);
+            this.apply(actions, ctx);
+        }));
     }
 }
 
-/// What peeling one onion packet came to (on a worker thread).
-enum Arrival {
-    Forward {
-        next: Address,
-        packet: Packet,
-    },
-    Deliver {
-        part: Part,
-        reply: ReplyBlock,
-    },
-    Reply {
-        outcome: (
-            crate::crypto::sphinx::ReplyId,
-            crate::crypto::sphinx::SealedReply,
-        ),
-    },
-    Replay,
-    Refused(String),
-}
-
 /// Peels one packet with this node's packet keys and checks its replay tag
-/// in the persistent store before anything else is done with it.
-fn peel_arrival(onion: &OnionParts, me: &Address, bytes: &[u8], now: u64) -> Arrival {
+/// in the persistent store before anything else is done with it (on a
+/// worker thread). A layer to pass on at a node that does not relay leaves
+/// no tag: it is dropped anyway.
+fn peel_arrival(onion: &OnionParts, me: &Address, relays: bool, bytes: &[u8], now: u64) -> Arrival {
     let packet = match Packet::from_bytes(bytes) {
         Ok(p) => p,
         Err(e) => return Arrival::Refused(e.to_string()),
@@ -813,220 +741,21 @@ fn peel_arrival(onion: &OnionParts, me: &Address, bytes: &[u8], now: u64) -> Arr
         Ok(x) => x,
         Err(e) => return Arrival::Refused(format!("no packet key opens it: {e}")),
     };
-    let tag = match &peeled {
-        Peeled::Forward { replay_tag, .. }
-        | Peeled::Deliver { replay_tag, .. }
-        | Peeled::Reply { replay_tag, .. } => replay_tag.0,
-    };
-    match onion.replay.check_and_insert(epoch, &tag) {
-        Ok(TagVerdict::Fresh) => {}
-        Ok(TagVerdict::Replay) => return Arrival::Replay,
-        Ok(TagVerdict::Full) => return Arrival::Refused("replay tags of this key full".into()),
-        Err(e) => return Arrival::Refused(format!("cannot check the replay tag: {e}")),
+    if !relay::needs_tag(&peeled, relays) {
+        return Arrival::Refused("this node does not relay".into());
     }
-    match peeled {
-        Peeled::Forward { next, packet, .. } => Arrival::Forward { next, packet },
-        Peeled::Deliver {
-            destination,
-            payload,
-            ..
-        } => {
-            if destination != *me {
-                return Arrival::Refused("delivered to another node".into());
-            }
-            let p = match PartPayload::decode(&payload) {
-                Ok(p) => p,
-                Err(e) => return Arrival::Refused(format!("payload: {e}")),
-            };
-            let reply = match ReplyBlock::from_bytes(&p.reply) {
-                Ok(b) => b,
-                Err(e) => return Arrival::Refused(format!("reply block: {e}")),
-            };
-            match Part::decode(&p.part, MAX_PART_BYTES) {
-                Ok(part) => Arrival::Deliver { part, reply },
-                Err(e) => Arrival::Refused(format!("part: {e}")),
-            }
-        }
-        Peeled::Reply {
-            destination,
-            reply_id,
-            sealed,
-            ..
-        } => {
-            if destination != *me {
-                return Arrival::Refused("a reply for another node".into());
-            }
-            Arrival::Reply {
-                outcome: (reply_id, sealed),
-            }
-        }
+    match onion
+        .replay
+        .check_and_insert(epoch, &relay::tag_of(&peeled))
+    {
+        Ok(TagVerdict::Fresh) => relay::arrival_of(peeled, me),
+        Ok(TagVerdict::Replay) => Arrival::Replay,
+        Ok(TagVerdict::Full) => Arrival::Refused("replay tags of this key full".into()),
+        Err(e) => Arrival::Refused(format!("cannot check the replay tag: {e}")),
     }
 }
 
 impl Router {
-    /// This node as the last hop of a reply block.
-    fn my_hop(&self, now: u64) -> Option<NodeHop> {
-        self.onion.keys.announced(now).map(|k| NodeHop {
-            id: self.my_address(),
-            key: k.public,
-        })
-    }
-
-    /// A record's packet key, if it may be wrapped to at `now`.
-    fn hop_of(rec: &SignedRecord, now: u64) -> Option<NodeHop> {
-        let key = rec.record.packet_key?;
-        let fresh = now.saturating_sub(rec.record.time) <= MAX_RECORD_AGE.as_secs();
-        (fresh && key.valid_at(now)).then_some(NodeHop {
-            id: rec.record.address,
-            key: key.public,
-        })
-    }
-
-    /// Relays known from the address book with a usable packet key (read
-    /// again every [`CANDIDATES_REFRESH`]).
-    fn candidates(&mut self, now: u64) -> Vec<Candidate> {
-        if let Some((at, c)) = &self.candidates {
-            if at.elapsed() < CANDIDATES_REFRESH {
-                return c.clone();
-            }
-        }
-        let c: Vec<Candidate> = match self.store.peers_all() {
-            Ok(all) => all
-                .iter()
-                // Not a node the book failed to reach twice in a row.
-                .filter(|e| e.failures < 2)
-                .filter_map(|e| {
-                    Self::hop_of(&e.record, now).map(|hop| Candidate {
-                        hop,
-                        relay: e.record.record.relay,
-                    })
-                })
-                .collect(),
-            Err(e) => {
-                slog::warn!(self.log, "cannot read the address book"; "error" => %e);
-                Vec::new()
-            }
-        };
-        self.candidates = Some((std::time::Instant::now(), c.clone()));
-        c
-    }
-
-    /// The freshest record known for `address`: from push time or the book.
-    fn record_of(&self, address: &Address) -> Option<SignedRecord> {
-        let booked = self.store.peer_get(address).ok().flatten();
-        match (self.recipients.get(address), booked) {
-            (Some(a), Some(b)) => Some(if a.record.time >= b.record.time {
-                a.clone()
-            } else {
-                b
-            }),
-            (Some(a), None) => Some(a.clone()),
-            (None, b) => b,
-        }
-    }
-
-    /// How many relays this node is short of `routing.hops` for `to`.
-    fn shortfall_for(&mut self, to: &Address) -> usize {
-        let now = unix_now();
-        let cands = self.candidates(now);
-        Origin::shortfall(&self.my_address(), to, &cands, self.cfg.hops as usize)
-    }
-
-    /// Sends one of this node's messages as onion packets: every part on a
-    /// fresh path, with its own reply block.
-    fn send_onion(&mut self, id: MessageId, entry: OutboxEntry, ctx: &mut Context<Self>) {
-        let now = unix_now();
-        let me = self.my_address();
-        let Some(recipient) = self
-            .record_of(&entry.recipient)
-            .and_then(|r| Self::hop_of(&r, now))
-        else {
-            slog::info!(self.log, "message waits: no current packet key known for its recipient"; "id" => %id);
-            return;
-        };
-        let Some(me_hop) = self.my_hop(now) else {
-            slog::error!(self.log, "no current packet key of this node"; "id" => %id);
-            return;
-        };
-        let letter = match postcard::to_stdvec(&entry.sealed) {
-            Ok(b) => b,
-            Err(e) => {
-                slog::error!(self.log, "cannot encode a sealed letter"; "id" => %id, "error" => %e);
-                return;
-            }
-        };
-        let cands = self.candidates(now);
-        let plan = match self.origin.plan(
-            &me,
-            &entry.recipient,
-            id,
-            entry.expires_at,
-            &letter,
-            &cands,
-            self.cfg.hops as usize,
-            now,
-            entry.attempts > 0,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                slog::error!(self.log, "cannot split a message into packets"; "id" => %id, "error" => %e);
-                return;
-            }
-        };
-        if self.origin.take_guards_changed() {
-            if let Ok(bytes) = self.origin.guards().to_bytes() {
-                if let Err(e) = self.store.guards_save(&bytes) {
-                    slog::warn!(self.log, "cannot save the guards"; "error" => %e);
-                }
-            }
-        }
-        let attempt = entry.attempts.saturating_add(1);
-        let parts = plan.parts.len();
-        let workers = self.workers.clone();
-        let fut = async move {
-            workers
-                .run(move || {
-                    plan.parts
-                        .iter()
-                        .map(|p| build_part(&Sphinx, p, &recipient, &me_hop))
-                        .collect::<Vec<_>>()
-                })
-                .await
-        };
-        ctx.spawn(fut.into_actor(self).map(move |built, this, _ctx| {
-            let built = match built {
-                Ok(b) => b,
-                Err(e) => {
-                    slog::error!(this.log, "wrapping task failed"; "error" => %e);
-                    return;
-                }
-            };
-            for b in built {
-                match b {
-                    Ok(b) => this.send_part(id, attempt, parts, b),
-                    Err(e) => {
-                        slog::error!(this.log, "cannot wrap a packet"; "id" => %id, "error" => %e)
-                    }
-                }
-            }
-            if attempt > 1 {
-                this.bump(Counter::Retried);
-                slog::info!(this.log, "message retried"; "id" => %id, "attempt" => attempt, "parts" => parts);
-            } else {
-                slog::info!(this.log, "message sent"; "id" => %id, "parts" => parts);
-            }
-        }));
-    }
-
-    fn send_part(&mut self, id: MessageId, attempt: u32, parts: usize, b: BuiltPart) {
-        let path: Vec<String> = b.path.iter().map(|a| a.to_string()).collect();
-        slog::info!(self.log, "onion part sent";
-            "id" => %id, "part" => b.index, "parts" => parts, "attempt" => attempt,
-            "path" => path.join(" "));
-        self.origin.file_reply(b.recovery, id);
-        self.send_onion_packet(b.first, b.packet);
-    }
-
     /// Sends a packet to `next`: over its neighbour link or courier link if
     /// one is up, else it waits (bounded) while a courier link is dialled.
     fn send_onion_packet(&mut self, next: Address, packet: Packet) {
@@ -1092,32 +821,40 @@ impl Router {
         }
     }
 
-    /// An onion packet from a link: peeled on a worker thread, then passed
-    /// on, delivered, or settled.
+    /// An onion packet from a link: admitted by the policy (charged to the
+    /// peer that sent it), peeled on a worker thread, then handed back to
+    /// the policy.
     fn on_onion(
         &mut self,
         p: OnionPacket,
         from: Option<Address>,
+        ctx: &mut Context<Self>,
     ) -> Option<ResponseActFuture<Self, ()>> {
-        // Every packet that peels leaves a replay tag on disk: charged to
-        // the peer that sent it, as flood mode charges each new copy.
-        if !self.charge_entry(from, unix_now_ms()) {
-            self.bump(Counter::Dropped);
+        let mut refused = Vec::new();
+        if !self.policy.admit_onion(from, unix_now_ms(), &mut refused) {
+            self.apply(refused, ctx);
             return None;
         }
         let onion = self.onion.clone();
         let me = self.my_address();
+        let relays = self.cfg.relay;
         let workers = self.workers.clone();
         self.peeling += 1;
         let fut = async move {
             workers
-                .run(move || peel_arrival(&onion, &me, &p.0, unix_now()))
+                .run(move || peel_arrival(&onion, &me, relays, &p.0, unix_now()))
                 .await
         };
         let fut = fut.into_actor(self).map(move |arrival, this, ctx| {
             this.peeling = this.peeling.saturating_sub(1);
             match arrival {
-                Ok(a) => this.on_arrival(a, from, ctx),
+                Ok(a) => {
+                    let now_ms = unix_now_ms();
+                    let actions = this.decide(|p, v| p.on_arrival(a, from, now_ms, v));
+                    if let Some(held) = this.apply(actions, ctx) {
+                        ctx.spawn(held);
+                    }
+                }
                 Err(e) => slog::error!(this.log, "peeling task failed"; "error" => %e),
             }
         });
@@ -1125,137 +862,8 @@ impl Router {
             // Back-pressure: the session reads on once this one is peeled.
             return Some(Box::pin(fut));
         }
-        Some(Box::pin(actix::fut::ready(()).map(
-            move |(), _this: &mut Self, ctx| {
-                ctx.spawn(fut);
-            },
-        )))
-    }
-
-    fn on_arrival(&mut self, a: Arrival, from: Option<Address>, ctx: &mut Context<Self>) {
-        match a {
-            Arrival::Forward { next, packet } => {
-                if !self.relay() {
-                    slog::debug!(self.log, "onion packet dropped: this node does not relay");
-                    return self.bump(Counter::Dropped);
-                }
-                if Some(next) == from || next == self.my_address() {
-                    return self.bump(Counter::Dropped);
-                }
-                self.bump(Counter::Relayed);
-                self.send_onion_packet(next, packet);
-            }
-            Arrival::Deliver { part, reply } => self.on_part(part, reply, from, ctx),
-            Arrival::Reply {
-                outcome: (reply_id, sealed),
-            } => match self.origin.open_reply(&reply_id, &sealed) {
-                ReplyOutcome::Receipt(r) => {
-                    // Its paths worked (the receipt is checked next).
-                    self.origin.delivered(&r.id);
-                    self.on_receipt(r, None, ctx)
-                }
-                ReplyOutcome::Unknown => {
-                    slog::debug!(self.log, "reply for no outstanding block");
-                }
-                ReplyOutcome::Bad => self.bump(Counter::Dropped),
-            },
-            Arrival::Replay => {
-                slog::debug!(self.log, "onion packet dropped: replay"; "from" => ?from);
-                self.bump(Counter::Replays);
-            }
-            Arrival::Refused(why) => {
-                slog::debug!(self.log, "onion packet dropped"; "reason" => why, "from" => ?from);
-                self.bump(Counter::Dropped);
-            }
-        }
-    }
-
-    /// A part of a message to this node.
-    fn on_part(
-        &mut self,
-        part: Part,
-        reply: ReplyBlock,
-        from: Option<Address>,
-        ctx: &mut Context<Self>,
-    ) {
-        let now_ms = unix_now_ms();
-        let now = now_ms / 1000;
-        if part.expires_at <= now || part.expires_at > now.saturating_add(self.max_ttl_secs()) {
-            return self.bump(Counter::Dropped);
-        }
-        let id = part.id;
-        if self.store.write_failure().is_some() {
-            // As for flood packets: no answer until a restart.
-            return;
-        }
-        if self.delivering.contains_key(&id) {
-            // No answer until the mark is on disk; then over this copy's
-            // block too.
-            let waiting = self.replies_waiting.entry(id).or_default();
-            if waiting.len() < REPLY_BLOCKS_WAITING {
-                waiting.push(reply);
-            }
-            return;
-        }
-        match self.store.drop_get(&DropKey::Delivered(id), now) {
-            Ok(Some(done)) => {
-                // Delivered before: answer over this copy's reply block.
-                self.bump(Counter::Replays);
-                if let Some(r) = done.receipt {
-                    self.reply_over(&reply, r);
-                }
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                slog::error!(self.log, "cannot read the drop list"; "error" => %e);
-                return;
-            }
-        }
-        if !self.charge_entry(from, now_ms) {
-            return self.bump(Counter::Dropped);
-        }
-        let expires_at = part.expires_at;
-        let (index, count) = (part.index, part.count);
-        let encoded = (count > 1).then(|| part.encode());
-        let letter = match self.reassembly.insert([0; 32], part, now) {
-            Outcome::Complete(l) => {
-                if count > 1 {
-                    if let Err(e) = self.store.parts_remove(&id) {
-                        slog::warn!(self.log, "cannot remove the parts of a rebuilt message"; "id" => %id, "error" => %e);
-                    }
-                }
-                l
-            }
-            Outcome::Stored { .. } => {
-                // Kept on disk too, so a restart does not lose it.
-                if let Some(bytes) = encoded {
-                    if let Err(e) = self.store.parts_put(&id, index, expires_at, &bytes) {
-                        slog::warn!(self.log, "cannot keep a message part"; "id" => %id, "error" => %e);
-                    }
-                }
-                return;
-            }
-            Outcome::Duplicate => return,
-            Outcome::Refused(why) => {
-                slog::debug!(self.log, "part refused"; "id" => %id, "why" => ?why);
-                return self.bump(Counter::Dropped);
-            }
-        };
-        let sealed: seal::Sealed = match postcard::from_bytes(&letter) {
-            Ok(s) => s,
-            Err(_) => return self.bump(Counter::Dropped),
-        };
-        let p = FloodPacket {
-            id,
-            attempt: 0,
-            hops_left: 0,
-            recipient: self.my_address(),
-            expires_at,
-            sealed,
-        };
-        *self.delivering.entry(id).or_insert(0) += 1;
-        ctx.spawn(self.deliver_back(p, from, Some(reply)));
+        ctx.spawn(fut);
+        None
     }
 
     /// Closes idle courier links, drops packets that waited too long for
@@ -1288,7 +896,7 @@ impl Router {
                 }
             }
         }
-        for (_, id) in self.reassembly.expire(unix_now()) {
+        for id in self.policy.expire(unix_now()) {
             slog::info!(self.log, "incomplete message dropped: its time to live ran out"; "id" => %id);
             if let Err(e) = self.store.parts_remove(&id) {
                 slog::warn!(self.log, "cannot remove expired parts"; "id" => %id, "error" => %e);
@@ -1312,12 +920,10 @@ impl Router {
                 continue;
             };
             let id = part.id;
-            match self.reassembly.insert([0; 32], part, now) {
-                Outcome::Stored { .. } => n += 1,
-                Outcome::Duplicate => {}
-                Outcome::Complete(_) | Outcome::Refused(_) => {
-                    // Complete only if a set was kept whole by mistake, or
-                    // expired meanwhile: the origin sends it again.
+            match self.policy.reload_part(part, now) {
+                Reloaded::Held => n += 1,
+                Reloaded::Duplicate => {}
+                Reloaded::Remove => {
                     let _ = self.store.parts_remove(&id);
                 }
             }
@@ -1348,12 +954,12 @@ impl Actor for Router {
             });
         });
         ctx.run_interval(COURIER_SWEEP, |this, _ctx| this.sweep_couriers());
-        if self.reassembly.is_empty() {
+        if self.policy.holds_no_parts() {
             self.load_parts();
         }
         match self.store.guards_load() {
             Ok(Some(bytes)) => match Guards::from_bytes(&bytes) {
-                Ok(g) => self.origin = Origin::new(g, rand::SeedableRng::from_entropy()),
+                Ok(g) => self.policy.set_guards(g, rand::SeedableRng::from_entropy()),
                 Err(e) => {
                     slog::warn!(self.log, "stored guards do not decode; choosing new ones"; "error" => %e)
                 }
@@ -1481,7 +1087,8 @@ impl Handler<Push> for Router {
                     this.recipients.clear();
                 }
                 this.recipients.insert(to, recipient);
-                let short = this.shortfall_for(&to);
+                let now = unix_now();
+                let short = this.decide(|p, v| p.shortfall(&to, v, now));
                 if short > 0 {
                     let hops = this.cfg.hops as usize;
                     let known = hops - short;
@@ -1509,14 +1116,16 @@ impl Handler<Inbound> for Router {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) -> Self::Result {
         let log = self.log.clone();
-        let fut = guard(self, ctx, &log, "router", |this, ctx| match msg.body {
-            LinkBody::Packet(p) => this.on_packet(p, msg.from),
-            LinkBody::Receipt(r) => {
-                this.on_receipt(r, msg.from, ctx);
-                None
-            }
-            LinkBody::Onion(p) => this.on_onion(p, msg.from),
-            _ => None,
+        let fut = guard(self, ctx, &log, "router", |this, ctx| {
+            let now_ms = unix_now_ms();
+            let from = msg.from;
+            let actions = match msg.body {
+                LinkBody::Packet(p) => this.decide(|pol, v| pol.on_packet(p, from, now_ms, v)),
+                LinkBody::Receipt(r) => this.decide(|pol, v| pol.on_receipt(r, from, now_ms, v)),
+                LinkBody::Onion(p) => return this.on_onion(p, from, ctx),
+                _ => return None,
+            };
+            this.apply(actions, ctx)
         });
         fut.flatten()
             .unwrap_or_else(|| Box::pin(actix::fut::ready(())))
@@ -1557,7 +1166,7 @@ impl Handler<Vanished> for Router {
     fn handle(&mut self, msg: Vanished, _ctx: &mut Context<Self>) {
         let now = unix_now();
         for a in msg.0 {
-            self.origin.vanished(&a, now);
+            self.policy.vanished(&a, now);
         }
     }
 }
@@ -1574,7 +1183,7 @@ pub struct CourierFailed {
 impl Handler<CourierFailed> for Router {
     type Result = ();
     fn handle(&mut self, msg: CourierFailed, _ctx: &mut Context<Self>) {
-        self.origin.unreachable(&msg.address, unix_now());
+        self.policy.unreachable(&msg.address, unix_now());
         if let Some((_, q)) = self.pending.remove(&msg.address) {
             slog::debug!(self.log, "onion packets dropped: their next hop is unreachable"; "next" => ?msg.address, "packets" => q.len());
             if let Err(e) = self.store.bump(Counter::Dropped, q.len() as u64) {
@@ -1629,10 +1238,7 @@ impl Handler<NeighbourUp> for Router {
     fn handle(&mut self, msg: NeighbourUp, ctx: &mut Context<Self>) {
         let was_alone = self.neighbours.is_empty();
         self.neighbours.insert(msg.0.address, msg.0);
-        if self.cfg.mode == RoutingMode::Onion && !was_alone {
-            // Onion paths do not follow the links: one more neighbour makes
-            // no new path (hurrying here would spend the retries of every
-            // waiting message on each link of a churning overlay).
+        if !self.policy.hurry_on_neighbour(was_alone) {
             return;
         }
         // A new path may exist: send what waits now rather than at its backoff.
@@ -1664,7 +1270,9 @@ impl Handler<NeighbourDown> for Router {
             .is_some_and(|h| h.session_id == msg.session_id)
         {
             self.neighbours.remove(&msg.address);
-            self.entries.remove(&msg.address);
+            if !self.couriers.contains_key(&msg.address) {
+                self.policy.peer_gone(&msg.address);
+            }
         }
         if self
             .couriers
@@ -1673,7 +1281,7 @@ impl Handler<NeighbourDown> for Router {
         {
             self.couriers.remove(&msg.address);
             if !self.neighbours.contains_key(&msg.address) {
-                self.entries.remove(&msg.address);
+                self.policy.peer_gone(&msg.address);
             }
         }
     }
@@ -1693,6 +1301,8 @@ impl Handler<SetLimits> for Router {
     fn handle(&mut self, msg: SetLimits, _ctx: &mut Context<Self>) {
         self.cfg.max_ttl = msg.max_ttl;
         self.cfg.new_entries_per_min = msg.new_entries_per_min;
+        self.policy
+            .set_limits(msg.max_ttl.as_secs(), msg.new_entries_per_min);
     }
 }
 

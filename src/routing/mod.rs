@@ -9,11 +9,18 @@
 //! - [`filter`]: the relays' duplicate suppression, in memory, short-lived and
 //!   bounded, keyed on a digest of the sealed bytes so a forged copy can never
 //!   suppress the genuine one.
-//! - [`onion`]: onion paths, guards, fragments and replay tags (issue 9).
+//! - [`onion`]: onion paths, guards, fragments, replay tags and what a
+//!   peeled packet comes to (issue 9).
+//! - [`modes`]: how this node's own messages travel (`routing.mode`: flood
+//!   or onion), behind one interface.
+//! - [`policy`]: every routing decision as events in, actions out; the
+//!   Router actor drives it and does the I/O.
 
 pub mod accept;
 pub mod filter;
+pub mod modes;
 pub mod onion;
+pub mod policy;
 
 pub use accept::{open_packet, Accepted, RejectReason};
 pub use filter::{CopyVerdict, FloodFilter};

@@ -6,6 +6,8 @@
 //! - [`fragments`]: splitting a sealed letter over several packets and
 //!   rebuilding it, within bounds.
 //! - [`replay`]: the replay tags seen per packet key, bounded.
+//! - [`relay`]: what a peeled packet comes to at this node.
+//! - [`engine`]: the origin's parts, paths and reply blocks.
 //!
 //! The packet format itself (wrap, peel, reply blocks) is in
 //! [`crate::crypto::sphinx`], the rotating packet keys in
@@ -14,6 +16,7 @@
 pub mod engine;
 pub mod fragments;
 pub mod path;
+pub mod relay;
 pub mod replay;
 
 /// The pieces together, without sockets: a 10-node network of keyrings,
