@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::peer_session::{
-    dial_courier, dial_from_own_ip, Close, LinkIdentity, PeerHandle, PeerSession,
+    dial_courier, dial_from_own_ip, Close, Established, LinkIdentity, PeerHandle, PeerSession,
 };
 use super::router::{
     CourierFailed, CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router,
@@ -312,6 +312,20 @@ impl NeighbourManager {
         }
     }
 
+    /// Starts the session of a link this node dialled (a neighbour link or
+    /// a courier link: the first frame tells them apart).
+    fn launch_out(&self, est: Established, ctx: &mut Context<Self>) {
+        PeerSession::launch(
+            est,
+            Direction::Out,
+            next_session_id(),
+            self.router.clone(),
+            ctx.address(),
+            &self.limits.get(),
+            &self.session_log,
+        );
+    }
+
     fn dial(&mut self, addr: SocketAddr, ctx: &mut Context<Self>) {
         let me = self.me.clone();
         slog::debug!(self.log, "dialling"; "addr" => %addr);
@@ -337,15 +351,7 @@ impl NeighbourManager {
                     if this.membership.is_leaving() {
                         return;
                     }
-                    PeerSession::launch(
-                        est,
-                        Direction::Out,
-                        next_session_id(),
-                        this.router.clone(),
-                        ctx.address(),
-                        &this.limits.get(),
-                        &this.session_log,
-                    );
+                    this.launch_out(est, ctx);
                 }
                 Err(e) if this.bootstrap.contains(&addr) => {
                     // The way into the network: worth a warning (once per
@@ -558,15 +564,7 @@ impl Handler<DialCourier> for NeighbourManager {
             this.courier_dials.remove(&expected);
             match res {
                 Ok(est) => {
-                    PeerSession::launch(
-                        est,
-                        Direction::Out,
-                        next_session_id(),
-                        this.router.clone(),
-                        ctx.address(),
-                        &this.limits.get(),
-                        &this.session_log,
-                    );
+                    this.launch_out(est, ctx);
                 }
                 Err(e) => {
                     slog::debug!(this.log, "courier dial failed"; "addr" => %addr, "error" => %e);

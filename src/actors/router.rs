@@ -40,7 +40,9 @@ use crate::routing::onion::engine::{build_part, Origin, Plan};
 use crate::routing::onion::fragments::Part;
 use crate::routing::onion::path::{Candidate, Guards};
 use crate::routing::onion::relay::{self, Arrival};
-use crate::routing::policy::{Action, Delivery, Facts, Note, Policy, PolicyConfig, Reloaded};
+use crate::routing::policy::{
+    Action, Delivery, Facts, Note, Policy, PolicyConfig, Reloaded, RetrySchedule,
+};
 use crate::store::replay::TagVerdict;
 use crate::store::{Counter, DropKey, OutboxEntry, Reschedule, Store, StoreError};
 use crate::wire::client::InboxMessage;
@@ -1026,9 +1028,10 @@ impl Handler<Push> for Router {
                 this.cfg.ttl,
                 this.workers.clone(),
                 this.peer_book.clone(),
+                (this.cfg.retry_max, !this.neighbours.is_empty()),
             ))
         });
-        let (me, store, ttl, workers, book) = match r {
+        let (me, store, ttl, workers, book, (retry_max, linked)) = match r {
             Some(Ok(x)) => x,
             Some(Err(e)) => return Box::pin(async move { Err(e) }.into_actor(self)),
             None => return Box::pin(async { Err(PushError::Restarted) }.into_actor(self)),
@@ -1072,13 +1075,19 @@ impl Handler<Push> for Router {
                 next_try_ms: now_ms,
                 sealed,
             };
+            // Its first sending goes out as soon as it is on disk (below),
+            // so it is stored as taken already: with the next try of the
+            // retry schedule, as the tick would have stored it. No second
+            // trip through the store's writer before the first sending.
+            let schedule = RetrySchedule::new(me.address(), retry_max, linked, now_ms);
+            let stored = schedule.next(&entry).unwrap_or_else(|| entry.clone());
             // Durability point 1: the id is shown only once this is on disk
             // (one flush for every push and delivery waiting with it).
-            store.outbox_add(id, entry).await?;
-            Ok::<_, PushError>((id, recipient))
+            store.outbox_add(id, stored).await?;
+            Ok::<_, PushError>((id, recipient, entry, now_ms))
         };
         Box::pin(fut.into_actor(self).map(move |res, this, ctx| {
-            let (id, recipient) = res?;
+            let (id, recipient, entry, now_ms) = res?;
             let to = recipient.record.address;
             slog::info!(this.log, "message accepted"; "id" => %id, "to" => ?to);
             let mut warning = None;
@@ -1097,7 +1106,8 @@ impl Handler<Push> for Router {
                     ));
                 }
             }
-            this.send_due(ctx);
+            let actions = this.decide(|p, v| p.due(id, entry, now_ms, v));
+            this.apply(actions, ctx);
             Ok(Pushed { id, warning })
         }))
     }

@@ -224,6 +224,17 @@ pub struct RetrySchedule {
 }
 
 impl RetrySchedule {
+    /// The schedule of this node (`me`) for entries taken at `now_ms`, with
+    /// or without a neighbour link up (`linked`).
+    pub fn new(me: Address, retry_max: Duration, linked: bool, now_ms: u64) -> RetrySchedule {
+        RetrySchedule {
+            me,
+            retry_max,
+            linked,
+            now_ms,
+        }
+    }
+
     /// An entry as it is after it was taken for sending at `now_ms`; `None`
     /// if it expired (it is failed, not sent).
     pub fn next(&self, e: &OutboxEntry) -> Option<OutboxEntry> {
@@ -324,12 +335,7 @@ impl Policy {
 
     /// The retry schedule for entries taken at `now_ms`.
     pub fn retry_schedule(&self, linked: bool, now_ms: u64) -> RetrySchedule {
-        RetrySchedule {
-            me: self.cfg.me,
-            retry_max: self.cfg.retry_max,
-            linked,
-            now_ms,
-        }
+        RetrySchedule::new(self.cfg.me, self.cfg.retry_max, linked, now_ms)
     }
 
     /// Whether a new neighbour link should hurry the messages that wait.
