@@ -273,13 +273,18 @@ impl KeyRotation {
     fn schedule(&mut self, ctx: &mut Context<Self>, failed: bool) {
         let now_ms = unix_now_ms();
         let now = now_ms / 1000;
-        let next = [
-            self.keys.next_change(now),
-            early_due(&self.keys, &self.replay, now, EARLY_ROTATION_FLOOR),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        // After a failure (a save that did not go through), the early
+        // rotation is retried with the rest, after RETRY_AFTER_FAILURE: not
+        // at once, as its time (already past) would say.
+        let early = if failed {
+            None
+        } else {
+            early_due(&self.keys, &self.replay, now, EARLY_ROTATION_FLOOR)
+        };
+        let next = [self.keys.next_change(now), early]
+            .into_iter()
+            .flatten()
+            .min();
         let delay = next_delay(now_ms, next, failed);
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
