@@ -57,6 +57,13 @@ pub const DEFAULT_SOCKET_NAME: &str = "hermes.sock";
 /// What errors about the built-in defaults name as their "file".
 const DEFAULTS_LABEL: &str = "built-in defaults";
 
+/// Fewest replay tags per packet key accepted (`limits.replay_tags_per_key`):
+/// fewer would rotate keys on a handful of packets.
+pub const MIN_REPLAY_TAGS_PER_KEY: usize = 64;
+/// Most replay tags per packet key accepted: 4 keys' worth, at ~72 bytes a
+/// tag, is ~29 GB on disk.
+pub const MAX_REPLAY_TAGS_PER_KEY: usize = 100_000_000;
+
 /// What errors about command-line bootstrap addresses name as their "file".
 const COMMAND_LINE_LABEL: &str = "command line";
 
@@ -282,6 +289,10 @@ pub struct LimitsConfig {
     pub new_entries_per_min: u32,
     /// Records one peer may gossip per minute (default 512).
     pub gossip_records_per_min: u32,
+    /// Onion replay tags a relay keeps per packet key (default 1,000,000, at
+    /// least [`MIN_REPLAY_TAGS_PER_KEY`]); at 3/4 of it the key is rotated
+    /// early, and a key that is full drops packets to it. Read at start.
+    pub replay_tags_per_key: usize,
     /// The furthest expiry accepted on a packet, and the longest a message may
     /// live (default and at most 30 days; at least `routing.ttl`).
     pub max_ttl: Duration,
@@ -303,6 +314,7 @@ impl Default for LimitsConfig {
             byte_burst: 16 * 1024 * 1024,
             new_entries_per_min: 120_000,
             gossip_records_per_min: 512,
+            replay_tags_per_key: crate::store::replay::REPLAY_TAGS_PER_KEY,
             max_ttl: MAX_TTL,
             handshakes_per_ip: 8,
             handshakes_total: 64,
@@ -657,6 +669,7 @@ struct RawLimits {
     byte_burst: Option<i64>,
     new_entries_per_min: Option<i64>,
     gossip_records_per_min: Option<i64>,
+    replay_tags_per_key: Option<i64>,
     max_ttl: Option<String>,
     handshakes_per_ip: Option<i64>,
     handshakes_total: Option<i64>,
@@ -896,6 +909,13 @@ fn validate_limits(raw: RawLimits, ttl: Duration) -> Result<LimitsConfig, Bad> {
         1,
         1_000_000,
     )?;
+    let replay_tags_per_key = in_range(
+        "limits.replay_tags_per_key",
+        raw.replay_tags_per_key
+            .unwrap_or(i64::try_from(d.replay_tags_per_key).unwrap_or(i64::MAX)),
+        MIN_REPLAY_TAGS_PER_KEY as i64,
+        MAX_REPLAY_TAGS_PER_KEY as i64,
+    )?;
     let max_ttl = match raw.max_ttl.as_deref() {
         None => d.max_ttl,
         Some(s) => duration("limits.max_ttl", s, MIN_TTL, MAX_TTL)?,
@@ -937,6 +957,7 @@ fn validate_limits(raw: RawLimits, ttl: Duration) -> Result<LimitsConfig, Bad> {
         byte_burst,
         new_entries_per_min,
         gossip_records_per_min,
+        replay_tags_per_key: usize::try_from(replay_tags_per_key).unwrap_or(d.replay_tags_per_key),
         max_ttl,
         handshakes_per_ip: usize::try_from(handshakes_per_ip).unwrap_or(d.handshakes_per_ip),
         handshakes_total: usize::try_from(handshakes_total).unwrap_or(d.handshakes_total),
@@ -1634,6 +1655,48 @@ mod tests {
     }
 
     #[test]
+    fn replay_tags_per_key_default_bounds_and_message() {
+        assert_eq!(
+            ok("").limits.replay_tags_per_key,
+            crate::store::replay::REPLAY_TAGS_PER_KEY
+        );
+        assert_eq!(
+            ok("[limits]\nreplay_tags_per_key = 64")
+                .limits
+                .replay_tags_per_key,
+            64
+        );
+        assert_eq!(
+            ok("[limits]\nreplay_tags_per_key = 100000000")
+                .limits
+                .replay_tags_per_key,
+            MAX_REPLAY_TAGS_PER_KEY
+        );
+        for bad in ["63", "0", "-1", "100000001"] {
+            let r = assert_key(
+                &format!("[limits]\nreplay_tags_per_key = {bad}"),
+                "limits.replay_tags_per_key",
+            );
+            assert!(r.contains("from 64 to 100000000"), "{r}");
+        }
+        assert_key(
+            "[limits]\nreplay_tags_per_key = \"many\"",
+            "limits.replay_tags_per_key",
+        );
+        // The whole message names the file, the key and why.
+        let e = parse(
+            "[limits]\nreplay_tags_per_key = 10",
+            Some(Path::new("/etc/hermes/node.toml")),
+            &env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/etc/hermes/node.toml"), "{e}");
+        assert!(e.contains("limits.replay_tags_per_key"), "{e}");
+        assert!(e.contains("not 10"), "{e}");
+    }
+
+    #[test]
     fn client_values() {
         assert_eq!(
             ok("[client]\nlegacy_port = 60085").client.legacy_port,
@@ -1940,6 +2003,7 @@ mod tests {
                     "byte_burst",
                     "new_entries_per_min",
                     "gossip_records_per_min",
+                    "replay_tags_per_key",
                     "max_ttl",
                     "handshakes_per_ip",
                     "handshakes_total",

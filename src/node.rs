@@ -117,10 +117,11 @@ impl Service {
     }
 }
 
-/// Replay tags kept per packet key: a relay drops packets once its current
-/// key holds this many (fail closed); at about 72 bytes each on disk, 4 keys'
-/// worth is at most ~290 MB. A day's key at 10 packets/s is 864,000.
-pub const REPLAY_TAGS_PER_KEY: usize = 1_000_000;
+/// Replay tags kept per packet key by default (`limits.replay_tags_per_key`
+/// sets it): at 3/4 of it the key rotation makes a new key early; a key that
+/// is full drops packets to it (fail closed). At about 72 bytes each on disk,
+/// 4 keys' worth is at most ~290 MB. A day's key at 10 packets/s is 864,000.
+pub use crate::store::replay::REPLAY_TAGS_PER_KEY;
 
 /// A packet key as the signed record announces it.
 pub fn announce(a: Announced) -> AnnouncedKey {
@@ -179,7 +180,7 @@ pub async fn run(config: Config, log: slog::Logger, service: Service) -> Result<
     // here with what to do. Replay tags of keys deleted meanwhile go with them.
     let (keys, rotation) = PacketKeys::open(data_dir, config.routing.key_schedule(), unix_now())?;
     let keys = Arc::new(keys);
-    let replay = Arc::new(store.replay_tags(REPLAY_TAGS_PER_KEY)?);
+    let replay = Arc::new(store.replay_tags(config.limits.replay_tags_per_key)?);
     let held = keys.epochs();
     for epoch in replay.epochs() {
         if !held.contains(&epoch) {
@@ -416,6 +417,9 @@ fn reload(
         neighbours.do_send(SetBootstrap(new.network.bootstrap.clone()));
         current.network.bootstrap = new.network.bootstrap.clone();
     }
+    // Read at start only (the replay store's capacity); compared before
+    // the live limits take the new value.
+    let replay_tags_changed = new.limits.replay_tags_per_key != current.limits.replay_tags_per_key;
     if new.limits != current.limits {
         live.limits.set(new.limits.clone());
         live.router.do_send(SetLimits {
@@ -433,6 +437,7 @@ fn reload(
         }
     };
     later(new.node != current.node, "[node]");
+    later(replay_tags_changed, "limits.replay_tags_per_key");
     later(
         new.network.min_neighbours != current.network.min_neighbours
             || new.network.max_neighbours != current.network.max_neighbours,

@@ -9,6 +9,19 @@
 //! cannot be opened by anyone, the node's long-term identity key included:
 //! forward secrecy at the granularity of the rotation (docs/packet.md).
 //!
+//! ## Early rotation
+//!
+//! A relay keeps a bounded number of replay tags per key
+//! (`limits.replay_tags_per_key`); once its current key holds 3/4 of them,
+//! the key rotation ends that key's window now ([`Keyring::rotate_early`])
+//! and makes the next one, as a scheduled rotation does: the new key is
+//! current for a whole period, the old one is in its grace period from now
+//! on. Not more than once per `min_age` of the current key (a floor the
+//! caller names), so a peer filling tags cannot make keys as fast as it
+//! likes; and still never more than [`MAX_KEYS`] keys: past that the oldest
+//! is deleted (with its tags) early, and packets still on their way to it
+//! are lost, as after its grace period.
+//!
 //! [`Keyring`] is pure: given `now`, [`Keyring::rotate`] says what changed
 //! ([`Rotation`]), and the caller persists it with [`KeyFile::save`] and
 //! drops the replay tags of the deleted keys. Each key has an `epoch`, a
@@ -279,6 +292,38 @@ impl Keyring {
         rotation
     }
 
+    /// Ends the current key's window at `now` and rotates
+    /// ([`Keyring::rotate`]): a new current key, the old one in its grace
+    /// period, the oldest deleted past [`MAX_KEYS`]. `None` (nothing done)
+    /// if no key is current, or the current one became current less than
+    /// `min_age` seconds ago (at least 1: a window always ends after it
+    /// starts), which is also what a clock that went back gets.
+    pub fn rotate_early<R: RngCore + CryptoRng>(
+        &mut self,
+        now: u64,
+        schedule: &Schedule,
+        min_age: u64,
+        rng: &mut R,
+    ) -> Option<Rotation> {
+        let key = self
+            .keys
+            .iter_mut()
+            .rev()
+            .find(|k| k.state(now, schedule) == KeyState::Current)?;
+        if now < key.not_before.saturating_add(min_age.max(1)) {
+            return None;
+        }
+        key.not_after = now;
+        Some(self.rotate(now, schedule, rng))
+    }
+
+    /// When the current key may be ended early with `min_age`
+    /// ([`Keyring::rotate_early`]); `None` if no key is current.
+    pub fn early_rotation_at(&self, now: u64, schedule: &Schedule, min_age: u64) -> Option<u64> {
+        self.current(now, schedule)
+            .map(|k| k.not_before.saturating_add(min_age.max(1)))
+    }
+
     /// The key to announce and seal to: the newest current one.
     pub fn current(&self, now: u64, schedule: &Schedule) -> Option<&PacketKey> {
         self.keys
@@ -523,6 +568,25 @@ impl PacketKeys {
     /// Rotates at `now`, saving the file first if anything changed (the
     /// keys in memory change only once the file holds them).
     pub fn rotate(&self, now: u64) -> Result<Rotation, KeyringError> {
+        let schedule = self.schedule;
+        self.change(|next| Some(next.rotate(now, &schedule, &mut rand::rngs::OsRng)))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Rotates early at `now` ([`Keyring::rotate_early`]), saving first as
+    /// [`Self::rotate`] does; `Ok(None)` if the current key is younger than
+    /// `min_age` seconds (nothing changed, nothing saved).
+    pub fn rotate_early(&self, now: u64, min_age: u64) -> Result<Option<Rotation>, KeyringError> {
+        let schedule = self.schedule;
+        self.change(|next| next.rotate_early(now, &schedule, min_age, &mut rand::rngs::OsRng))
+    }
+
+    /// Applies `f` to a copy of the keyring; if it says something changed,
+    /// saves the copy, then puts it in place.
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Keyring) -> Option<Rotation>,
+    ) -> Result<Option<Rotation>, KeyringError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Keyring {
             keys: ring
@@ -531,12 +595,24 @@ impl PacketKeys {
                 .map(|k| PacketKey::new(k.epoch, k.not_before, k.not_after, *k.secret))
                 .collect(),
         };
-        let rotation = next.rotate(now, &self.schedule, &mut rand::rngs::OsRng);
-        if rotation.changed() {
+        let rotation = f(&mut next);
+        if rotation.as_ref().is_some_and(Rotation::changed) {
             self.file.save(&next)?;
             *ring = next;
         }
         Ok(rotation)
+    }
+
+    /// The epoch of the key announced at `now`.
+    pub fn current_epoch(&self, now: u64) -> Option<u64> {
+        self.announced(now).map(|a| a.epoch)
+    }
+
+    /// When the current key may be rotated early with `min_age`
+    /// ([`Keyring::early_rotation_at`]).
+    pub fn early_rotation_at(&self, now: u64, min_age: u64) -> Option<u64> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        ring.early_rotation_at(now, &self.schedule, min_age)
     }
 
     /// The key to announce at `now`.
@@ -672,6 +748,103 @@ mod tests {
             assert!(ring.keys().len() <= MAX_KEYS);
         }
         assert_eq!(ring.keys().len(), MAX_KEYS);
+    }
+
+    #[test]
+    fn early_rotation_ends_the_current_key_now_and_respects_the_floor() {
+        let s = daily();
+        let mut r = rng();
+        let mut ring = Keyring::new();
+        // No key yet: nothing to end.
+        assert_eq!(ring.rotate_early(T0, &s, 10, &mut r), None);
+        assert_eq!(ring.early_rotation_at(T0, &s, 10), None);
+        ring.rotate(T0, &s, &mut r);
+        let k1 = ring.announced(T0, &s).unwrap();
+        assert_eq!(ring.early_rotation_at(T0, &s, 10), Some(T0 + 10));
+        // Within the floor: refused, nothing changed.
+        assert_eq!(ring.rotate_early(T0 + 9, &s, 10, &mut r), None);
+        assert_eq!(ring.announced(T0 + 9, &s), Some(k1));
+        // A clock that went back is within the floor too.
+        assert_eq!(ring.rotate_early(T0 - 100, &s, 10, &mut r), None);
+        // At the floor: key 2 is current for a whole period from now, key 1
+        // is in its grace period from now.
+        let at = T0 + 10;
+        assert_eq!(
+            ring.rotate_early(at, &s, 10, &mut r),
+            Some(Rotation {
+                created: Some(2),
+                deleted: vec![]
+            })
+        );
+        let k2 = ring.announced(at, &s).unwrap();
+        assert_eq!((k2.epoch, k2.not_before, k2.not_after), (2, at, at + DAY));
+        assert_ne!(k2.public, k1.public);
+        assert_eq!(ring.keys()[0].not_after, at);
+        assert_eq!(ring.keys()[0].state(at, &s), KeyState::Grace);
+        let peel: Vec<u64> = ring.peel_keys(at, &s).iter().map(|k| k.epoch).collect();
+        assert_eq!(peel, vec![2, 1]);
+        // Key 1's grace ends an hour after the early end, not after its day.
+        assert_eq!(
+            ring.rotate(at + 3_600, &s, &mut r).deleted,
+            vec![1],
+            "grace counted from the early end"
+        );
+        // The next early rotation waits for the floor of key 2.
+        assert_eq!(ring.early_rotation_at(at, &s, 10), Some(at + 10));
+        assert_eq!(ring.rotate_early(at + 5, &s, 10, &mut r), None);
+        // A floor of 0 is taken as 1 s: a window never ends where it starts.
+        assert_eq!(ring.rotate_early(at, &s, 0, &mut r), None);
+        assert!(ring.rotate_early(at + 1, &s, 0, &mut r).is_some());
+    }
+
+    #[test]
+    fn forced_rotations_never_hold_more_than_max_keys() {
+        // An hour of grace, rotations forced every 10 s: keys pile up in
+        // their grace periods, and the oldest beyond MAX_KEYS goes.
+        let s = daily();
+        let mut r = rng();
+        let mut ring = Keyring::new();
+        ring.rotate(T0, &s, &mut r);
+        let mut deleted = Vec::new();
+        for i in 1..=20u64 {
+            let rot = ring.rotate_early(T0 + i * 10, &s, 10, &mut r).unwrap();
+            assert_eq!(rot.created, Some(i + 1));
+            deleted.extend(rot.deleted);
+            assert!(ring.keys().len() <= MAX_KEYS);
+            // Newest current, the others in grace.
+            assert_eq!(ring.announced(T0 + i * 10, &s).unwrap().epoch, i + 1);
+        }
+        assert_eq!(ring.keys().len(), MAX_KEYS);
+        assert_eq!(deleted, (1..=17).collect::<Vec<_>>());
+        let epochs: Vec<u64> = ring.keys().iter().map(|k| k.epoch).collect();
+        assert_eq!(epochs, vec![18, 19, 20, 21]);
+        // The file stays within its bound and loads back.
+        let dir = tempfile::tempdir().unwrap();
+        let file = KeyFile::new(dir.path());
+        file.save(&ring).unwrap();
+        assert!(fs::read(file.path()).unwrap().len() <= MAX_FILE_LEN);
+        assert_eq!(file.load().unwrap().unwrap().keys().len(), MAX_KEYS);
+    }
+
+    #[test]
+    fn packet_keys_rotate_early_saves_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, _) = PacketKeys::open(dir.path(), daily(), T0).unwrap();
+        assert_eq!(keys.current_epoch(T0), Some(1));
+        assert_eq!(keys.early_rotation_at(T0, 10), Some(T0 + 10));
+        let before = fs::read(dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(keys.rotate_early(T0 + 3, 10).unwrap(), None);
+        assert_eq!(fs::read(dir.path().join(KEY_FILE)).unwrap(), before);
+        let rot = keys.rotate_early(T0 + 10, 10).unwrap().unwrap();
+        assert_eq!(rot.created, Some(2));
+        assert_eq!(keys.current_epoch(T0 + 10), Some(2));
+        assert_eq!(keys.epochs(), vec![1, 2]);
+        // Saved: a restart finds the early end and the new key.
+        drop(keys);
+        let (keys, rot) = PacketKeys::open(dir.path(), daily(), T0 + 11).unwrap();
+        assert!(!rot.changed());
+        assert_eq!(keys.current_epoch(T0 + 11), Some(2));
+        assert_eq!(keys.next_change(T0 + 11), Some(T0 + 10 + 3_600));
     }
 
     #[test]

@@ -7,10 +7,18 @@
 //! ([`ReplayStore::drop_epoch`], one batch, when the keyring deletes the
 //! key): keys sort by epoch, so a key's tags are one contiguous range.
 //!
-//! Bounded: at most `capacity` tags per epoch; past that the verdict is
-//! [`TagVerdict::Full`] and the caller drops the packet (fail closed). The
-//! counts are kept in memory (sled's `len()` is a full scan), counted once
-//! when the store is opened.
+//! Bounded: at most `capacity` tags per epoch (`limits.replay_tags_per_key`);
+//! past that the verdict is [`TagVerdict::Full`] and the caller drops the
+//! packet (fail closed). The counts are kept in memory (sled's `len()` is a
+//! full scan), counted once when the store is opened.
+//!
+//! Early rotation: when an insert brings an epoch to its
+//! [`ReplayStore::threshold`] (3/4 of the capacity), the store wakes whoever
+//! waits in [`ReplayStore::threshold_reached`] (the key rotation, which then
+//! makes a new packet key if that epoch is the current one); the key
+//! rotation also asks [`ReplayStore::past_threshold`] on every wake-up, so a
+//! wake-up it was too busy to take is not lost. At most `MAX_KEYS` epochs are
+//! held, so the tree holds at most `MAX_KEYS × capacity` tags.
 //!
 //! Durability: an insert reaches the disk with the next flush (sled's own
 //! every 500 ms, or the Router's group commit). A replay that arrives after
@@ -27,6 +35,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use super::{Store, StoreError};
 
 /// Name of the sled tree.
@@ -34,6 +44,16 @@ pub const REPLAY_TREE: &str = "replay";
 /// Length of a key: `be_u64(epoch) ‖ tag`.
 pub const REPLAY_KEY_LEN: usize = 8 + 32;
 const KEY_LEN: usize = REPLAY_KEY_LEN;
+/// Replay tags kept per packet key by default (`limits.replay_tags_per_key`):
+/// at about 72 bytes each on disk, `MAX_KEYS` (4) keys' worth is at most
+/// ~290 MB. A day's key at 10 packets/s is 864,000.
+pub const REPLAY_TAGS_PER_KEY: usize = 1_000_000;
+
+/// The count at which an epoch's tags call for an early key rotation: 3/4
+/// of `capacity` (rounded up), at least 1.
+pub fn threshold_of(capacity: usize) -> usize {
+    (capacity - capacity / 4).max(1)
+}
 
 /// What to do with a packet whose tag was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +70,10 @@ pub enum TagVerdict {
 pub struct ReplayStore {
     tree: sled::Tree,
     capacity: usize,
+    threshold: usize,
     counts: Mutex<BTreeMap<u64, usize>>,
+    /// Woken when an insert brings an epoch to `threshold`.
+    reached: Notify,
 }
 
 fn key(epoch: u64, tag: &[u8; 32]) -> [u8; KEY_LEN] {
@@ -79,7 +102,9 @@ impl Store {
         Ok(ReplayStore {
             tree,
             capacity,
+            threshold: threshold_of(capacity),
             counts: Mutex::new(counts),
+            reached: Notify::new(),
         })
     }
 }
@@ -106,6 +131,10 @@ impl ReplayStore {
         {
             Ok(()) => {
                 *n += 1;
+                if *n == self.threshold {
+                    // Stores a permit if nobody waits yet: not lost.
+                    self.reached.notify_one();
+                }
                 Ok(TagVerdict::Fresh)
             }
             Err(_) => Ok(TagVerdict::Replay),
@@ -115,6 +144,30 @@ impl ReplayStore {
     /// Tags held under key `epoch`.
     pub fn count(&self, epoch: u64) -> usize {
         self.counts().get(&epoch).copied().unwrap_or(0)
+    }
+
+    /// Most tags per epoch.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The count at which an epoch calls for an early rotation (3/4 of the
+    /// capacity, [`threshold_of`]).
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Whether key `epoch` holds at least [`Self::threshold`] tags.
+    pub fn past_threshold(&self, epoch: u64) -> bool {
+        self.count(epoch) >= self.threshold
+    }
+
+    /// Returns once an insert has brought some epoch to the threshold since
+    /// the last return (one stored wake-up if nobody was waiting). Check
+    /// [`Self::past_threshold`] of the epoch that matters: the wake-up does
+    /// not say which one.
+    pub async fn threshold_reached(&self) {
+        self.reached.notified().await
     }
 
     /// The epochs that have tags. At start, the Router drops those the
@@ -161,6 +214,57 @@ mod tests {
         assert_eq!(r.check_and_insert(1, &t(4)).unwrap(), TagVerdict::Full);
         assert_eq!(r.check_and_insert(1, &t(2)).unwrap(), TagVerdict::Replay);
         assert_eq!(r.count(1), 3);
+    }
+
+    #[test]
+    fn threshold_is_three_quarters_and_wakes_once_per_epoch() {
+        assert_eq!(threshold_of(100), 75);
+        assert_eq!(threshold_of(1_000_000), 750_000);
+        assert_eq!(threshold_of(64), 48);
+        assert_eq!(threshold_of(3), 3);
+        assert_eq!(threshold_of(1), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.replay_tags(8).unwrap();
+        assert_eq!((r.capacity(), r.threshold()), (8, 6));
+        let woken = |r: &ReplayStore| {
+            // A stored wake-up returns at once; none leaves it pending.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_millis(20), r.threshold_reached())
+                    .await
+                    .is_ok()
+            })
+        };
+        for n in 0..5 {
+            r.check_and_insert(1, &t(n)).unwrap();
+        }
+        assert!(!r.past_threshold(1));
+        assert!(!woken(&r));
+        // Replays do not count towards it.
+        r.check_and_insert(1, &t(0)).unwrap();
+        assert!(!r.past_threshold(1));
+        r.check_and_insert(1, &t(5)).unwrap();
+        assert!(r.past_threshold(1));
+        assert!(!r.past_threshold(2));
+        assert!(woken(&r));
+        // Once per epoch: the inserts after it, up to Full, wake nobody.
+        r.check_and_insert(1, &t(6)).unwrap();
+        r.check_and_insert(1, &t(7)).unwrap();
+        assert_eq!(r.check_and_insert(1, &t(8)).unwrap(), TagVerdict::Full);
+        assert!(!woken(&r));
+        // Another epoch reaching it wakes again.
+        for n in 0..6 {
+            r.check_and_insert(2, &t(n)).unwrap();
+        }
+        assert!(r.past_threshold(2));
+        assert!(woken(&r));
+        // Dropped with its key: no longer past it.
+        r.drop_epoch(1).unwrap();
+        assert!(!r.past_threshold(1));
     }
 
     #[test]

@@ -103,9 +103,11 @@
 //! | 102 | client.rs         | readiness_status_warnings_and_sighup_reload       |
 //! | 103 | client.rs         | outbox_cancel_peek_and_peers_without_self         |
 //! | 104-109 | (ops, issue 12) | reserved                                      |
+//! | 130 | replay_budget.rs  | a_peer_filling_the_replay_tags_does_not_stop_the_relay (.2-.4, hostile .200) |
+//! | 131 | replay_budget.rs  | (reserved)                                        |
 //! | 240-245 | hermes-bench    | onion phase (`--net-onion`, default 127.0.240.2-.6; 241-245 reserved) |
 //!
-//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 130-199, 246-255
+//! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 132-199, 246-255
 //! (120-129: onion, issue 9, of which 123: link cells; 200-245: hermes-bench).
 //!
 //! Set `HERMES_TEST_KEEP=1` to keep a failed test's node dirs (config, data, log).
