@@ -18,7 +18,11 @@
 //!
 //! A successful probe is remembered for [`PROBE_CACHE_TTL`], so a burst of
 //! pushes to one address costs one handshake; the first push after that
-//! window probes again and so notices a changed key.
+//! window probes again and so notices a changed key. A failed probe is
+//! remembered for [`PROBE_FAILURE_TTL`], so a burst of pushes to a node that
+//! is down costs one connection attempt, not one each (they queued behind
+//! each other on the address's probe lock): they go to the record of its
+//! pinned key meanwhile.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +38,8 @@ use crate::wire::client::ContactInfo;
 
 /// How long a successful probe answers for its address without a new one.
 pub const PROBE_CACHE_TTL: Duration = Duration::from_secs(3);
+/// How long a failed probe answers for its address without a new one.
+pub const PROBE_FAILURE_TTL: Duration = Duration::from_secs(1);
 /// Most probe results remembered at once.
 pub const PROBE_CACHE_MAX: usize = 256;
 /// Longest contact name.
@@ -147,9 +153,21 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 /// Recent successful probes, shared by every caller in the process.
-fn cache() -> &'static Mutex<HashMap<SocketAddr, (Instant, SignedRecord)>> {
-    static CACHE: OnceLock<Mutex<HashMap<SocketAddr, (Instant, SignedRecord)>>> = OnceLock::new();
+/// A probe's result: the record, or why it failed.
+type Probed = Result<SignedRecord, String>;
+
+fn cache() -> &'static Mutex<HashMap<SocketAddr, (Instant, Probed)>> {
+    static CACHE: OnceLock<Mutex<HashMap<SocketAddr, (Instant, Probed)>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// How long a result answers for its address.
+fn ttl_of(p: &Probed) -> Duration {
+    if p.is_ok() {
+        PROBE_CACHE_TTL
+    } else {
+        PROBE_FAILURE_TTL
+    }
 }
 
 /// One lock per address being probed, so concurrent pushes to one address
@@ -165,40 +183,41 @@ fn probing(addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
     m.entry(addr).or_default().clone()
 }
 
-fn cached(addr: &SocketAddr) -> Option<SignedRecord> {
+fn cached(addr: &SocketAddr) -> Option<Probed> {
     let c = cache().lock().ok()?;
-    let (at, rec) = c.get(addr)?;
-    (at.elapsed() < PROBE_CACHE_TTL).then(|| rec.clone())
+    let (at, probed) = c.get(addr)?;
+    (at.elapsed() < ttl_of(probed)).then(|| probed.clone())
 }
 
 /// The record of the node answering at `addr`, probed at most once per
-/// [`PROBE_CACHE_TTL`] (and once at a time).
+/// [`PROBE_CACHE_TTL`] (after a failure, once per [`PROBE_FAILURE_TTL`]),
+/// and once at a time.
 ///
 /// A probe that reaches this node itself (an address of this host the record
 /// does not name, such as 127.0.0.1 for a node listening on 0.0.0.0) answers
 /// with this node's own record.
 async fn probe_cached(addr: SocketAddr, me: &LinkIdentity) -> Result<SignedRecord, String> {
     let identity: &Identity = &me.identity;
-    if let Some(rec) = cached(&addr) {
-        return Ok(rec);
+    if let Some(probed) = cached(&addr) {
+        return probed;
     }
     let lock = probing(addr);
     let _one_at_a_time = lock.lock().await;
-    if let Some(rec) = cached(&addr) {
-        return Ok(rec);
+    if let Some(probed) = cached(&addr) {
+        return probed;
     }
-    let rec = match probe(addr, identity).await {
-        Ok(rec) => rec,
+    let probed = match probe(addr, identity).await {
+        Ok(rec) => Ok(rec),
         Err(LinkError::SelfLink) => return Ok((*me.record.get()).clone()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
     if let Ok(mut c) = cache().lock() {
-        c.retain(|_, (at, _)| at.elapsed() < PROBE_CACHE_TTL);
+        c.retain(|_, (at, p)| at.elapsed() < ttl_of(p));
         if c.len() < PROBE_CACHE_MAX {
-            c.insert(addr, (Instant::now(), rec.clone()));
+            c.insert(addr, (Instant::now(), probed.clone()));
         }
     }
-    Ok(rec)
+    probed
 }
 
 /// Finds the signed record a push to `to` is sealed to.
