@@ -20,9 +20,12 @@ mod common;
 
 use common::hostile::HostilePeer;
 use common::*;
-use hermes::crypto::sphinx::{NodeHop, OnionFormat, Sphinx, PACKET_SIZE};
+use hermes::crypto::sphinx::{generate_key, NodeHop, OnionFormat, Sphinx, PACKET_SIZE};
 use hermes::crypto::{AnnouncedKey, SignedRecord};
+use hermes::routing::onion::fragments::Part;
 use hermes::wire::link::{LinkBody, OnionPacket};
+use hermes::wire::onion::PartPayload;
+use hermes::wire::MessageId;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -1337,5 +1340,93 @@ fn onion_packets_count_against_the_peers_entry_budget() {
         hx.closed_within(Duration::from_secs(20)),
         "X kept the link of a peer over its entry budget{}",
         x.describe_for_failure()
+    );
+}
+
+/// A hostile neighbour of the recipient sends 300 first parts of two-part
+/// messages that never complete, each wrapped to the recipient's packet key
+/// (so they peel, and are the recipient's own), each with a valid reply
+/// block. They may fill that link's share of the incomplete messages
+/// (`routing::policy::PER_HOP_INCOMPLETE`), not the recipient's whole table
+/// (256): a 60,000-byte message (17 parts, over relays) pushed afterwards
+/// still arrives, and `push --wait 30` sees its receipt.
+#[test]
+fn junk_first_parts_from_one_peer_do_not_block_long_messages() {
+    const N: u8 = 132;
+    const JUNK: u64 = 300;
+    let nodes = start_net(N, 20, 5, |_, _| {});
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_books(&all);
+    let (origin, recipient) = (&nodes[0], &nodes[4]);
+    let ctx = [origin, recipient];
+    let dropped_before = counters(&recipient.status()).2;
+
+    let mut hostile = HostilePeer::dial(sock(&recipient.listen()), sock(&listen_addr(N, 210)));
+    let r_hop = packet_hop(&hostile.peer);
+    let me = NodeHop {
+        id: hostile.peer.record.address,
+        key: generate_key().1,
+    };
+    let expires_at = hermes::crypto::unix_now() + 3_600;
+    for i in 0..JUNK {
+        let part = Part {
+            id: MessageId::random(),
+            index: 0,
+            count: 2,
+            expires_at,
+            data: format!("junk {i}").into_bytes(),
+        };
+        let (block, _) = Sphinx
+            .reply_block(&[], &me)
+            .expect("the library makes a reply block");
+        let payload = PartPayload::new(block.as_bytes().to_vec(), part.encode())
+            .encode()
+            .expect("a part payload encodes");
+        let packet = Sphinx
+            .wrap(&[], &r_hop, &payload)
+            .expect("the library wraps a packet to the recipient");
+        assert!(
+            hostile.send(LinkBody::Onion(OnionPacket(packet.into_bytes()))),
+            "the recipient closed the hostile link after {i} junk parts{}",
+            recipient.describe_for_failure()
+        );
+    }
+    // Every junk part was looked at: those over the share are dropped (at
+    // least 300 - 256 even where the whole table is the only bound).
+    poll(
+        COUNTER_TIMEOUT,
+        "the recipient dropped the junk parts over its bound",
+        &ctx,
+        || {
+            let d = counters(&recipient.status()).2 - dropped_before;
+            if d >= JUNK - 256 {
+                Ok(d)
+            } else {
+                Err(format!("{d} dropped"))
+            }
+        },
+    );
+
+    let long = format!("{}{}xx", random_hex(59_980), "é".repeat(9));
+    let out = origin.cli_timeout(
+        "push",
+        &["--to", &recipient.ip(), "--msg", &long, "--wait", "30"],
+        Duration::from_secs(45),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a 60,000-byte message after one peer's junk parts: push --wait 30 should see its receipt; stdout {:?}, stderr {:?}{}{}",
+        out.stdout,
+        out.stderr,
+        origin.describe_for_failure(),
+        recipient.describe_for_failure()
+    );
+    let id = parse_id(&out).to_ascii_lowercase();
+    let got = pull_until_all(recipient, std::slice::from_ref(&id), ARRIVAL_TIMEOUT, &ctx);
+    assert_eq!(
+        got[&id],
+        vec![long],
+        "the long message arrived once, intact"
     );
 }

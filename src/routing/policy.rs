@@ -61,6 +61,15 @@ pub const MAX_DELIVERING: usize = 256;
 pub const REPLY_BLOCKS_WAITING: usize = 4;
 /// Incomplete multi-part messages held at a recipient.
 pub const MAX_INCOMPLETE: usize = 256;
+/// Incomplete messages whose first part one previous hop brought, held at
+/// once: the recipient cannot tell who sent a part before the letter is
+/// whole, so the budget is the link's. One hostile neighbour (or relay)
+/// sending first parts that never complete fills this share, not the table.
+pub const PER_HOP_INCOMPLETE: usize = MAX_INCOMPLETE / 8;
+/// Longest an incomplete message is held, whatever its expiry says: the
+/// parts of one sending come within seconds of each other, and every retry
+/// sends every part again, so a set this old is junk or long lost.
+pub const REASSEMBLY_WINDOW: Duration = Duration::from_secs(600);
 
 /// What the policy needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -294,12 +303,16 @@ pub struct Policy {
     origin: Origin,
     /// Multi-part onion messages being rebuilt.
     reassembly: Reassembly,
+    /// The previous hop that brought the first part of each incomplete
+    /// message, and how many each has open ([`PER_HOP_INCOMPLETE`]).
+    openers: HashMap<MessageId, Address>,
+    opened: HashMap<Address, usize>,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig, origin: Origin) -> Policy {
         let mode = super::modes::for_config(cfg.mode);
-        let max_ttl = cfg.max_ttl_secs;
+        let max_ttl = cfg.max_ttl_secs.min(REASSEMBLY_WINDOW.as_secs());
         Policy {
             cfg,
             mode,
@@ -315,6 +328,21 @@ impl Policy {
                 max_message_bytes: crate::wire::message::MAX_SEALED_BYTES + 128,
                 max_ttl,
             }),
+            openers: HashMap::new(),
+            opened: HashMap::new(),
+        }
+    }
+
+    /// An incomplete message is complete or gone: its opener's share is
+    /// free again.
+    fn release(&mut self, id: &MessageId) {
+        if let Some(hop) = self.openers.remove(id) {
+            if let Some(n) = self.opened.get_mut(&hop) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.opened.remove(&hop);
+                }
+            }
         }
     }
 
@@ -779,15 +807,29 @@ impl Policy {
         }
         let expires_at = part.expires_at;
         let (index, count) = (part.index, part.count);
+        let opens = count > 1 && !self.reassembly.holds(&[0; 32], &id);
+        if let (true, Some(hop)) = (opens, from) {
+            if self.opened.get(&hop).copied().unwrap_or(0) >= PER_HOP_INCOMPLETE {
+                out.push(Action::Dropped(
+                    "its link has its share of incomplete messages open".into(),
+                ));
+                return out;
+            }
+        }
         let encoded = (count > 1).then(|| part.encode());
         let letter = match self.reassembly.insert([0; 32], part, now) {
             Outcome::Complete(l) => {
                 if count > 1 {
+                    self.release(&id);
                     out.push(Action::DropParts { id });
                 }
                 l
             }
             Outcome::Stored { .. } => {
+                if let (true, Some(hop)) = (opens, from) {
+                    self.openers.insert(id, hop);
+                    *self.opened.entry(hop).or_insert(0) += 1;
+                }
                 // Kept on disk too, so a restart does not lose it.
                 if let Some(bytes) = encoded {
                     out.push(Action::KeepPart {
@@ -889,11 +931,16 @@ impl Policy {
 
     /// Drops incomplete messages whose time to live ran out.
     pub fn expire(&mut self, now: u64) -> Vec<MessageId> {
-        self.reassembly
+        let gone: Vec<MessageId> = self
+            .reassembly
             .expire(now)
             .into_iter()
             .map(|(_, id)| id)
-            .collect()
+            .collect();
+        for id in &gone {
+            self.release(id);
+        }
+        gone
     }
 
     /// Whether no incomplete message is held (at start: read them back).
@@ -1261,6 +1308,77 @@ mod tests {
             p.due(id, e, NOW_MS, &mut t).as_slice(),
             [Action::Failed { .. }]
         ));
+    }
+
+    /// First parts that never complete use up their link's share of the
+    /// incomplete messages, not the whole table; the share frees up as the
+    /// sets complete or expire.
+    #[test]
+    fn one_link_opens_at_most_its_share_of_incomplete_messages() {
+        let (a, me) = (Identity::generate(), Identity::generate());
+        let mut p = policy(me.address(), RoutingMode::Onion);
+        let mut t = Table::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut ring = crate::crypto::keyring::Keyring::new();
+        let schedule = crate::crypto::keyring::Schedule::new(86_400, 3_600).unwrap();
+        ring.rotate(NOW, &schedule, &mut rng);
+        let origin_hop = NodeHop {
+            id: a.address(),
+            key: ring.announced(NOW, &schedule).unwrap().public,
+        };
+        let block = || Sphinx.reply_block(&[], &origin_hop).unwrap().0;
+        let first_of = |id: MessageId| Part {
+            id,
+            index: 0,
+            count: 2,
+            expires_at: NOW + 3_600,
+            data: vec![7; 10],
+        };
+        let mut arrive = |p: &mut Policy, part: Part, from: u8| {
+            p.on_arrival(
+                Arrival::Deliver {
+                    part,
+                    reply: block(),
+                },
+                Some(addr(from)),
+                NOW_MS,
+                &mut t,
+            )
+        };
+        let mut kept = 0;
+        let mut first = None;
+        for _ in 0..PER_HOP_INCOMPLETE + 5 {
+            let id = MessageId::random();
+            first.get_or_insert(id);
+            match arrive(&mut p, first_of(id), 1).as_slice() {
+                [Action::KeepPart { .. }] => kept += 1,
+                [Action::Dropped(_)] => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(kept, PER_HOP_INCOMPLETE);
+        // Another link still opens one.
+        assert!(matches!(
+            arrive(&mut p, first_of(MessageId::random()), 2).as_slice(),
+            [Action::KeepPart { .. }]
+        ));
+        // A set of link 1 completed (from any link) frees one place of its share.
+        let id = first.unwrap();
+        let mut second = first_of(id);
+        second.index = 1;
+        let out = arrive(&mut p, second, 3);
+        assert!(
+            matches!(out.first(), Some(Action::DropParts { .. })),
+            "{out:?}"
+        );
+        assert!(matches!(
+            arrive(&mut p, first_of(MessageId::random()), 1).as_slice(),
+            [Action::KeepPart { .. }]
+        ));
+        // After the window, every set of link 1 is gone, and so is its count.
+        let gone = p.expire(NOW + REASSEMBLY_WINDOW.as_secs());
+        assert_eq!(gone.len(), PER_HOP_INCOMPLETE + 1);
+        assert!(p.opened.is_empty() && p.openers.is_empty());
     }
 
     /// Onion arrivals: a relay passes a layer on, a node that does not relay

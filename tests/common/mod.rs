@@ -105,6 +105,7 @@
 //! | 104-109 | (ops, issue 12) | reserved                                      |
 //! | 130 | replay_budget.rs  | a_peer_filling_the_replay_tags_does_not_stop_the_relay (.2-.4, hostile .200) |
 //! | 131 | replay_budget.rs  | (reserved)                                        |
+//! | 132 | onion.rs          | junk_first_parts_from_one_peer_do_not_block_long_messages (.20-.24, hostile .210) |
 //! | 240-245 | hermes-bench    | onion phase (`--net-onion`, default 127.0.240.2-.6; 241-245 reserved) |
 //!
 //! Free for new tests: 27-29, 37-39, 55, 69, 75-79, 97-99, 113-119, 132-199, 246-255

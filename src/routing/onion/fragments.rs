@@ -223,6 +223,11 @@ impl Reassembly {
         self.messages.is_empty()
     }
 
+    /// Whether an incomplete set of `id` from `sender` is held.
+    pub fn holds(&self, sender: &[u8; 32], id: &MessageId) -> bool {
+        self.messages.contains_key(&(*sender, *id))
+    }
+
     /// Takes one part from `sender` at `now` (seconds).
     pub fn insert(&mut self, sender: [u8; 32], part: Part, now: u64) -> Outcome {
         if part.expires_at <= now {
