@@ -1267,6 +1267,18 @@ fn non_relay_relays_nothing() {
         relayed_r,
         "the packet Z got went on to the next relay"
     );
+    // Z keeps no replay tag for what it dropped (it is on no path, and the
+    // one packet sent to it was a layer to pass on). Stopped cleanly, so
+    // whatever it stored is on disk for `store check`.
+    drop(hz);
+    let mut nodes = nodes;
+    let z = &mut nodes[0];
+    z.term(Duration::from_secs(20));
+    let out = z.cli("store", &["check"]);
+    assert!(
+        out.stdout.contains("/ replay tags 0 /"),
+        "Z (relay = false) stored replay tags: {out}"
+    );
     eprintln!("[{:.1?}] done", t0.elapsed());
 }
 

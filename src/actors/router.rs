@@ -36,7 +36,7 @@ use crate::crypto::seal;
 use crate::crypto::sphinx::{NodeHop, Packet, ReplyBlock, Sphinx};
 use crate::crypto::{unix_now, unix_now_ms, Address, SignedRecord};
 use crate::routing::accept::{open_packet, Header};
-use crate::routing::onion::engine::{build_part, Origin, Plan};
+use crate::routing::onion::engine::{Origin, Plan};
 use crate::routing::onion::fragments::Part;
 use crate::routing::onion::path::{Candidate, Guards};
 use crate::routing::onion::relay::{self, Arrival};
@@ -708,12 +708,7 @@ impl Router {
         let workers = self.workers.clone();
         let fut = async move {
             workers
-                .run(move || {
-                    plan.parts
-                        .iter()
-                        .map(|p| build_part(&Sphinx, p, &recipient, &me))
-                        .collect::<Vec<_>>()
-                })
+                .run(move || plan.build(&Sphinx, &recipient, &me))
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |built, this, ctx| {

@@ -49,6 +49,19 @@ pub trait Mode: Send {
         -> usize;
 }
 
+/// The copy of this node's message `id` that it sends (or delivers to
+/// itself): attempt and expiry as the outbox holds them, every hop left.
+pub fn own_copy(id: MessageId, entry: OutboxEntry) -> FloodPacket {
+    FloodPacket {
+        id,
+        attempt: entry.attempts,
+        hops_left: MAX_HOPS,
+        recipient: entry.recipient,
+        expires_at: entry.expires_at,
+        sealed: entry.sealed,
+    }
+}
+
 /// The mode for `routing.mode`.
 pub fn for_config(mode: RoutingMode) -> Box<dyn Mode> {
     match mode {
@@ -70,14 +83,8 @@ impl Mode for Flood {
             // Nobody to send to: a neighbour coming up hurries it.
             return Vec::new();
         }
-        let packet = FloodPacket {
-            id,
-            attempt: entry.attempts,
-            hops_left: MAX_HOPS,
-            recipient: entry.recipient,
-            expires_at: entry.expires_at,
-            sealed: entry.sealed,
-        };
+        let attempts = entry.attempts;
+        let packet = own_copy(id, entry);
         // Remember our own copy, so echoes of it are not passed on again
         // and the receipt is wanted when it comes back.
         cx.filter.on_copy(
@@ -88,7 +95,7 @@ impl Mode for Flood {
             packet.hops_left,
             cx.now_ms,
         );
-        let attempt = entry.attempts.saturating_add(1);
+        let attempt = attempts.saturating_add(1);
         let mut out = vec![Action::Flood {
             body: LinkBody::Packet(packet),
             except: None,

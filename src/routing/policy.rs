@@ -47,7 +47,7 @@ use crate::crypto::seal;
 use crate::crypto::sphinx::{NodeHop, OnionError, Packet, ReplyBlock};
 use crate::crypto::Address;
 use crate::store::{Counter, OutboxEntry, StoreError};
-use crate::wire::link::{FloodPacket, LinkBody, Receipt, MAX_HOPS};
+use crate::wire::link::{FloodPacket, LinkBody, Receipt};
 use crate::wire::MessageId;
 
 /// First retry delay; doubles per attempt up to `routing.retry_max`.
@@ -444,16 +444,8 @@ impl Policy {
             // A message to ourselves goes straight to delivery.
             if let std::collections::hash_map::Entry::Vacant(e) = self.delivering.entry(id) {
                 e.insert(1);
-                let packet = FloodPacket {
-                    id,
-                    attempt: entry.attempts,
-                    hops_left: MAX_HOPS,
-                    recipient: entry.recipient,
-                    expires_at: entry.expires_at,
-                    sealed: entry.sealed,
-                };
                 return vec![Action::Deliver {
-                    packet,
+                    packet: super::modes::own_copy(id, entry),
                     from: None,
                     reply: None,
                     hold: false,

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::accept::{open_packet, Header};
-use super::onion::engine::{build_part, Origin};
+use super::onion::engine::Origin;
 use super::onion::path::{Candidate, Guards};
 use super::onion::relay::{arrival_of, needs_tag, tag_of, Arrival};
 use super::policy::{Action, Delivery, Facts, Policy, PolicyConfig};
@@ -308,11 +308,7 @@ impl Net {
                     recipient,
                     me,
                 } => {
-                    let built = plan
-                        .parts
-                        .iter()
-                        .map(|p| build_part(&Sphinx, p, &recipient, &me))
-                        .collect();
+                    let built = plan.build(&Sphinx, &recipient, &me);
                     let actions = self.nodes[i].policy.wrapped(id, attempt, built);
                     self.apply(i, actions);
                 }

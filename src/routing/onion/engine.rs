@@ -326,6 +326,21 @@ impl Origin {
     }
 }
 
+impl Plan {
+    /// Builds every part's packet and reply block (on a worker thread).
+    pub fn build<F: OnionFormat>(
+        &self,
+        format: &F,
+        recipient: &NodeHop,
+        me: &NodeHop,
+    ) -> Vec<Result<BuiltPart, OnionError>> {
+        self.parts
+            .iter()
+            .map(|p| build_part(format, p, recipient, me))
+            .collect()
+    }
+}
+
 /// Builds one part's packet and reply block (on a worker thread).
 pub fn build_part<F: OnionFormat>(
     format: &F,
