@@ -169,14 +169,21 @@ fn recipient_killed_between_delivery_and_pull() {
     let text = format!("kept in the inbox {}", random_hex(8));
     nodes[0].push(&ip(N, 4), &text);
 
+    // Delivered means acknowledged: the recipient sends its receipt only
+    // once the message is flushed (durability point 3), so wait for the
+    // sender to hold the receipt. (The recipient's own inbox count shows the
+    // message as soon as it is written, a few ms before its flush; a kill in
+    // that window loses the write, and the sender, still without a receipt,
+    // sends it again. Waiting on that count made this test flaky.)
     let c = &nodes[2];
     wait_for(
         DELIVERY_TIMEOUT,
-        "the recipient's status inbox >= 1",
+        "the sender's status outbox.delivered >= 1 (the receipt is back)",
         &[&nodes[0], &nodes[1], c],
         || {
-            c.try_status()
-                .and_then(|st| st["inbox"].as_u64())
+            nodes[0]
+                .try_status()
+                .and_then(|st| st["outbox"]["delivered"].as_u64())
                 .unwrap_or(0)
                 >= 1
         },
