@@ -17,6 +17,9 @@ use std::str::FromStr;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::static_dh::StaticDhCache;
 
 /// Name of the identity file inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -79,6 +82,8 @@ pub struct Identity {
     signing: SigningKey,
     kem_secret: [u8; 32],
     kem_public: [u8; 32],
+    /// X25519 results with other nodes' long-term keys (see `static_dh.rs`).
+    static_dh: StaticDhCache,
 }
 
 impl Identity {
@@ -96,6 +101,7 @@ impl Identity {
             signing: SigningKey::from_bytes(&signing),
             kem_secret,
             kem_public,
+            static_dh: StaticDhCache::default(),
         }
     }
 
@@ -194,6 +200,35 @@ impl Identity {
     /// The X25519 secret key, for Noise and HPKE only.
     pub(crate) fn kem_secret(&self) -> &[u8; 32] {
         &self.kem_secret
+    }
+
+    /// X25519 of this node's key with `public`, or `None` when the result is
+    /// all zero (a low-order `public`, which RFC 9180 says to refuse).
+    pub(crate) fn dh(&self, public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        let secret = x25519_dalek::StaticSecret::from(self.kem_secret);
+        let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
+        shared
+            .was_contributory()
+            .then(|| Zeroizing::new(*shared.as_bytes()))
+    }
+
+    /// [`Identity::dh`] with another node's long-term key, from memory when it
+    /// was remembered; the flag says whether it was. The caller remembers it
+    /// ([`Identity::remember_static_dh`]) once the exchange is verified.
+    pub(crate) fn static_dh(&self, peer: &[u8; 32]) -> Option<(Zeroizing<[u8; 32]>, bool)> {
+        match self.static_dh.get(peer) {
+            Some(v) => Some((v, true)),
+            None => self.dh(peer).map(|v| (v, false)),
+        }
+    }
+
+    pub(crate) fn remember_static_dh(&self, peer: [u8; 32], value: Zeroizing<[u8; 32]>) {
+        self.static_dh.insert(peer, value);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn static_dh_len(&self) -> usize {
+        self.static_dh.len()
     }
 
     /// Signs `domain || message`; the domain keeps a signature of one kind

@@ -13,6 +13,7 @@ pub mod noise;
 pub mod record;
 pub mod seal;
 pub mod sphinx;
+pub mod static_dh;
 
 pub use identity::{Address, Identity, IdentityError};
 pub use record::{AnnouncedKey, NodeRecord, RecordCell, RecordError, SignedRecord};
