@@ -731,8 +731,28 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// `f` once sled has let go of a store this test dropped: sled releases
+    /// its file lock when its last background write ends, which may be a
+    /// moment after the handle is dropped (a daemon's exit releases it at
+    /// once). Polls with a deadline.
+    fn unlocked<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match f() {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn inspect(dir: &Path) -> Result<StoreReport, StoreError> {
+        unlocked(|| super::inspect(dir))
+    }
+
     fn refused(dir: &Path) -> String {
-        match Store::open(dir) {
+        match unlocked(|| Store::open(dir)) {
             Ok(_) => panic!("opened"),
             Err(e) => e.to_string(),
         }
@@ -741,13 +761,13 @@ mod tests {
     #[test]
     fn fresh_then_existing_then_lost_flushes_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, opened) = Store::open_reporting(dir.path()).unwrap();
+        let (s, opened) = unlocked(|| Store::open_reporting(dir.path())).unwrap();
         assert_eq!(opened, Opened::Created);
         assert_eq!(manifest::read(dir.path()).unwrap().unwrap().generation, 1);
         s.bump(super::super::Counter::Relayed, 1).unwrap();
         s.flush_blocking().unwrap();
         drop(s);
-        let (s, opened) = Store::open_reporting(dir.path()).unwrap();
+        let (s, opened) = unlocked(|| Store::open_reporting(dir.path())).unwrap();
         assert_eq!(opened, Opened::Existing { generation: 2 });
         drop(s);
         // The manifest says more was flushed than the store holds.
@@ -909,7 +929,7 @@ mod tests {
         );
         drop((tags, s));
         let salvaged = out.path().join("salvaged");
-        let c = salvage(dir.path(), &salvaged).unwrap();
+        let c = unlocked(|| salvage(dir.path(), &salvaged)).unwrap();
         assert_eq!((c.inbox, c.outbox, c.drop, c.skipped), (5, 1, 5, 0));
         assert_eq!((c.contacts, c.replay, c.parts), (1, 3, 1));
         assert!(inspect(&salvaged).unwrap().intact());
@@ -952,7 +972,7 @@ mod tests {
             assert!(e.contains("tree replay"), "{e}");
             let out = tempfile::tempdir().unwrap();
             let dest = out.path().join("salvaged");
-            let c = salvage(dir.path(), &dest).unwrap();
+            let c = unlocked(|| salvage(dir.path(), &dest)).unwrap();
             assert_eq!((c.replay, c.skipped), (1, 1));
             assert!(inspect(&dest).unwrap().intact());
         }
@@ -962,7 +982,7 @@ mod tests {
         s.flush_blocking().unwrap();
         drop(s);
         assert!(inspect(dir.path()).unwrap().intact());
-        let raw = Store::open_raw(dir.path()).unwrap();
+        let raw = unlocked(|| Store::open_raw(dir.path())).unwrap();
         assert!(replay_tree(&raw).unwrap().is_none());
     }
 
