@@ -61,25 +61,29 @@ pub enum SealError {
 
 type Hkdf = hkdf::Hkdf<Sha256>;
 
-/// RFC 9180 §4: `LabeledExtract(salt, label, ikm)`.
-fn labeled_extract(suite: &[u8], salt: &[u8], label: &[u8], ikm: &[&[u8]]) -> Hkdf {
+/// RFC 9180 §4: `LabeledExtract(salt, label, ikm)`, as the PRK's bytes and
+/// as an expander over it.
+fn labeled_extract(suite: &[u8], salt: &[u8], label: &[u8], ikm: &[&[u8]]) -> ([u8; 32], Hkdf) {
     let mut ex = hkdf::HkdfExtract::<Sha256>::new(Some(salt));
-    ex.input_ikm(VERSION_LABEL);
-    ex.input_ikm(suite);
-    ex.input_ikm(label);
-    for part in ikm {
+    for part in [VERSION_LABEL, suite, label].iter().chain(ikm) {
         ex.input_ikm(part);
     }
-    ex.finalize().1
+    let (prk, hkdf) = ex.finalize();
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&prk);
+    (bytes, hkdf)
 }
 
-/// RFC 9180 §4: `LabeledExpand(prk, label, info, L)`, for L ≤ 255 × 32.
+/// RFC 9180 §4: `LabeledExpand(prk, label, info, L)`, for an `info` of at
+/// most 3 parts and L ≤ 255 × 32.
 fn labeled_expand(prk: &Hkdf, suite: &[u8], label: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let len = (out.len() as u16).to_be_bytes();
-    let mut parts: Vec<&[u8]> = vec![&len, VERSION_LABEL, suite, label];
-    parts.extend_from_slice(info);
+    let mut parts: [&[u8]; 7] = [&len, VERSION_LABEL, suite, label, &[], &[], &[]];
+    debug_assert!(info.len() <= 3, "labeled_expand takes at most 3 info parts");
+    let n = 4 + info.len().min(3);
+    parts[4..n].copy_from_slice(&info[..n - 4]);
     // Only fails for an output longer than 255 blocks; ours are 12 to 32 bytes.
-    let _ = prk.expand_multi_info(&parts, out);
+    let _ = prk.expand_multi_info(&parts[..n], out);
 }
 
 /// `key_schedule_context` of RFC 9180 §5.1 for auth mode, no PSK and
@@ -89,23 +93,10 @@ fn schedule_context() -> &'static [u8; 65] {
     CONTEXT.get_or_init(|| {
         let mut ctx = [0u8; 65];
         ctx[0] = MODE_AUTH;
-        ctx[1..33].copy_from_slice(&extract_prk(HPKE_SUITE, b"psk_id_hash", b""));
-        ctx[33..].copy_from_slice(&extract_prk(HPKE_SUITE, b"info_hash", SEAL_INFO));
+        ctx[1..33].copy_from_slice(&labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", &[]).0);
+        ctx[33..].copy_from_slice(&labeled_extract(HPKE_SUITE, b"", b"info_hash", &[SEAL_INFO]).0);
         ctx
     })
-}
-
-/// The bytes of `LabeledExtract("", label, ikm)`, where the RFC uses them as
-/// a value (the hashes of the key schedule context) rather than as a key.
-fn extract_prk(suite: &[u8], label: &[u8], ikm: &[u8]) -> [u8; 32] {
-    let mut ex = hkdf::HkdfExtract::<Sha256>::new(Some(b""));
-    ex.input_ikm(VERSION_LABEL);
-    ex.input_ikm(suite);
-    ex.input_ikm(label);
-    ex.input_ikm(ikm);
-    let mut prk = [0u8; 32];
-    prk.copy_from_slice(&ex.finalize().0);
-    prk
 }
 
 /// RFC 9180 §4.1 `ExtractAndExpand` and §5.1 `KeySchedule`: the AEAD key and
@@ -117,7 +108,7 @@ fn key_and_nonce(
     pk_r: &[u8; 32],
     pk_s: &[u8; 32],
 ) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
-    let eae_prk = labeled_extract(KEM_SUITE, b"", b"eae_prk", &[dh_eph, dh_static]);
+    let (_, eae_prk) = labeled_extract(KEM_SUITE, b"", b"eae_prk", &[dh_eph, dh_static]);
     let mut shared = Zeroizing::new([0u8; 32]);
     labeled_expand(
         &eae_prk,
@@ -126,7 +117,7 @@ fn key_and_nonce(
         &[enc, pk_r, pk_s],
         &mut shared[..],
     );
-    let secret = labeled_extract(HPKE_SUITE, &shared[..], b"secret", &[]);
+    let (_, secret) = labeled_extract(HPKE_SUITE, &shared[..], b"secret", &[]);
     let ctx = schedule_context();
     let mut key = Zeroizing::new([0u8; 32]);
     labeled_expand(&secret, HPKE_SUITE, b"key", &[ctx], &mut key[..]);

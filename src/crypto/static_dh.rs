@@ -14,8 +14,10 @@
 //! a lookup found in the older generation moves to the newer one, and when
 //! the newer one is full the older is dropped whole. Only results of a
 //! verified exchange are kept (a key this node sealed to, a sender whose
-//! letter opened), so a stream of letters under made-up sender keys costs the
-//! hostile peer as much as it costs us and evicts nothing that was earned.
+//! letter opened), so letters under made-up sender keys add nothing. A
+//! sender that makes real keys and real letters can push entries out, at a
+//! cost to it of two X25519 per letter; that only returns us to the two
+//! X25519 per open of plain HPKE, never to a wrong result.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

@@ -1046,6 +1046,30 @@ mod tests {
         }
     }
 
+    /// A keyring with one packet key announced at `NOW`, and its schedule.
+    fn ring_at_now(
+        seed: u64,
+    ) -> (
+        crate::crypto::keyring::Keyring,
+        crate::crypto::keyring::Schedule,
+    ) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut ring = crate::crypto::keyring::Keyring::new();
+        let schedule = crate::crypto::keyring::Schedule::new(86_400, 3_600).unwrap();
+        ring.rotate(NOW, &schedule, &mut rng);
+        (ring, schedule)
+    }
+
+    /// Makes reply blocks back to `origin`, at a packet key of its own.
+    fn reply_blocks_to(origin: Address, seed: u64) -> impl Fn() -> ReplyBlock {
+        let (ring, schedule) = ring_at_now(seed);
+        let origin_hop = NodeHop {
+            id: origin,
+            key: ring.announced(NOW, &schedule).unwrap().public,
+        };
+        move || Sphinx.reply_block(&[], &origin_hop).unwrap().0
+    }
+
     fn addr(b: u8) -> Address {
         Address([b; 32])
     }
@@ -1310,15 +1334,7 @@ mod tests {
         let (a, me) = (Identity::generate(), Identity::generate());
         let mut p = policy(me.address(), RoutingMode::Onion);
         let mut t = Table::default();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let mut ring = crate::crypto::keyring::Keyring::new();
-        let schedule = crate::crypto::keyring::Schedule::new(86_400, 3_600).unwrap();
-        ring.rotate(NOW, &schedule, &mut rng);
-        let origin_hop = NodeHop {
-            id: a.address(),
-            key: ring.announced(NOW, &schedule).unwrap().public,
-        };
-        let block = || Sphinx.reply_block(&[], &origin_hop).unwrap().0;
+        let block = reply_blocks_to(a.address(), 9);
         let first_of = |id: MessageId| Part {
             id,
             index: 0,
@@ -1377,10 +1393,7 @@ mod tests {
     /// drops it, and a replay is counted as one.
     #[test]
     fn onion_layers_are_passed_on_only_by_relays() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut ring = crate::crypto::keyring::Keyring::new();
-        let schedule = crate::crypto::keyring::Schedule::new(86_400, 3_600).unwrap();
-        ring.rotate(NOW, &schedule, &mut rng);
+        let (ring, schedule) = ring_at_now(3);
         let key = ring.announced(NOW, &schedule).unwrap();
         let me_hop = NodeHop {
             id: addr(9),
@@ -1437,15 +1450,7 @@ mod tests {
         let letter = postcard::to_stdvec(&e.sealed).unwrap();
         let parts = fragments::split(id, e.expires_at, &letter, letter.len() / 2 + 1).unwrap();
         assert!(parts.len() >= 2);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let mut ring = crate::crypto::keyring::Keyring::new();
-        let schedule = crate::crypto::keyring::Schedule::new(86_400, 3_600).unwrap();
-        ring.rotate(NOW, &schedule, &mut rng);
-        let origin_hop = NodeHop {
-            id: a.address(),
-            key: ring.announced(NOW, &schedule).unwrap().public,
-        };
-        let block = || Sphinx.reply_block(&[], &origin_hop).unwrap().0;
+        let block = reply_blocks_to(a.address(), 5);
         let parts: Vec<Part> = parts
             .iter()
             .map(|p| Part::decode(&p.encode(), usize::MAX).unwrap())

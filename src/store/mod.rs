@@ -458,8 +458,8 @@ impl Store {
             // none must change with another (the delivered and failed counts,
             // which must change with the outbox, are saved in the writer's
             // transaction). In sled 0.34.7 a batch, like a transaction, writes
-            // the log buffer out synchronously before and after itself: two
-            // more disk syncs per flush (NOTES.md).
+            // the log buffer out synchronously before and after itself: more
+            // disk syncs at every flush that finds counters changed (NOTES.md).
             for (k, v) in c {
                 self.meta.insert(k, &v.to_be_bytes())?;
             }
