@@ -84,13 +84,29 @@ impl Store {
     }
 
     /// Removes the confirmed ids; returns how many were there.
+    ///
+    /// The inbox is keyed by sequence, so an id's key is found by walking it
+    /// from the oldest entry. A pull hands out the oldest first and the
+    /// client confirms what it was given, so the ids are normally the first
+    /// entries: the walk stops as soon as every id asked for is found. (It
+    /// went through the whole inbox for every confirm; under a flood the
+    /// recipient's unconfirmed inbox held tens of thousands of messages, and
+    /// each confirm of 16 read all of them back through sled's cache.) Only
+    /// ids that are not in the inbox (confirmed already) make it walk to the
+    /// end.
     pub fn inbox_remove(&self, ids: &[MessageId]) -> Result<u32, StoreError> {
+        let mut wanted: std::collections::HashSet<[u8; 16]> = ids.iter().map(|id| id.0).collect();
         let mut removed = 0;
-        // The inbox is keyed by sequence; find each id's key by a scan of the
-        // (small) unconfirmed inbox.
-        for item in self.inbox.iter() {
-            let (k, _) = item?;
-            if k.len() == 24 && ids.iter().any(|id| id.0 == k[8..]) {
+        for key in self.inbox.iter().keys() {
+            if wanted.is_empty() {
+                break;
+            }
+            let k = key?;
+            let found = k
+                .get(8..)
+                .and_then(|id| <[u8; 16]>::try_from(id).ok())
+                .is_some_and(|id| k.len() == 24 && wanted.remove(&id));
+            if found {
                 self.inbox.remove(k)?;
                 removed += 1;
             }
@@ -117,6 +133,43 @@ mod tests {
             received: 2,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn confirm_removes_exactly_the_ids_given_wherever_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let me = Identity::generate();
+        for i in 1..=40u8 {
+            let r = Receipt::sign(&me, MessageId([i; 16]), 1_000);
+            assert!(s
+                .inbox_deliver(&msg(i, &i.to_string()), &r, 1_000, 10)
+                .unwrap()
+                .is_some());
+        }
+        // The oldest two, one from the middle, the newest, one twice, and one
+        // that is not there: four removed, the walk goes to the end for the
+        // unknown one and finds the rest on the way.
+        let ids: Vec<MessageId> = [2u8, 1, 20, 40, 20, 99]
+            .into_iter()
+            .map(|i| MessageId([i; 16]))
+            .collect();
+        assert_eq!(s.inbox_remove(&ids).unwrap(), 4);
+        let left: Vec<String> = s
+            .inbox_list(100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        let expected: Vec<String> = (3..=39u8)
+            .filter(|i| *i != 20)
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(left, expected, "the others stay, oldest first");
+        // Confirmed again: nothing left to remove.
+        assert_eq!(s.inbox_remove(&ids).unwrap(), 0);
+        assert_eq!(s.inbox_remove(&[]).unwrap(), 0);
+        assert_eq!(s.inbox_len(), 36);
     }
 
     #[test]

@@ -295,7 +295,8 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
         .join()
         .map_err(|_| anyhow::anyhow!("puller panicked"))??;
     let cpu1: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
-    let rss_flood = pids.iter().map(|&p| mem_mib(p).0).fold(0.0, f64::max);
+    let hwm: Vec<f64> = pids.iter().map(|&p| mem_mib(p).0).collect();
+    let rss_flood = hwm.iter().copied().fold(0.0, f64::max);
     let tally = Arc::try_unwrap(tally)
         .map_err(|_| anyhow::anyhow!("tally still shared"))?
         .into_inner()
@@ -469,7 +470,13 @@ fn run_on(ctx: &Ctx, b: &Bounds, nodes: &mut [Daemon]) -> anyhow::Result<LineOut
     rows.push(
         Row::new("rss_flood", Some(rss_flood), "MiB")
             .target(Goal::AtMost, 64.0)
-            .note("largest VmHWM (peak RSS) of the 5 daemons after the flood"),
+            .note(format!(
+                "largest VmHWM (peak RSS) of the 5 daemons after the flood; .2-.6: {} MiB",
+                hwm.iter()
+                    .map(|m| format!("{m:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            )),
     );
     let accepted_s = pushed.accepted.iter().map(|a| a.2).collect();
     let delivered_s = tally.got.values().map(arrived_s).collect();
