@@ -94,11 +94,16 @@ struct Copy {
     at_ms: u64,
 }
 
+/// One remembered message. Kept small: the map holds up to
+/// [`MESSAGE_CAPACITY`] of them in twice as many slots, so every byte here
+/// counts 64 Ki times (a receipt inline made each slot 200 bytes, 13 MB in
+/// all under a flood; boxed, the slot is 72 bytes, and only messages whose
+/// receipt came back pay for one).
 #[derive(Debug)]
 struct Message {
-    receipt: Option<Receipt>,
+    receipt: Option<Box<Receipt>>,
     /// The first links copies came from ([`UPSTREAMS`] at most): where its
-    /// receipt goes back.
+    /// receipt goes back. Allocated exactly, on the first one.
     upstream: Vec<Address>,
     at_ms: u64,
 }
@@ -148,8 +153,8 @@ impl FloodFilter {
     ) -> CopyVerdict {
         self.expire(now_ms);
         let mkey = message_key(id, recipient, expires_at);
-        if let Some(r) = self.messages.get(&mkey).and_then(|m| m.receipt.clone()) {
-            return CopyVerdict::Delivered(r);
+        if let Some(r) = self.messages.get(&mkey).and_then(|m| m.receipt.as_ref()) {
+            return CopyVerdict::Delivered(r.as_ref().clone());
         }
         if let Some(c) = self.copies.get_mut(&key) {
             if hops_left > c.max_hops {
@@ -205,7 +210,7 @@ impl FloodFilter {
             .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
         {
             Some(m) if m.receipt.is_none() => {
-                m.receipt = Some(r);
+                m.receipt = Some(Box::new(r));
                 true
             }
             _ => false,
@@ -226,6 +231,7 @@ impl FloodFilter {
             .get_mut(&message_key(id, recipient, expires_at))
         {
             if m.upstream.len() < UPSTREAMS && !m.upstream.contains(&from) {
+                m.upstream.reserve_exact(UPSTREAMS);
                 m.upstream.push(from);
             }
         }
@@ -323,6 +329,13 @@ mod tests {
             p.hops_left,
             now_ms,
         )
+    }
+
+    #[test]
+    fn a_remembered_message_stays_small() {
+        // 64 Ki slots of (key, Message) under a flood: see `Message`.
+        assert!(std::mem::size_of::<Message>() <= 40);
+        assert!(std::mem::size_of::<([u8; 32], Message)>() <= 72);
     }
 
     #[test]
