@@ -7,10 +7,15 @@
 //! When the queue is full (or no worker could be started) a job runs on
 //! tokio's blocking pool instead, as it did before: never lost, never blocking
 //! the caller's thread.
+//!
+//! The queue is a multi-consumer channel (`crossbeam-channel`): a job wakes
+//! one idle worker, and only when none is awake. (With one `std` receiver
+//! behind a mutex, the worker that took a job woke the next one, waiting on
+//! the mutex, on every job: a context switch per job for nothing.)
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 /// Jobs waiting for a worker.
 pub const QUEUE: usize = 1024;
@@ -25,15 +30,14 @@ pub struct JobFailed;
 /// is gone.
 #[derive(Clone)]
 pub struct Workers {
-    tx: Option<SyncSender<Job>>,
+    tx: Option<Sender<Job>>,
 }
 
 impl Workers {
     /// Starts `threads` workers named `name-N` (at least one). If none can
     /// be started, every job runs on tokio's blocking pool.
     pub fn start(threads: usize, name: &str) -> Workers {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
         let mut started = 0;
         for n in 0..threads.max(1) {
             let rx = rx.clone();
@@ -80,15 +84,9 @@ impl Workers {
     }
 }
 
-fn work(rx: &Mutex<Receiver<Job>>) {
-    loop {
-        let job = {
-            let Ok(rx) = rx.lock() else { return };
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
+fn work(rx: &Receiver<Job>) {
+    // Ends when every sender (every `Workers` handle) is gone.
+    while let Ok(job) = rx.recv() {
         // A panicking job drops its answer (the caller sees `JobFailed`);
         // the worker goes on.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
