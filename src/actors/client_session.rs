@@ -304,7 +304,7 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             Err(e) => refused(e),
         },
         Request::Backup { path, with_key } => backup(deps, path, with_key).await,
-        Request::Outbox { max } => outbox(deps, max),
+        Request::Outbox { max } => outbox(deps, max).await,
         Request::OutboxCancel { id } => cancel(deps, &id).await,
         Request::Peek { skip, max } => {
             let max = (max as usize).clamp(1, MAX_PULL_BATCH);
@@ -317,10 +317,16 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
     }
 }
 
-/// `hermes outbox`: what waits, the next due first.
-fn outbox(deps: &ClientDeps, max: u32) -> Response {
+/// `hermes outbox`: what waits, the next due first. The count walks the
+/// whole due index: on the blocking pool, as `status`'s counts are.
+async fn outbox(deps: &ClientDeps, max: u32) -> Response {
     let max = (max as usize).min(MAX_OUTBOX_LIST);
-    match deps.store.outbox_list(max) {
+    let store = deps.store.clone();
+    let listed = match actix_rt::task::spawn_blocking(move || store.outbox_list(max)).await {
+        Ok(r) => r,
+        Err(e) => return refused(format!("the outbox listing did not finish: {e}")),
+    };
+    match listed {
         Ok((total, list)) => Response::Outbox {
             total,
             entries: list
