@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::hostile::HostilePeer;
 use common::*;
-use hermes::actors::names::PROBE_CACHE_TTL;
+use hermes::actors::names::{EV_PROBING, PROBE_CACHE_TTL};
 use hermes::crypto::{unix_now, Address, Identity, SignedRecord};
 use hermes::wire::link::{Gossip, LinkBody};
 use serde_json::Value;
@@ -308,4 +308,41 @@ fn contacts_name_pinned_keys() {
     let idle = Node::configure(N, 9, NodeOpts::default());
     let out = idle.cli("contacts", &["list"]);
     assert_eq!(out.code, Some(2), "{out}");
+}
+
+#[test]
+fn a_push_to_the_ip_of_a_node_this_one_dialed_needs_no_probe() {
+    const N: u8 = 27;
+    // .3 dials .2 (its bootstrap): an outbound link to 127.0.27.2:58008.
+    let nodes = line_with(N, 2, |_, _| {});
+    let (dialed, dialer) = (&nodes[0], &nodes[1]);
+    // A node .3 has no link to.
+    let stranger = Node::start(N, 9, NodeOpts::default());
+
+    dialer.push(&dialed.ip(), "over the link");
+    dialed.pull_until(DELIVERY_TIMEOUT, "the push to the dialed node", |got| {
+        got.contains(&pull_line(&dialer.ip(), "over the link"))
+    });
+    // The control: a push to an IP without a link probes it, and says so in
+    // the log. Once that line is there, a probe of the dialed node's address
+    // made before it would be there too.
+    dialer.push(&stranger.ip(), "to a stranger");
+    let probed = |addr: &str| {
+        dialer
+            .log()
+            .lines()
+            .any(|l| l.contains(EV_PROBING) && l.contains(addr))
+    };
+    wait_for(
+        LINK_TIMEOUT,
+        "the probe of the stranger's address in the dialer's log",
+        &[dialer],
+        || probed(&stranger.listen()),
+    );
+    assert!(
+        !probed(&dialed.listen()),
+        "the push to {} probed it although the dialer has a link to it:\n{}",
+        dialed.listen(),
+        dialer.log_tail(40)
+    );
 }

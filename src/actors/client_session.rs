@@ -290,7 +290,7 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
             let learn = move |rec: &crate::crypto::SignedRecord| {
                 book.do_send(LearnedRecord(rec.clone()));
             };
-            match names::add_contact(&name, &dest, &deps.store, &deps.me, &learn).await {
+            match names::add_contact(&name, &dest, &deps.store, &deps.me, &learn, &deps.log).await {
                 Ok(c) => Response::Contacts(vec![c]),
                 Err(e) => refused(e),
             }

@@ -513,6 +513,9 @@ pub struct PeerSession {
     over_budget: bool,
     /// A courier link: onion packets (and pings) only, not a neighbour.
     courier: bool,
+    /// An outbound link's entry in the names' live-link map (a push to the
+    /// address dialed needs no probe while this session lives).
+    _live: Option<super::names::LiveLink>,
 }
 
 impl PeerSession {
@@ -535,6 +538,12 @@ impl PeerSession {
             peer,
             courier,
         } = est;
+        let live = match (direction, stream.peer_addr()) {
+            (Direction::Out, Ok(dialed)) => {
+                Some(super::names::LiveLink::register(dialed, peer.clone()))
+            }
+            _ => None,
+        };
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let log = log.new(slog::o!("peer" => format!("{:?}", peer.record.address), "peer_listen" => peer.record.listen.to_string()));
@@ -565,6 +574,7 @@ impl PeerSession {
                 admitted: false,
                 over_budget: false,
                 courier,
+                _live: live,
             }
         })
     }

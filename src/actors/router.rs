@@ -1038,7 +1038,7 @@ impl Handler<Push> for Router {
                     let _ = b.try_send(LearnedRecord(rec.clone()));
                 }
             };
-            let recipient = super::names::resolve(&msg.to, &store, &me, &learn).await?;
+            let recipient = super::names::resolve(&msg.to, &store, &me, &learn, &log).await?;
             let id = MessageId::random();
             let now_ms = unix_now_ms();
             let to = recipient.record.address;
