@@ -231,7 +231,7 @@ impl FloodFilter {
             .get_mut(&message_key(id, recipient, expires_at))
         {
             if m.upstream.len() < UPSTREAMS && !m.upstream.contains(&from) {
-                m.upstream.reserve_exact(UPSTREAMS);
+                m.upstream.reserve_exact(UPSTREAMS - m.upstream.len());
                 m.upstream.push(from);
             }
         }
@@ -359,6 +359,11 @@ mod tests {
             vec![a, b],
             "the first {UPSTREAMS}, once each"
         );
+        let m = f
+            .messages
+            .get(&message_key(&p.id, &p.recipient, p.expires_at))
+            .unwrap();
+        assert_eq!(m.upstream.capacity(), UPSTREAMS, "allocated exactly, once");
         // Forgotten with the message.
         judge(&mut f, &packet(2), SEEN_WINDOW.as_millis() as u64 + 1);
         assert!(f.upstreams(&r).is_empty());

@@ -95,21 +95,10 @@ impl Store {
     /// ids that are not in the inbox (confirmed already) make it walk to the
     /// end.
     pub fn inbox_remove(&self, ids: &[MessageId]) -> Result<u32, StoreError> {
-        let mut wanted: std::collections::HashSet<[u8; 16]> = ids.iter().map(|id| id.0).collect();
         let mut removed = 0;
-        for key in self.inbox.iter().keys() {
-            if wanted.is_empty() {
-                break;
-            }
-            let k = key?;
-            let found = k
-                .get(8..)
-                .and_then(|id| <[u8; 16]>::try_from(id).ok())
-                .is_some_and(|id| k.len() == 24 && wanted.remove(&id));
-            if found {
-                self.inbox.remove(k)?;
-                removed += 1;
-            }
+        for k in keys_holding(self.inbox.iter().keys(), ids)? {
+            self.inbox.remove(k)?;
+            removed += 1;
         }
         Ok(removed)
     }
@@ -117,6 +106,30 @@ impl Store {
     pub fn inbox_len(&self) -> usize {
         self.inbox.len()
     }
+}
+
+/// The inbox keys (`be_u64(seq) ‖ id`, oldest first) among `keys` that hold
+/// one of `ids`, read no further than the last of them is found.
+fn keys_holding<K: AsRef<[u8]>, E>(
+    keys: impl Iterator<Item = Result<K, E>>,
+    ids: &[MessageId],
+) -> Result<Vec<K>, E> {
+    let mut wanted: std::collections::HashSet<[u8; 16]> = ids.iter().map(|id| id.0).collect();
+    let mut found = Vec::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    for key in keys {
+        let k = key?;
+        let b = k.as_ref();
+        if b.len() == 24 && wanted.remove(&b[8..]) {
+            found.push(k);
+            if wanted.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -133,6 +146,24 @@ mod tests {
             received: 2,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn a_confirm_reads_no_further_than_its_last_id() {
+        let key = |seq: u64| {
+            let mut k = seq.to_be_bytes().to_vec();
+            k.extend_from_slice(&[seq as u8; 16]);
+            k
+        };
+        let read = std::cell::Cell::new(0);
+        let keys = (1..=1_000u64).map(|s| {
+            read.set(read.get() + 1);
+            Ok::<_, ()>(key(s))
+        });
+        let ids = [MessageId([3; 16]), MessageId([1; 16]), MessageId([2; 16])];
+        let found = keys_holding(keys, &ids).unwrap();
+        assert_eq!(found, vec![key(1), key(2), key(3)]);
+        assert_eq!(read.get(), 3, "the walk stops at the last id");
     }
 
     #[test]
