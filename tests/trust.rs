@@ -258,6 +258,48 @@ fn rewritten_receipts_do_not_settle_a_message() {
     assert_eq!(t.r.pull(), vec![pull_line(&t.s.ip(), &text)]);
 }
 
+/// Attack 4b: relays pass the first receipt for a message on without
+/// checking its signature (the origin checks it). H makes M remember the
+/// genuine message (its bytes with no hops left, which M does not pass on),
+/// hands M a receipt for it that R never signed, and then the genuine copy
+/// with its hops. The unchecked receipt must neither answer that copy in
+/// R's name nor stop it: R gets the message, and M passes R's genuine
+/// receipt back.
+#[test]
+fn a_forged_receipt_at_a_relay_neither_answers_nor_stops_the_message() {
+    let mut t = hostile_line(28, "");
+    let text = format!("not settled by H {}", random_hex(6));
+    t.s.push(&t.r.ip(), &text);
+    let genuine = next_packet(&mut t.hs);
+    let mut starved = genuine.clone();
+    starved.hops_left = 0;
+    assert!(t.hm.send(LinkBody::Packet(starved)));
+    let forged = Receipt {
+        id: genuine.id,
+        recipient: genuine.recipient,
+        signature: [0x55; 64],
+        hops_left: 8,
+        expires_at: genuine.expires_at,
+    };
+    assert!(!forged.verify());
+    assert!(t.hm.send(LinkBody::Receipt(forged)));
+    sync(&mut t.hm);
+    assert!(t.hm.send(LinkBody::Packet(genuine.clone())));
+    let got =
+        t.r.pull_until(DELIVERY_TIMEOUT, "the genuine message", |l| !l.is_empty());
+    assert_eq!(got, vec![pull_line(&t.s.ip(), &text)]);
+    let receipt = next_receipt(&mut t.hm);
+    assert_eq!(receipt.id, genuine.id);
+    assert!(receipt.verify(), "M passes back R's receipt, not H's");
+    assert!(t.hs.send(LinkBody::Receipt(receipt)));
+    wait_for(
+        DELIVERY_TIMEOUT,
+        "the genuine receipt settles it",
+        &[&t.s],
+        || t.s.outbox().2 == 1,
+    );
+}
+
 /// Attack 7: an undeliverable message is retried with backoff, and its
 /// retries leave nothing on disk at the relays.
 #[test]

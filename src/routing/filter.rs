@@ -13,7 +13,19 @@
 //!   on again, so a genuine copy replayed with `hops_left = 0` cannot stop it.
 //! - A receipt is passed on only for a message (id, recipient *and* expiry,
 //!   all three signed in the receipt) that this node passed on within the
-//!   window, and only once: receipts for made-up ids go nowhere.
+//!   window: receipts for made-up ids go nowhere.
+//! - Receipts are verified where they change state ([`ReceiptVerdict`]). The
+//!   first receipt for a message is passed on unchecked (the origin checks
+//!   every receipt before it settles anything) and held *unverified*: it
+//!   suppresses nothing but byte-identical copies of itself. Any *other*
+//!   receipt for the message is checked, and if it verifies it is passed on
+//!   too and held verified, so a forged receipt that came first cannot hold
+//!   back the genuine one, and each further forgery costs its sender what it
+//!   costs the node (one signature check, as before). A held receipt answers
+//!   a late copy only once it is verified ([`CopyVerdict::Delivered`]).
+//!   The same receipt coming back with more hops left is passed on again,
+//!   as copies are, so the genuine bytes sent first with `hops_left = 0`
+//!   cannot stop it.
 //! - Everything here lives in memory for [`SEEN_WINDOW`] (long enough to
 //!   outlive one flood, not the message's time to live) and is bounded by
 //!   [`COPY_CAPACITY`] and [`MESSAGE_CAPACITY`]; the oldest entries go first.
@@ -84,8 +96,40 @@ pub enum CopyVerdict {
     MoreHops,
     /// Seen already: drop it.
     Duplicate,
-    /// The message is delivered: answer with this receipt, pass nothing on.
-    Delivered(Receipt),
+    /// A receipt for the message is held: answer with it and pass nothing
+    /// on, once it is known to be genuine. With `verified: false` the
+    /// caller checks its signature first, then calls
+    /// [`FloodFilter::hold_receipt`] with `verified: true`, or, if it does
+    /// not verify, [`FloodFilter::drop_receipt`] and judges the copy again.
+    Delivered { receipt: Receipt, verified: bool },
+}
+
+/// What to do with an arriving receipt (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptVerdict {
+    /// Not for a message this node passed on in the window: drop it.
+    Unknown,
+    /// The first receipt for the message: pass it on without checking its
+    /// signature, and hold it unverified.
+    First,
+    /// The receipt held, back with more hops left: pass it on again.
+    MoreHops,
+    /// The receipt held, or another one after a verified one: drop it.
+    Duplicate,
+    /// Another receipt than the unverified one held: pass it on only if its
+    /// signature verifies (and hold it verified).
+    Check,
+}
+
+impl ReceiptVerdict {
+    /// Whether the receipt goes on upstream (after its check, for
+    /// [`ReceiptVerdict::Check`]).
+    pub fn passes(self) -> bool {
+        matches!(
+            self,
+            ReceiptVerdict::First | ReceiptVerdict::MoreHops | ReceiptVerdict::Check
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -101,11 +145,26 @@ struct Copy {
 /// receipt came back pay for one).
 #[derive(Debug)]
 struct Message {
-    receipt: Option<Box<Receipt>>,
+    receipt: Option<Box<HeldReceipt>>,
     /// The first links copies came from ([`UPSTREAMS`] at most): where its
     /// receipt goes back. Allocated exactly, on the first one.
     upstream: Vec<Address>,
     at_ms: u64,
+}
+
+/// A message's receipt as this node has it.
+#[derive(Debug)]
+struct HeldReceipt {
+    receipt: Receipt,
+    /// Its signature was checked (here); an unverified one only stops
+    /// byte-identical copies of itself.
+    verified: bool,
+}
+
+/// Whether two receipts for one message are the same bytes, `hops_left`
+/// aside (id, recipient and expiry are the message's key already).
+fn same_receipt(a: &Receipt, b: &Receipt) -> bool {
+    a.signature == b.signature
 }
 
 /// The in-memory, bounded, short-lived seen set of one node.
@@ -153,8 +212,11 @@ impl FloodFilter {
     ) -> CopyVerdict {
         self.expire(now_ms);
         let mkey = message_key(id, recipient, expires_at);
-        if let Some(r) = self.messages.get(&mkey).and_then(|m| m.receipt.as_ref()) {
-            return CopyVerdict::Delivered(r.as_ref().clone());
+        if let Some(h) = self.messages.get(&mkey).and_then(|m| m.receipt.as_ref()) {
+            return CopyVerdict::Delivered {
+                receipt: h.receipt.clone(),
+                verified: h.verified,
+            };
         }
         if let Some(c) = self.copies.get_mut(&key) {
             if hops_left > c.max_hops {
@@ -191,29 +253,80 @@ impl FloodFilter {
         CopyVerdict::New
     }
 
-    /// True if a receipt like `r` should be verified and passed on: this node
-    /// passed the message on within the window and has no receipt for it yet.
-    /// Cheap; call it before the signature check.
-    pub fn wants_receipt(&mut self, r: &Receipt, now_ms: u64) -> bool {
+    /// Judges a receipt `r` arriving (see [`ReceiptVerdict`]); changes
+    /// nothing: the caller checks the signature where the verdict (or its
+    /// own state) asks for it, then calls [`FloodFilter::hold_receipt`].
+    pub fn judge_receipt(&mut self, r: &Receipt, now_ms: u64) -> ReceiptVerdict {
         self.expire(now_ms);
-        self.messages
+        let Some(m) = self
+            .messages
             .get(&message_key(&r.id, &r.recipient, r.expires_at))
-            .is_some_and(|m| m.receipt.is_none())
+        else {
+            return ReceiptVerdict::Unknown;
+        };
+        match m.receipt.as_deref() {
+            None => ReceiptVerdict::First,
+            Some(h) if same_receipt(&h.receipt, r) => {
+                if r.hops_left > h.receipt.hops_left {
+                    ReceiptVerdict::MoreHops
+                } else {
+                    ReceiptVerdict::Duplicate
+                }
+            }
+            Some(h) if h.verified => ReceiptVerdict::Duplicate,
+            Some(_) => ReceiptVerdict::Check,
+        }
     }
 
-    /// Keeps a receipt whose signature the caller has verified; later copies
-    /// of its message get [`CopyVerdict::Delivered`]. False if the message is
-    /// not (or no longer) remembered.
-    pub fn add_receipt(&mut self, r: Receipt) -> bool {
-        match self
+    /// Holds `r` as its message's receipt, `verified` if the caller checked
+    /// its signature: the first one, or a verified one in place of an
+    /// unverified other, or the same one with more hops left (or now
+    /// verified). False if the message is not (or no longer) remembered, or
+    /// another receipt is held that `r` may not replace.
+    pub fn hold_receipt(&mut self, r: Receipt, verified: bool) -> bool {
+        let Some(m) = self
+            .messages
+            .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
+        else {
+            return false;
+        };
+        match m.receipt.as_deref_mut() {
+            None => {
+                m.receipt = Some(Box::new(HeldReceipt {
+                    receipt: r,
+                    verified,
+                }));
+                true
+            }
+            Some(h) if same_receipt(&h.receipt, &r) => {
+                h.receipt.hops_left = h.receipt.hops_left.max(r.hops_left);
+                h.verified |= verified;
+                true
+            }
+            Some(h) if verified && !h.verified => {
+                *h = HeldReceipt {
+                    receipt: r,
+                    verified,
+                };
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Forgets a held receipt that turned out not to verify (it is only
+    /// forgotten if it is still the one held).
+    pub fn drop_receipt(&mut self, r: &Receipt) {
+        if let Some(m) = self
             .messages
             .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
         {
-            Some(m) if m.receipt.is_none() => {
-                m.receipt = Some(Box::new(r));
-                true
+            if m.receipt
+                .as_deref()
+                .is_some_and(|h| !h.verified && same_receipt(&h.receipt, r))
+            {
+                m.receipt = None;
             }
-            _ => false,
         }
     }
 
@@ -411,24 +524,133 @@ mod tests {
         assert_eq!(judge(&mut f, &packet(1), 2), CopyVerdict::Duplicate);
     }
 
+    /// A message to `bob` passed on by `f`, and bob's receipt for it.
+    fn passed_on(f: &mut FloodFilter, bob: &Identity) -> (FloodPacket, Receipt) {
+        let mut p = packet(1);
+        p.recipient = bob.address();
+        assert_eq!(judge(f, &p, 0), CopyVerdict::New);
+        (p.clone(), Receipt::sign(bob, p.id, p.expires_at))
+    }
+
+    /// A receipt for the same message that bob did not sign.
+    fn forged(r: &Receipt, byte: u8) -> Receipt {
+        let mut f = r.clone();
+        f.signature[0] ^= byte;
+        f
+    }
+
     #[test]
-    fn receipts_pass_once_and_only_for_messages_passed_on() {
+    fn receipts_pass_only_for_messages_passed_on_and_each_once() {
         let bob = Identity::generate();
         let mut f = FloodFilter::default();
         let mut p = packet(1);
         p.recipient = bob.address();
         let r = Receipt::sign(&bob, p.id, p.expires_at);
-        assert!(!f.wants_receipt(&r, 0), "never passed on");
+        assert_eq!(
+            f.judge_receipt(&r, 0),
+            ReceiptVerdict::Unknown,
+            "never passed on"
+        );
+        assert!(!f.hold_receipt(r.clone(), false), "nothing to hold it for");
         assert_eq!(judge(&mut f, &p, 0), CopyVerdict::New);
         // A receipt naming another expiry is another message.
         let other = Receipt::sign(&bob, p.id, p.expires_at + 1);
-        assert!(!f.wants_receipt(&other, 0));
-        assert!(f.wants_receipt(&r, 0));
-        assert!(f.add_receipt(r.clone()));
-        assert!(!f.wants_receipt(&r, 0), "only once");
+        assert_eq!(f.judge_receipt(&other, 0), ReceiptVerdict::Unknown);
+        assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::First);
+        assert!(f.hold_receipt(r.clone(), false));
+        assert_eq!(
+            f.judge_receipt(&r, 0),
+            ReceiptVerdict::Duplicate,
+            "only once"
+        );
+        let mut fewer = r.clone();
+        fewer.hops_left -= 1;
+        assert_eq!(f.judge_receipt(&fewer, 0), ReceiptVerdict::Duplicate);
+    }
+
+    #[test]
+    fn a_receipt_sent_first_with_no_hops_left_cannot_stop_the_full_one() {
+        let bob = Identity::generate();
+        let mut f = FloodFilter::default();
+        let (_, r) = passed_on(&mut f, &bob);
+        let mut starved = r.clone();
+        starved.hops_left = 0;
+        assert_eq!(f.judge_receipt(&starved, 0), ReceiptVerdict::First);
+        assert!(f.hold_receipt(starved, false));
+        assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::MoreHops);
+        assert!(f.hold_receipt(r.clone(), false));
+        assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::Duplicate);
+    }
+
+    #[test]
+    fn an_unchecked_receipt_held_back_nothing_but_itself() {
+        let bob = Identity::generate();
+        let mut f = FloodFilter::default();
+        let (p, genuine) = passed_on(&mut f, &bob);
+        // A forgery that comes first is passed on unchecked (the origin
+        // drops it) and held unverified.
+        let first = forged(&genuine, 1);
+        assert_eq!(f.judge_receipt(&first, 0), ReceiptVerdict::First);
+        assert!(f.hold_receipt(first.clone(), false));
+        // Every other receipt is to be checked: a second forgery (which the
+        // caller drops when it does not verify), and the genuine one.
+        assert_eq!(
+            f.judge_receipt(&forged(&genuine, 2), 0),
+            ReceiptVerdict::Check
+        );
+        assert!(
+            !f.hold_receipt(forged(&genuine, 2), false),
+            "unchecked never replaces"
+        );
+        assert_eq!(f.judge_receipt(&genuine, 0), ReceiptVerdict::Check);
+        assert!(
+            f.hold_receipt(genuine.clone(), true),
+            "checked replaces unchecked"
+        );
+        // Once one is verified, no other receipt costs a check.
+        assert_eq!(
+            f.judge_receipt(&forged(&genuine, 4), 0),
+            ReceiptVerdict::Duplicate
+        );
+        assert!(
+            !f.hold_receipt(forged(&genuine, 4), true),
+            "nothing replaces a verified one"
+        );
         let mut late = p.clone();
         late.attempt = 9;
-        assert_eq!(judge(&mut f, &late, 5), CopyVerdict::Delivered(r));
+        assert_eq!(
+            judge(&mut f, &late, 5),
+            CopyVerdict::Delivered {
+                receipt: genuine,
+                verified: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_unchecked_receipt_answers_late_copies_only_after_its_check() {
+        let bob = Identity::generate();
+        let mut f = FloodFilter::default();
+        let (p, genuine) = passed_on(&mut f, &bob);
+        let bad = forged(&genuine, 1);
+        assert!(f.hold_receipt(bad.clone(), false));
+        let mut late = p.clone();
+        late.attempt = 9;
+        assert_eq!(
+            judge(&mut f, &late, 5),
+            CopyVerdict::Delivered {
+                receipt: bad.clone(),
+                verified: false
+            }
+        );
+        // It did not verify: forgotten, and the copy passes as a new one.
+        f.drop_receipt(&bad);
+        assert_eq!(judge(&mut f, &late, 6), CopyVerdict::New);
+        assert_eq!(f.judge_receipt(&genuine, 7), ReceiptVerdict::First);
+        // A receipt that verified is not dropped by mistake.
+        assert!(f.hold_receipt(genuine.clone(), true));
+        f.drop_receipt(&genuine);
+        assert_eq!(f.judge_receipt(&genuine, 8), ReceiptVerdict::Duplicate);
     }
 
     #[test]

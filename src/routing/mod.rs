@@ -27,4 +27,4 @@ pub mod policy;
 mod sim;
 
 pub use accept::{open_packet, Accepted, RejectReason};
-pub use filter::{CopyVerdict, FloodFilter};
+pub use filter::{CopyVerdict, FloodFilter, ReceiptVerdict};

@@ -40,7 +40,7 @@ use super::onion::engine::{BuiltPart, Origin, Plan, ReplyOutcome};
 use super::onion::fragments::{self, Outcome, Part, Reassembly};
 use super::onion::path::{Candidate, Guards};
 use super::onion::relay::Arrival;
-use super::{CopyVerdict, FloodFilter};
+use super::{CopyVerdict, FloodFilter, ReceiptVerdict};
 use crate::backoff::backoff_delay;
 use crate::config::RoutingMode;
 use crate::crypto::seal;
@@ -527,16 +527,23 @@ impl Policy {
             .filter
             .on_copy(key, &p.id, &p.recipient, p.expires_at, p.hops_left, now_ms)
         {
-            CopyVerdict::Delivered(r) => {
-                // Already delivered: answer a late copy with the receipt.
-                out.push(Action::Count(Counter::Replays));
-                if let Some(to) = from {
-                    out.push(Action::Send {
-                        to,
-                        body: LinkBody::Receipt(r),
-                    });
+            CopyVerdict::Delivered { receipt, verified } => {
+                // The receipt passed on unchecked answers nothing until it
+                // is checked: a forged one must not stop the message.
+                if verified || receipt.verify() {
+                    self.filter.hold_receipt(receipt.clone(), true);
+                    // Already delivered: answer a late copy with the receipt.
+                    out.push(Action::Count(Counter::Replays));
+                    if let Some(to) = from {
+                        out.push(Action::Send {
+                            to,
+                            body: LinkBody::Receipt(receipt),
+                        });
+                    }
+                    return out;
                 }
-                return out;
+                self.filter.drop_receipt(&receipt);
+                return self.on_packet(p, from, now_ms, facts);
             }
             CopyVerdict::Duplicate => {
                 self.note_upstream(&p, from);
@@ -649,6 +656,11 @@ impl Policy {
         if !self.expiry_ok(r.expires_at, now_ms / 1000) {
             return vec![Action::Count(Counter::Dropped)];
         }
+        if r.recipient == self.cfg.me {
+            // Signed here: this node answers late copies from its own
+            // delivered marks, and holds nobody's copy of its receipts.
+            return Vec::new();
+        }
         // Ours: a message in the outbox for exactly this recipient and expiry.
         let ours = match facts.outbox_of(&r.id) {
             Ok(Some((to, expires_at))) => to == r.recipient && expires_at == r.expires_at,
@@ -660,24 +672,31 @@ impl Policy {
                 }]
             }
         };
-        // Receipts pass only for messages passed on, once; the cheap check
-        // first, the signature after.
-        let wanted = self.filter.wants_receipt(&r, now_ms);
-        if !wanted && !ours {
+        // Receipts pass only for messages passed on; the signature is
+        // checked where the receipt changes state: here, when it settles
+        // one of ours, or when it is another receipt than the unchecked one
+        // this node passed on (see `filter`). The origin checks every one.
+        let verdict = self.filter.judge_receipt(&r, now_ms);
+        if !verdict.passes() && !ours {
             return Vec::new();
         }
-        if !r.verify() {
+        let verified = ours || verdict == ReceiptVerdict::Check;
+        if verified && !r.verify() {
             return vec![Action::Dropped("receipt with a bad signature".into())];
         }
-        self.filter.add_receipt(r.clone());
         let mut out = Vec::new();
+        if verdict.passes() {
+            self.filter.hold_receipt(r.clone(), verified);
+        }
         if ours {
+            // Back where it started: nobody upstream waits for it.
             out.push(Action::Settle {
                 id: r.id,
-                receipt: r.clone(),
+                receipt: r,
             });
+            return out;
         }
-        if wanted && r.hops_left > 0 {
+        if r.hops_left > 0 {
             r.hops_left -= 1;
             let upstream = self.filter.upstreams(&r);
             out.push(Action::SendBack {
@@ -1214,6 +1233,119 @@ mod tests {
         ));
         let out = p.on_receipt(good, Some(addr(1)), NOW_MS, &mut t);
         assert!(matches!(out.as_slice(), [Action::Settle { id: x, .. }] if *x == id));
+    }
+
+    /// `me` relays a message from `a` to `b` that came over link 1, and
+    /// `b`'s receipt for it.
+    fn relayed(me: &Identity) -> (Policy, Table, OutboxEntry, MessageId, Receipt) {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let mut p = policy(me.address(), RoutingMode::Flood);
+        let mut t = Table::default();
+        let id = MessageId::random();
+        let e = entry(&a, &b, id);
+        let out = p.on_packet(packet(&e, id, 5), Some(addr(1)), NOW_MS, &mut t);
+        assert!(out.iter().any(|a| matches!(a, Action::Flood { .. })));
+        let r = Receipt::sign(&b, id, e.expires_at);
+        (p, t, e, id, r)
+    }
+
+    fn forged_receipt(r: &Receipt, byte: u8) -> Receipt {
+        let mut f = r.clone();
+        f.signature[0] ^= byte;
+        f
+    }
+
+    fn answers_with(out: &[Action], to: Address, r: &Receipt) -> bool {
+        out.iter().any(|a| {
+            matches!(a, Action::Send { to: x, body: LinkBody::Receipt(y) }
+                if *x == to && y.signature == r.signature)
+        })
+    }
+
+    #[test]
+    fn a_relay_passes_the_first_receipt_unchecked_and_checks_every_other() {
+        let (mut p, mut t, e, id, genuine) = relayed(&Identity::generate());
+        let back_to_1 = |out: &[Action]| matches!(out, [Action::SendBack { upstream, .. }] if upstream == &vec![addr(1)]);
+        // The first one goes back unchecked, forged or not: the origin
+        // checks it. No signature check was spent on it.
+        let first = forged_receipt(&genuine, 1);
+        assert!(back_to_1(&p.on_receipt(
+            first.clone(),
+            Some(addr(2)),
+            NOW_MS,
+            &mut t
+        )));
+        assert!(
+            p.on_receipt(first, Some(addr(2)), NOW_MS, &mut t)
+                .is_empty(),
+            "once"
+        );
+        // Any other one is checked: a second forgery goes nowhere ...
+        assert!(matches!(
+            p.on_receipt(forged_receipt(&genuine, 2), Some(addr(2)), NOW_MS, &mut t)
+                .as_slice(),
+            [Action::Dropped(_)]
+        ));
+        // ... and the genuine one, after the forgery, still goes back.
+        assert!(back_to_1(&p.on_receipt(
+            genuine.clone(),
+            Some(addr(3)),
+            NOW_MS,
+            &mut t
+        )));
+        assert!(p
+            .on_receipt(genuine.clone(), Some(addr(3)), NOW_MS, &mut t)
+            .is_empty());
+        assert!(p
+            .on_receipt(forged_receipt(&genuine, 4), Some(addr(2)), NOW_MS, &mut t)
+            .is_empty());
+        // A late copy is answered with the genuine receipt, not passed on.
+        let mut late = packet(&e, id, 5);
+        late.attempt = 7;
+        let out = p.on_packet(late, Some(addr(4)), NOW_MS, &mut t);
+        assert!(answers_with(&out, addr(4), &genuine));
+        assert!(!out.iter().any(|a| matches!(a, Action::Flood { .. })));
+    }
+
+    #[test]
+    fn a_late_copy_is_not_answered_with_a_receipt_that_does_not_verify() {
+        let (mut p, mut t, e, id, genuine) = relayed(&Identity::generate());
+        let bad = forged_receipt(&genuine, 1);
+        assert!(!p
+            .on_receipt(bad.clone(), Some(addr(2)), NOW_MS, &mut t)
+            .is_empty());
+        let mut late = packet(&e, id, 5);
+        late.attempt = 7;
+        let out = p.on_packet(late.clone(), Some(addr(4)), NOW_MS, &mut t);
+        assert!(!answers_with(&out, addr(4), &bad));
+        assert!(
+            out.iter().any(|a| matches!(a, Action::Flood { .. })),
+            "the copy goes on as if no receipt had come"
+        );
+        // And the genuine receipt is passed on when it comes.
+        assert!(matches!(
+            p.on_receipt(genuine, Some(addr(3)), NOW_MS, &mut t)
+                .as_slice(),
+            [Action::SendBack { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_node_holds_no_copy_of_a_receipt_it_signed() {
+        let (me, a) = (Identity::generate(), Identity::generate());
+        let mut p = policy(me.address(), RoutingMode::Flood);
+        let mut t = Table::default();
+        let id = MessageId::random();
+        let e = entry(&a, &me, id);
+        let out = p.on_packet(packet(&e, id, 5), Some(addr(1)), NOW_MS, &mut t);
+        assert!(matches!(out.as_slice(), [Action::Deliver { .. }]));
+        // Its receipt, or one made up in its name, coming back from a link.
+        for r in [
+            Receipt::sign(&me, id, e.expires_at),
+            forged_receipt(&Receipt::sign(&me, id, e.expires_at), 1),
+        ] {
+            assert!(p.on_receipt(r, Some(addr(2)), NOW_MS, &mut t).is_empty());
+        }
     }
 
     #[test]
