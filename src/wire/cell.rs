@@ -150,7 +150,14 @@ impl Reassembler {
             return Err(CellError::ShortContinued(len));
         }
         let body = &cell[CELL_HEADER..CELL_HEADER + len];
-        if cell[CELL_HEADER + len..].iter().any(|&b| b != 0) {
+        // An OR over the whole padding, not `any`: it has no early exit, so
+        // it runs as vector code (`any` went byte by byte, 5% of a relay's
+        // CPU, over ~3 KiB of padding in every receipt's cell).
+        if cell[CELL_HEADER + len..]
+            .iter()
+            .fold(0u8, |acc, &b| acc | b)
+            != 0
+        {
             return Err(CellError::Padding);
         }
         // Checked before the bytes are kept.
