@@ -22,10 +22,13 @@
 //!   too and held verified, so a forged receipt that came first cannot hold
 //!   back the genuine one, and each further forgery costs its sender what it
 //!   costs the node (one signature check, as before). A held receipt answers
-//!   a late copy only once it is verified ([`CopyVerdict::Delivered`]).
-//!   The same receipt coming back with more hops left is passed on again,
-//!   as copies are, so the genuine bytes sent first with `hops_left = 0`
-//!   cannot stop it.
+//!   a late copy only once it is verified ([`CopyVerdict::Delivered`]); one
+//!   that fails its check stays held as known bad, so no later receipt for
+//!   the message goes on unchecked: at most one receipt per message is ever
+//!   passed on without a check. The same receipt coming back with more hops
+//!   left is passed on again, as copies are, so the genuine bytes sent first
+//!   with `hops_left = 0` cannot stop it; if it was not checked yet, it is
+//!   checked first (else one forgery could be sent on once per hop count).
 //! - Everything here lives in memory for [`SEEN_WINDOW`] (long enough to
 //!   outlive one flood, not the message's time to live) and is bounded by
 //!   [`COPY_CAPACITY`] and [`MESSAGE_CAPACITY`]; the oldest entries go first.
@@ -100,7 +103,8 @@ pub enum CopyVerdict {
     /// on, once it is known to be genuine. With `verified: false` the
     /// caller checks its signature first, then calls
     /// [`FloodFilter::hold_receipt`] with `verified: true`, or, if it does
-    /// not verify, [`FloodFilter::drop_receipt`] and judges the copy again.
+    /// not verify, [`FloodFilter::refute_receipt`] and judges the copy
+    /// again (a refuted receipt answers nothing).
     Delivered { receipt: Receipt, verified: bool },
 }
 
@@ -114,10 +118,12 @@ pub enum ReceiptVerdict {
     First,
     /// The receipt held, back with more hops left: pass it on again.
     MoreHops,
-    /// The receipt held, or another one after a verified one: drop it.
+    /// The receipt held (or refuted), or another one after a verified one:
+    /// drop it.
     Duplicate,
-    /// Another receipt than the unverified one held: pass it on only if its
-    /// signature verifies (and hold it verified).
+    /// Another receipt than the unchecked or refuted one held, or the
+    /// unchecked one back with more hops left: pass it on only if its
+    /// signature verifies (and hold it verified; if not, refute it).
     Check,
 }
 
@@ -156,9 +162,19 @@ struct Message {
 #[derive(Debug)]
 struct HeldReceipt {
     receipt: Receipt,
-    /// Its signature was checked (here); an unverified one only stops
-    /// byte-identical copies of itself.
-    verified: bool,
+    checked: Checked,
+}
+
+/// What this node knows of a held receipt's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// Not checked: it stops only byte-identical copies of itself.
+    Not,
+    /// Verified here.
+    Good,
+    /// Failed its check: it answers nothing, and every other receipt for the
+    /// message is checked.
+    Bad,
 }
 
 /// Whether two receipts for one message are the same bytes, `hops_left`
@@ -213,10 +229,12 @@ impl FloodFilter {
         self.expire(now_ms);
         let mkey = message_key(id, recipient, expires_at);
         if let Some(h) = self.messages.get(&mkey).and_then(|m| m.receipt.as_ref()) {
-            return CopyVerdict::Delivered {
-                receipt: h.receipt.clone(),
-                verified: h.verified,
-            };
+            if h.checked != Checked::Bad {
+                return CopyVerdict::Delivered {
+                    receipt: h.receipt.clone(),
+                    verified: h.checked == Checked::Good,
+                };
+            }
         }
         if let Some(c) = self.copies.get_mut(&key) {
             if hops_left > c.max_hops {
@@ -264,26 +282,33 @@ impl FloodFilter {
         else {
             return ReceiptVerdict::Unknown;
         };
-        match m.receipt.as_deref() {
-            None => ReceiptVerdict::First,
-            Some(h) if same_receipt(&h.receipt, r) => {
-                if r.hops_left > h.receipt.hops_left {
-                    ReceiptVerdict::MoreHops
-                } else {
-                    ReceiptVerdict::Duplicate
-                }
-            }
-            Some(h) if h.verified => ReceiptVerdict::Duplicate,
-            Some(_) => ReceiptVerdict::Check,
+        let Some(h) = m.receipt.as_deref() else {
+            return ReceiptVerdict::First;
+        };
+        if same_receipt(&h.receipt, r) {
+            return match h.checked {
+                Checked::Good if r.hops_left > h.receipt.hops_left => ReceiptVerdict::MoreHops,
+                Checked::Not if r.hops_left > h.receipt.hops_left => ReceiptVerdict::Check,
+                _ => ReceiptVerdict::Duplicate,
+            };
+        }
+        match h.checked {
+            Checked::Good => ReceiptVerdict::Duplicate,
+            Checked::Not | Checked::Bad => ReceiptVerdict::Check,
         }
     }
 
     /// Holds `r` as its message's receipt, `verified` if the caller checked
     /// its signature: the first one, or a verified one in place of an
-    /// unverified other, or the same one with more hops left (or now
-    /// verified). False if the message is not (or no longer) remembered, or
-    /// another receipt is held that `r` may not replace.
+    /// unchecked or refuted other, or the same one with more hops left (or
+    /// now verified). False if the message is not (or no longer)
+    /// remembered, or another receipt is held that `r` may not replace.
     pub fn hold_receipt(&mut self, r: Receipt, verified: bool) -> bool {
+        let checked = if verified {
+            Checked::Good
+        } else {
+            Checked::Not
+        };
         let Some(m) = self
             .messages
             .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
@@ -294,19 +319,21 @@ impl FloodFilter {
             None => {
                 m.receipt = Some(Box::new(HeldReceipt {
                     receipt: r,
-                    verified,
+                    checked,
                 }));
                 true
             }
-            Some(h) if same_receipt(&h.receipt, &r) => {
+            Some(h) if same_receipt(&h.receipt, &r) && h.checked != Checked::Bad => {
                 h.receipt.hops_left = h.receipt.hops_left.max(r.hops_left);
-                h.verified |= verified;
+                if verified {
+                    h.checked = Checked::Good;
+                }
                 true
             }
-            Some(h) if verified && !h.verified => {
+            Some(h) if verified && h.checked != Checked::Good => {
                 *h = HeldReceipt {
                     receipt: r,
-                    verified,
+                    checked,
                 };
                 true
             }
@@ -314,18 +341,17 @@ impl FloodFilter {
         }
     }
 
-    /// Forgets a held receipt that turned out not to verify (it is only
-    /// forgotten if it is still the one held).
-    pub fn drop_receipt(&mut self, r: &Receipt) {
-        if let Some(m) = self
+    /// Marks the held receipt bad if it is `r` and was not checked yet: `r`
+    /// failed its signature check. From then on it answers no copy, and
+    /// every other receipt for the message is checked.
+    pub fn refute_receipt(&mut self, r: &Receipt) {
+        if let Some(h) = self
             .messages
             .get_mut(&message_key(&r.id, &r.recipient, r.expires_at))
+            .and_then(|m| m.receipt.as_deref_mut())
         {
-            if m.receipt
-                .as_deref()
-                .is_some_and(|h| !h.verified && same_receipt(&h.receipt, r))
-            {
-                m.receipt = None;
+            if h.checked == Checked::Not && same_receipt(&h.receipt, r) {
+                h.checked = Checked::Bad;
             }
         }
     }
@@ -411,7 +437,7 @@ impl FloodFilter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::seal::Sealed;
     use crate::crypto::Identity;
@@ -532,8 +558,8 @@ mod tests {
         (p.clone(), Receipt::sign(bob, p.id, p.expires_at))
     }
 
-    /// A receipt for the same message that bob did not sign.
-    fn forged(r: &Receipt, byte: u8) -> Receipt {
+    /// A receipt for the same message that its recipient did not sign.
+    pub(crate) fn forged(r: &Receipt, byte: u8) -> Receipt {
         let mut f = r.clone();
         f.signature[0] ^= byte;
         f
@@ -576,7 +602,16 @@ mod tests {
         let mut starved = r.clone();
         starved.hops_left = 0;
         assert_eq!(f.judge_receipt(&starved, 0), ReceiptVerdict::First);
-        assert!(f.hold_receipt(starved, false));
+        assert!(f.hold_receipt(starved.clone(), false));
+        // Held unchecked: the same bytes with more hops are checked first,
+        // so a forgery cannot go on once per hop count.
+        assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::Check);
+        assert!(f.hold_receipt(r.clone(), true));
+        assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::Duplicate);
+        // Held verified: more hops pass on without a second check.
+        let mut f = FloodFilter::default();
+        let (_, r) = passed_on(&mut f, &bob);
+        assert!(f.hold_receipt(starved, true));
         assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::MoreHops);
         assert!(f.hold_receipt(r.clone(), false));
         assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::Duplicate);
@@ -643,14 +678,34 @@ mod tests {
                 verified: false
             }
         );
-        // It did not verify: forgotten, and the copy passes as a new one.
-        f.drop_receipt(&bad);
+        // It did not verify: refuted, it answers nothing, and the copy
+        // passes as a new one.
+        f.refute_receipt(&bad);
         assert_eq!(judge(&mut f, &late, 6), CopyVerdict::New);
-        assert_eq!(f.judge_receipt(&genuine, 7), ReceiptVerdict::First);
-        // A receipt that verified is not dropped by mistake.
-        assert!(f.hold_receipt(genuine.clone(), true));
-        f.drop_receipt(&genuine);
+        // Nothing goes on unchecked any more: not the refuted bytes (with
+        // any hop count), and not another forgery.
+        assert_eq!(f.judge_receipt(&bad, 7), ReceiptVerdict::Duplicate);
+        let mut more = bad.clone();
+        more.hops_left = u8::MAX;
+        assert_eq!(f.judge_receipt(&more, 7), ReceiptVerdict::Duplicate);
+        assert!(!f.hold_receipt(forged(&genuine, 2), false));
+        assert_eq!(f.judge_receipt(&genuine, 7), ReceiptVerdict::Check);
+        assert!(
+            f.hold_receipt(genuine.clone(), true),
+            "verified replaces refuted"
+        );
+        // A receipt that verified is not refuted by mistake.
+        f.refute_receipt(&genuine);
         assert_eq!(f.judge_receipt(&genuine, 8), ReceiptVerdict::Duplicate);
+        let mut later = late.clone();
+        later.attempt = 10;
+        assert_eq!(
+            judge(&mut f, &later, 9),
+            CopyVerdict::Delivered {
+                receipt: genuine,
+                verified: true
+            }
+        );
     }
 
     #[test]

@@ -531,7 +531,9 @@ impl Policy {
                 // The receipt passed on unchecked answers nothing until it
                 // is checked: a forged one must not stop the message.
                 if verified || receipt.verify() {
-                    self.filter.hold_receipt(receipt.clone(), true);
+                    if !verified {
+                        self.filter.hold_receipt(receipt.clone(), true);
+                    }
                     // Already delivered: answer a late copy with the receipt.
                     out.push(Action::Count(Counter::Replays));
                     if let Some(to) = from {
@@ -542,7 +544,10 @@ impl Policy {
                     }
                     return out;
                 }
-                self.filter.drop_receipt(&receipt);
+                // Refuted, it answers nothing: the copy is judged as if no
+                // receipt had come (once: a refuted receipt is not
+                // `Delivered` again).
+                self.filter.refute_receipt(&receipt);
                 return self.on_packet(p, from, now_ms, facts);
             }
             CopyVerdict::Duplicate => {
@@ -682,6 +687,8 @@ impl Policy {
         }
         let verified = ours || verdict == ReceiptVerdict::Check;
         if verified && !r.verify() {
+            // If these are the bytes held unchecked, they are known bad now.
+            self.filter.refute_receipt(&r);
             return vec![Action::Dropped("receipt with a bad signature".into())];
         }
         let mut out = Vec::new();
@@ -976,6 +983,7 @@ mod tests {
     use super::*;
     use crate::crypto::sphinx::{OnionFormat, Peeled, Sphinx};
     use crate::crypto::Identity;
+    use crate::routing::filter::tests::forged;
     use rand::SeedableRng;
 
     const NOW_MS: u64 = 1_800_000_000_000;
@@ -1249,12 +1257,6 @@ mod tests {
         (p, t, e, id, r)
     }
 
-    fn forged_receipt(r: &Receipt, byte: u8) -> Receipt {
-        let mut f = r.clone();
-        f.signature[0] ^= byte;
-        f
-    }
-
     fn answers_with(out: &[Action], to: Address, r: &Receipt) -> bool {
         out.iter().any(|a| {
             matches!(a, Action::Send { to: x, body: LinkBody::Receipt(y) }
@@ -1268,7 +1270,7 @@ mod tests {
         let back_to_1 = |out: &[Action]| matches!(out, [Action::SendBack { upstream, .. }] if upstream == &vec![addr(1)]);
         // The first one goes back unchecked, forged or not: the origin
         // checks it. No signature check was spent on it.
-        let first = forged_receipt(&genuine, 1);
+        let first = forged(&genuine, 1);
         assert!(back_to_1(&p.on_receipt(
             first.clone(),
             Some(addr(2)),
@@ -1276,13 +1278,26 @@ mod tests {
             &mut t
         )));
         assert!(
-            p.on_receipt(first, Some(addr(2)), NOW_MS, &mut t)
+            p.on_receipt(first.clone(), Some(addr(2)), NOW_MS, &mut t)
                 .is_empty(),
             "once"
         );
+        // Not once more per hop count: with more hops left it is checked.
+        let mut more = first;
+        more.hops_left += 1;
+        assert!(matches!(
+            p.on_receipt(more.clone(), Some(addr(2)), NOW_MS, &mut t)
+                .as_slice(),
+            [Action::Dropped(_)]
+        ));
+        more.hops_left += 1;
+        assert!(
+            p.on_receipt(more, Some(addr(2)), NOW_MS, &mut t).is_empty(),
+            "refuted: not even checked again"
+        );
         // Any other one is checked: a second forgery goes nowhere ...
         assert!(matches!(
-            p.on_receipt(forged_receipt(&genuine, 2), Some(addr(2)), NOW_MS, &mut t)
+            p.on_receipt(forged(&genuine, 2), Some(addr(2)), NOW_MS, &mut t)
                 .as_slice(),
             [Action::Dropped(_)]
         ));
@@ -1297,7 +1312,7 @@ mod tests {
             .on_receipt(genuine.clone(), Some(addr(3)), NOW_MS, &mut t)
             .is_empty());
         assert!(p
-            .on_receipt(forged_receipt(&genuine, 4), Some(addr(2)), NOW_MS, &mut t)
+            .on_receipt(forged(&genuine, 4), Some(addr(2)), NOW_MS, &mut t)
             .is_empty());
         // A late copy is answered with the genuine receipt, not passed on.
         let mut late = packet(&e, id, 5);
@@ -1310,7 +1325,7 @@ mod tests {
     #[test]
     fn a_late_copy_is_not_answered_with_a_receipt_that_does_not_verify() {
         let (mut p, mut t, e, id, genuine) = relayed(&Identity::generate());
-        let bad = forged_receipt(&genuine, 1);
+        let bad = forged(&genuine, 1);
         assert!(!p
             .on_receipt(bad.clone(), Some(addr(2)), NOW_MS, &mut t)
             .is_empty());
@@ -1322,6 +1337,12 @@ mod tests {
             out.iter().any(|a| matches!(a, Action::Flood { .. })),
             "the copy goes on as if no receipt had come"
         );
+        // After one refuted forgery, the next one is not passed on unchecked.
+        assert!(matches!(
+            p.on_receipt(forged(&genuine, 2), Some(addr(2)), NOW_MS, &mut t)
+                .as_slice(),
+            [Action::Dropped(_)]
+        ));
         // And the genuine receipt is passed on when it comes.
         assert!(matches!(
             p.on_receipt(genuine, Some(addr(3)), NOW_MS, &mut t)
@@ -1342,7 +1363,7 @@ mod tests {
         // Its receipt, or one made up in its name, coming back from a link.
         for r in [
             Receipt::sign(&me, id, e.expires_at),
-            forged_receipt(&Receipt::sign(&me, id, e.expires_at), 1),
+            forged(&Receipt::sign(&me, id, e.expires_at), 1),
         ] {
             assert!(p.on_receipt(r, Some(addr(2)), NOW_MS, &mut t).is_empty());
         }
