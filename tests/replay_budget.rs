@@ -186,6 +186,25 @@ fn a_peer_filling_the_replay_tags_does_not_stop_the_relay() {
     send_through(&mut peer, &newest, r_addr, AFTER, "after");
     wait_relayed(&x, base, AFTER, AFTER, "packets to the new key");
 
+    // O must wrap to the new key: one wrapped to the full old one is dropped,
+    // and after two sendings without a receipt O avoids X and sends directly.
+    // O hears of the new key by gossip from X and reads its relays again when
+    // its book changes (`router::BookChanged`).
+    let x_addr = x.address();
+    wait_for(
+        Duration::from_secs(30),
+        format!("O's book has X's key {}", k2.epoch),
+        &[&o, &x],
+        || {
+            let out = o.cli("peers", &["--json"]);
+            assert!(out.ok(), "{out}");
+            out.stdout.lines().any(|l| {
+                let p: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                p["address"] == x_addr.as_str() && p["packet_key_epoch"] == k2.epoch
+            })
+        },
+    );
+
     // A genuine message from O to R: X is the one relay O knows, so it goes through X.
     let text = format!("through a relay a peer tried to fill {}", random_hex(8));
     o.push(&r.address(), &text);

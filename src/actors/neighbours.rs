@@ -33,7 +33,8 @@ use super::peer_session::{
     dial_courier, dial_from_own_ip, Close, Established, LinkIdentity, PeerHandle, PeerSession,
 };
 use super::router::{
-    CourierFailed, CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook, Router,
+    BookChanged, CourierFailed, CourierUp, LearnedRecord, NeighbourDown, NeighbourUp, PeerBook,
+    Router,
 };
 use super::{fault_handler, guard};
 use crate::config::{LiveLimits, NetworkConfig};
@@ -291,8 +292,9 @@ impl NeighbourManager {
 
     fn save_book(&mut self) {
         let (changed, removed) = self.membership.take_book_changes();
-        for e in &changed {
-            if let Err(e) = self.store.peer_save(&to_stored(e)) {
+        let saved: Vec<PeerRecord> = changed.iter().map(to_stored).collect();
+        for e in &saved {
+            if let Err(e) = self.store.peer_save(e) {
                 slog::warn!(self.log, "cannot save an address-book entry"; "error" => %e);
             }
         }
@@ -300,6 +302,12 @@ impl NeighbourManager {
             if let Err(e) = self.store.peer_remove(a) {
                 slog::warn!(self.log, "cannot remove an address-book entry"; "error" => %e);
             }
+        }
+        if !saved.is_empty() || !removed.is_empty() {
+            // After the writes: the Router reads its candidates from the
+            // store. With its mailbox full the notice is dropped, and the
+            // Router reads them at its next CANDIDATES_REFRESH instead.
+            let _ = self.router.try_send(BookChanged { saved, removed });
         }
         // Anchors change only when outbound links come and go; an empty set
         // (no links now) keeps the last one, for the next start.
@@ -738,6 +746,7 @@ impl Handler<GetPeers> for NeighbourManager {
                 last_seen: e.last_seen,
                 last_success: e.last_success,
                 failures: e.failures,
+                packet_key_epoch: e.record.record.packet_key.map(|k| k.epoch),
             })
             .collect();
         v.sort_by(|a, b| a.listen.cmp(&b.listen));

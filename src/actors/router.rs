@@ -44,7 +44,7 @@ use crate::routing::policy::{
     Action, Delivery, Facts, Note, Policy, PolicyConfig, Reloaded, RetrySchedule,
 };
 use crate::store::replay::TagVerdict;
-use crate::store::{Counter, DropKey, OutboxEntry, Reschedule, Store, StoreError};
+use crate::store::{Counter, DropKey, OutboxEntry, PeerRecord, Reschedule, Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::{FloodPacket, LinkBody, LinkFrame, OnionPacket, Receipt};
 use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
@@ -177,6 +177,19 @@ struct View<'a> {
     log: &'a slog::Logger,
 }
 
+/// An address-book entry as a relay candidate at `now`: a node with a
+/// packet key that may be wrapped to, and not one the book failed to reach
+/// twice in a row.
+fn candidate_of(e: &PeerRecord, now: u64) -> Option<Candidate> {
+    if e.failures >= 2 {
+        return None;
+    }
+    hop_of(&e.record, now).map(|hop| Candidate {
+        hop,
+        relay: e.record.record.relay,
+    })
+}
+
 /// A record's packet key, if it may be wrapped to at `now`.
 fn hop_of(rec: &SignedRecord, now: u64) -> Option<NodeHop> {
     let key = rec.record.packet_key?;
@@ -223,17 +236,7 @@ impl Facts for View<'_> {
             }
         }
         let c: Vec<Candidate> = match self.store.peers_all() {
-            Ok(all) => all
-                .iter()
-                // Not a node the book failed to reach twice in a row.
-                .filter(|e| e.failures < 2)
-                .filter_map(|e| {
-                    hop_of(&e.record, now).map(|hop| Candidate {
-                        hop,
-                        relay: e.record.record.relay,
-                    })
-                })
-                .collect(),
+            Ok(all) => all.iter().filter_map(|e| candidate_of(e, now)).collect(),
             Err(e) => {
                 slog::warn!(self.log, "cannot read the address book"; "error" => %e);
                 Vec::new()
@@ -1159,6 +1162,44 @@ impl Handler<PeerBook> for Router {
     }
 }
 
+/// Address-book entries the NeighbourManager just saved (from gossip, a
+/// link, a failed dial) or removed. A relay candidate whose packet key, relay flag or
+/// standing changed makes the Router read its candidates again at once, not
+/// at the next [`CANDIDATES_REFRESH`]: a relay that announced a new key
+/// (early rotation, with its old key full) is wrapped to with the new one
+/// from the next message on, rather than failing until it is avoided.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BookChanged {
+    pub saved: Vec<PeerRecord>,
+    pub removed: Vec<Address>,
+}
+
+impl Handler<BookChanged> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: BookChanged, _ctx: &mut Context<Self>) {
+        let stale = match &self.candidates {
+            Some((_, cached)) => candidates_changed(cached, &msg, unix_now()),
+            None => false,
+        };
+        if stale {
+            self.candidates = None;
+        }
+    }
+}
+
+/// Whether `change` makes a relay candidate of `cached` differ: one removed,
+/// one whose candidate (key, relay flag, standing) is not the cached one, or
+/// a new one.
+fn candidates_changed(cached: &[Candidate], change: &BookChanged, now: u64) -> bool {
+    let known = |a: &Address| cached.iter().find(|c| c.hop.id == *a).copied();
+    change.removed.iter().any(|a| known(a).is_some())
+        || change
+            .saved
+            .iter()
+            .any(|e| candidate_of(e, now) != known(&e.address()))
+}
+
 /// Nodes that just left the NeighbourManager's view of nodes alive nearby
 /// (its neighbours and theirs): most likely down, so onion paths avoid them
 /// for a while ([`crate::routing::onion::engine::SUSPECT_FOR_SECS`]).
@@ -1382,3 +1423,86 @@ impl Handler<CancelOutbox> for Router {
 }
 
 fault_handler!(Router, "router");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::identity::Identity;
+    use crate::crypto::AnnouncedKey;
+
+    const NOW: u64 = 1_000_000;
+
+    fn entry(id: &Identity, epoch: Option<u64>, relay: bool, failures: u32) -> PeerRecord {
+        let key = epoch.map(|epoch| AnnouncedKey {
+            epoch,
+            public: [epoch as u8; 32],
+            not_before: NOW - 10,
+            not_after: NOW + 1000,
+        });
+        let listen = "127.0.0.9:1".parse().unwrap();
+        let rec = SignedRecord::sign_with_key(id, listen, relay, NOW, key);
+        PeerRecord {
+            failures,
+            ..PeerRecord::learned(rec, NOW)
+        }
+    }
+
+    fn change(saved: Vec<PeerRecord>, removed: Vec<Address>) -> BookChanged {
+        BookChanged { saved, removed }
+    }
+
+    #[test]
+    fn a_book_change_refreshes_the_candidates_only_when_a_candidate_differs() {
+        let (x, y) = (Identity::generate(), Identity::generate());
+        let x1 = entry(&x, Some(1), true, 0);
+        let cached: Vec<Candidate> = candidate_of(&x1, NOW).into_iter().collect();
+        assert_eq!(cached.len(), 1);
+
+        // The same record seen again (only last_seen moves): nothing to do.
+        let seen_again = PeerRecord {
+            last_seen: NOW + 5,
+            ..x1.clone()
+        };
+        assert!(!candidates_changed(
+            &cached,
+            &change(vec![seen_again], vec![]),
+            NOW
+        ));
+        // A node that is no candidate, before and after: nothing either.
+        let y_plain = entry(&y, None, true, 0);
+        assert!(!candidates_changed(
+            &cached,
+            &change(vec![y_plain], vec![]),
+            NOW
+        ));
+        assert!(!candidates_changed(
+            &cached,
+            &change(vec![], vec![y.address()]),
+            NOW
+        ));
+
+        // A new packet key, a new relay, a relay that stopped relaying, one
+        // the book failed to reach twice, one removed: read them again.
+        for (what, c) in [
+            (
+                "a new key",
+                change(vec![entry(&x, Some(2), true, 0)], vec![]),
+            ),
+            (
+                "a new relay",
+                change(vec![entry(&y, Some(1), true, 0)], vec![]),
+            ),
+            (
+                "relaying no more",
+                change(vec![entry(&x, Some(1), false, 0)], vec![]),
+            ),
+            (
+                "unreachable",
+                change(vec![entry(&x, Some(1), true, 2)], vec![]),
+            ),
+            ("removed", change(vec![], vec![x.address()])),
+        ] {
+            assert!(candidates_changed(&cached, &c, NOW), "{what}");
+        }
+    }
+}

@@ -262,6 +262,8 @@ pub struct PeerStatus {
     pub last_success: Option<u64>,
     /// Dials that failed since the last success.
     pub failures: u32,
+    /// The epoch of the packet key its record announces (onion mode), if any.
+    pub packet_key_epoch: Option<u64>,
 }
 
 /// One contact or pinned address as `hermes contacts list` shows it (also
