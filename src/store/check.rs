@@ -728,14 +728,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `f` once sled has let go of a store this test dropped: sled releases
     /// its file lock when its last background write ends, which may be a
     /// moment after the handle is dropped (a daemon's exit releases it at
     /// once). Polls with a deadline.
-    fn unlocked<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn unlocked<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match f() {

@@ -281,7 +281,7 @@ mod tests {
             r.check_and_insert(256 + 7, &t(9)).unwrap();
             store.flush_blocking().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         let r = store.replay_tags(100).unwrap();
         assert_eq!((r.count(7), r.count(8), r.count(263)), (5, 1, 1));
         assert_eq!(r.check_and_insert(7, &t(3)).unwrap(), TagVerdict::Replay);
