@@ -794,20 +794,20 @@ pub(crate) mod tests {
             },
         )
         .unwrap();
-        Store::open(dir.path()).unwrap();
+        crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
     }
 
     #[test]
     fn missing_store_or_manifest_refused_legacy_adopted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         s.flush_blocking().unwrap();
         drop(s);
         std::fs::remove_file(manifest::path(dir.path())).unwrap();
         assert!(refused(dir.path()).contains("store.manifest: missing"));
         std::fs::remove_dir_all(dir.path().join("store")).unwrap();
         // Neither: a fresh store.
-        drop(Store::open(dir.path()).unwrap());
+        drop(crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap());
         std::fs::remove_dir_all(dir.path().join("store")).unwrap();
         assert!(refused(dir.path()).contains("the store is missing"));
 
@@ -833,7 +833,7 @@ pub(crate) mod tests {
     #[test]
     fn identity_bound_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         let key = dir.path().join("identity.key");
         s.bind_identity(&[1; 32], &key).unwrap();
         s.bind_identity(&[1; 32], &key).unwrap();
@@ -849,7 +849,7 @@ pub(crate) mod tests {
         use crate::crypto::{Address, Identity};
         use crate::wire::link::Receipt;
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         let me = Identity::generate();
         for i in 0..5u8 {
             let msg = InboxMessage {
@@ -948,7 +948,7 @@ pub(crate) mod tests {
             (vec![1u8; 41], vec![]),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let s = Store::open(dir.path()).unwrap();
+            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
             let tags = s.replay_tags(10).unwrap();
             tags.check_and_insert(3, &[3; 32]).unwrap();
             drop(tags);
@@ -978,7 +978,7 @@ pub(crate) mod tests {
         }
         // A store that never opened the tree: check neither needs nor makes it.
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         s.flush_blocking().unwrap();
         drop(s);
         assert!(inspect(dir.path()).unwrap().intact());
@@ -989,7 +989,7 @@ pub(crate) mod tests {
     #[test]
     fn a_pin_that_does_not_decode_is_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         s.contacts
             .insert(b"ip/127.0.0.4:58008", &[9u8, 9, 9][..])
             .unwrap();

@@ -616,12 +616,12 @@ mod tests {
     fn counters_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
             s.bump(Counter::Relayed, 2).unwrap();
             s.bump(Counter::Relayed, 3).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         assert_eq!(s.counter(Counter::Relayed).unwrap(), 5);
         assert_eq!(s.counter(Counter::Dropped).unwrap(), 0);
     }
@@ -629,7 +629,7 @@ mod tests {
     #[test]
     fn second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open(dir.path()).unwrap();
+        let _s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
         match Store::open(dir.path()) {
             Err(StoreError::Locked(_)) => {}
             Err(other) => panic!("expected Locked, got {other}"),
