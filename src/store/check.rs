@@ -728,24 +728,10 @@ impl Store {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// `f` once sled has let go of a store this test dropped: sled releases
-    /// its file lock when its last background write ends, which may be a
-    /// moment after the handle is dropped (a daemon's exit releases it at
-    /// once). Polls with a deadline.
-    pub(crate) fn unlocked<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match f() {
-                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                other => return other,
-            }
-        }
-    }
+    use crate::store::test_util::unlocked;
 
     fn inspect(dir: &Path) -> Result<StoreReport, StoreError> {
         unlocked(|| super::inspect(dir))
@@ -794,20 +780,20 @@ pub(crate) mod tests {
             },
         )
         .unwrap();
-        crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        crate::store::test_util::open(dir.path());
     }
 
     #[test]
     fn missing_store_or_manifest_refused_legacy_adopted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         s.flush_blocking().unwrap();
         drop(s);
         std::fs::remove_file(manifest::path(dir.path())).unwrap();
         assert!(refused(dir.path()).contains("store.manifest: missing"));
         std::fs::remove_dir_all(dir.path().join("store")).unwrap();
         // Neither: a fresh store.
-        drop(crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap());
+        drop(crate::store::test_util::open(dir.path()));
         std::fs::remove_dir_all(dir.path().join("store")).unwrap();
         assert!(refused(dir.path()).contains("the store is missing"));
 
@@ -833,7 +819,7 @@ pub(crate) mod tests {
     #[test]
     fn identity_bound_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let key = dir.path().join("identity.key");
         s.bind_identity(&[1; 32], &key).unwrap();
         s.bind_identity(&[1; 32], &key).unwrap();
@@ -849,7 +835,7 @@ pub(crate) mod tests {
         use crate::crypto::{Address, Identity};
         use crate::wire::link::Receipt;
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
         for i in 0..5u8 {
             let msg = InboxMessage {
@@ -948,7 +934,7 @@ pub(crate) mod tests {
             (vec![1u8; 41], vec![]),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let s = crate::store::test_util::open(dir.path());
             let tags = s.replay_tags(10).unwrap();
             tags.check_and_insert(3, &[3; 32]).unwrap();
             drop(tags);
@@ -978,7 +964,7 @@ pub(crate) mod tests {
         }
         // A store that never opened the tree: check neither needs nor makes it.
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         s.flush_blocking().unwrap();
         drop(s);
         assert!(inspect(dir.path()).unwrap().intact());
@@ -989,7 +975,7 @@ pub(crate) mod tests {
     #[test]
     fn a_pin_that_does_not_decode_is_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         s.contacts
             .insert(b"ip/127.0.0.4:58008", &[9u8, 9, 9][..])
             .unwrap();

@@ -209,7 +209,7 @@ mod tests {
         let first = contact(Some(sa));
         let second = contact(Some(sa));
         {
-            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let s = crate::store::test_util::open(dir.path());
             assert_eq!(s.contact_insert_new(&ip, &first).unwrap(), Pinned::Inserted);
             assert_eq!(
                 s.contact_insert_new(&ip, &second).unwrap(),
@@ -221,7 +221,7 @@ mod tests {
             );
             s.flush_blocking().unwrap();
         }
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         assert_eq!(s.contact_get(&ip).unwrap(), Some(first.clone()));
         assert_eq!(
             s.contacts_all().unwrap(),
@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn a_damaged_value_is_an_error_not_an_absent_pin() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let key = ContactKey::Ip("[::1]:58008".parse().unwrap());
         s.contacts.insert(key.bytes(), &[7u8, 1, 2][..]).unwrap();
         assert!(s.contact_get(&key).is_err());

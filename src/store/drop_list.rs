@@ -144,7 +144,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         (dir, s)
     }
 
@@ -197,7 +197,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = DropKey::Delivered(MessageId([3; 16]));
         {
-            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let s = crate::store::test_util::open(dir.path());
             s.drop_insert_new(
                 &key,
                 &DropEntry {
@@ -209,7 +209,7 @@ mod tests {
             .unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         assert!(!s
             .drop_insert_new(
                 &key,

@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn confirm_removes_exactly_the_ids_given_wherever_they_are() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
         for i in 1..=40u8 {
             let r = Receipt::sign(&me, MessageId([i; 16]), 1_000);
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn delivered_once_even_after_pull() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
         let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000);
         let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000);
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn a_revoked_delivery_leaves_nothing_and_can_happen_again() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
         let r = Receipt::sign(&me, MessageId([4; 16]), 1_000);
         let k = s
@@ -275,12 +275,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = Identity::generate();
         {
-            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let s = crate::store::test_util::open(dir.path());
             let r = Receipt::sign(&me, MessageId([7; 16]), 1_000);
             s.inbox_deliver(&msg(7, "kept"), &r, 1_000, 10).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         assert_eq!(s.inbox_list(10).unwrap()[0].text, "kept");
     }
 }

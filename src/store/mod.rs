@@ -608,6 +608,34 @@ fn be_u64(bytes: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Test helpers shared by the store's modules.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::{Store, StoreError};
+    use std::path::Path;
+
+    /// `f` once sled has let go of a store this test dropped: sled releases
+    /// its file lock when its last background write ends, which may be a
+    /// moment after the handle is dropped (a daemon's exit releases it at
+    /// once). Polls with a deadline.
+    pub(crate) fn unlocked<T>(f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match f() {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the test store at `dir`, waiting for a dropped handle's lock.
+    pub(crate) fn open(dir: &Path) -> Store {
+        unlocked(|| Store::open(dir)).expect("the test store opens")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,12 +644,12 @@ mod tests {
     fn counters_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let s = crate::store::test_util::open(dir.path());
             s.bump(Counter::Relayed, 2).unwrap();
             s.bump(Counter::Relayed, 3).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         assert_eq!(s.counter(Counter::Relayed).unwrap(), 5);
         assert_eq!(s.counter(Counter::Dropped).unwrap(), 0);
     }
@@ -629,7 +657,7 @@ mod tests {
     #[test]
     fn second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let _s = crate::store::test_util::open(dir.path());
         match Store::open(dir.path()) {
             Err(StoreError::Locked(_)) => {}
             Err(other) => panic!("expected Locked, got {other}"),

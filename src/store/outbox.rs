@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn due_delivered_failed() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
         s.outbox_put(&a, &entry(100)).unwrap();
         s.outbox_put(&b, &entry(500)).unwrap();
@@ -291,7 +291,7 @@ mod tests {
     fn settling_is_one_step_and_marked_entries_settle_at_start() {
         use crate::crypto::Identity;
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let bob = Identity::generate();
         let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
         s.outbox_put(&a, &entry(100)).unwrap();
@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn listing_is_next_due_first_and_cancel_removes_both_records() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let (a, b, c) = (MessageId([1; 16]), MessageId([2; 16]), MessageId([3; 16]));
         s.outbox_put(&a, &entry(300)).unwrap();
         s.outbox_put(&b, &entry(100)).unwrap();
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn rescheduling_moves_the_index_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let s = crate::store::test_util::open(dir.path());
         let a = MessageId([1; 16]);
         s.outbox_put(&a, &entry(100)).unwrap();
         let mut e = entry(100);

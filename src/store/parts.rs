@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn parts_are_kept_read_back_and_removed_per_message() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
         store.parts_put(&a, 0, 100, b"a0").unwrap();
         store.parts_put(&a, 1, 100, b"a1").unwrap();

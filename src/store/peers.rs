@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn put_keeps_the_meta_and_the_newest_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         let id = Identity::generate();
         let now = unix_now();
         let old = SignedRecord::sign(&id, "127.0.9.2:1".parse().unwrap(), true, now - 10);
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn anchors_round_trip_beside_the_book() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         assert!(store.anchors().unwrap().is_empty());
         let recs: Vec<SignedRecord> = (0..2)
             .map(|i| {

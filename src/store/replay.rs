@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn insert_if_absent_per_epoch_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         let r = store.replay_tags(3).unwrap();
         assert_eq!(r.check_and_insert(1, &t(1)).unwrap(), TagVerdict::Fresh);
         assert_eq!(r.check_and_insert(1, &t(1)).unwrap(), TagVerdict::Replay);
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(threshold_of(3), 3);
         assert_eq!(threshold_of(1), 1);
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         let r = store.replay_tags(8).unwrap();
         assert_eq!((r.capacity(), r.threshold()), (8, 6));
         let woken = |r: &ReplayStore| {
@@ -271,7 +271,7 @@ mod tests {
     fn tags_survive_a_restart_and_go_with_their_key() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+            let store = crate::store::test_util::open(dir.path());
             let r = store.replay_tags(100).unwrap();
             for n in 0..5 {
                 r.check_and_insert(7, &t(n)).unwrap();
@@ -281,7 +281,7 @@ mod tests {
             r.check_and_insert(256 + 7, &t(9)).unwrap();
             store.flush_blocking().unwrap();
         }
-        let store = crate::store::check::tests::unlocked(|| Store::open(dir.path())).unwrap();
+        let store = crate::store::test_util::open(dir.path());
         let r = store.replay_tags(100).unwrap();
         assert_eq!((r.count(7), r.count(8), r.count(263)), (5, 1, 1));
         assert_eq!(r.check_and_insert(7, &t(3)).unwrap(), TagVerdict::Replay);
