@@ -13,12 +13,14 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::memo::Memo;
 use super::static_dh::StaticDhCache;
 
 /// Name of the identity file inside the data dir.
@@ -56,7 +58,34 @@ impl Address {
     pub fn verifying_key(&self) -> Result<VerifyingKey, IdentityError> {
         VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadAddress)
     }
+
+    /// [`Address::verifying_key`], remembered: decompressing the point is a
+    /// square root in the field, about a fifth of a signature check, and the
+    /// same few addresses sign most of what a node checks (the recipients
+    /// of its own messages, whose receipts it checks one by one). Only valid
+    /// keys are remembered, in a process-wide [`Memo`] of at most
+    /// 2 × [`VERIFYING_KEY_GENERATION`] entries, so a key that is not a point
+    /// costs its decompression every time, as it did before.
+    fn verifying_key_remembered(&self) -> Option<VerifyingKey> {
+        if let Some(k) = remembered_keys().get(&self.0) {
+            return Some(k);
+        }
+        let key = self.verifying_key().ok()?;
+        remembered_keys().insert(self.0, key);
+        Some(key)
+    }
 }
+
+fn remembered_keys() -> MutexGuard<'static, Memo<VerifyingKey>> {
+    static KEYS: OnceLock<Mutex<Memo<VerifyingKey>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| Mutex::new(Memo::new(VERIFYING_KEY_GENERATION)));
+    // A panic while holding the lock leaves at worst a missing entry.
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Decompressed Ed25519 keys remembered per generation (~200 bytes each, so
+/// at most ~100 KiB in all): see [`Address::verifying_key_remembered`].
+pub const VERIFYING_KEY_GENERATION: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -243,7 +272,7 @@ impl Identity {
 
 /// Checks a signature made by [`Identity::sign`].
 pub fn verify(address: &Address, domain: &[u8], message: &[u8], signature: &[u8; 64]) -> bool {
-    let Ok(key) = address.verifying_key() else {
+    let Some(key) = address.verifying_key_remembered() else {
         return false;
     };
     let mut buf = Vec::with_capacity(domain.len() + message.len());
@@ -314,5 +343,32 @@ mod tests {
         assert!(!verify(&addr, b"b", b"msg", &sig));
         assert!(!verify(&addr, b"a", b"msh", &sig));
         assert!("zz".parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn remembered_keys_check_as_fresh_ones_and_bad_points_are_not_remembered() {
+        let id = Identity::generate();
+        let addr = id.address();
+        let sig = id.sign(b"a", b"msg");
+        assert!(verify(&addr, b"a", b"msg", &sig));
+        assert!(remembered_keys().get(&addr.0).is_some());
+        // From the remembered key: the same answers as the first time.
+        assert!(verify(&addr, b"a", b"msg", &sig));
+        assert!(!verify(&addr, b"a", b"msh", &sig));
+        let other = Identity::generate().sign(b"a", b"msg");
+        assert!(!verify(&addr, b"a", b"msg", &other));
+        // Bytes that are no curve point: refused every time, never held.
+        let bad = (0u8..=255)
+            .map(|i| {
+                let mut b = [i; 32];
+                b[31] &= 0x7f;
+                Address(b)
+            })
+            .find(|a| a.verifying_key().is_err())
+            .unwrap();
+        for _ in 0..2 {
+            assert!(!verify(&bad, b"a", b"msg", &sig));
+            assert!(remembered_keys().get(&bad.0).is_none());
+        }
     }
 }

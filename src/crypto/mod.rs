@@ -9,6 +9,7 @@
 
 pub mod identity;
 pub mod keyring;
+mod memo;
 pub mod noise;
 pub mod record;
 pub mod seal;

@@ -19,10 +19,11 @@
 //! cost to it of two X25519 per letter; that only returns us to the two
 //! X25519 per open of plain HPKE, never to a wrong result.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use zeroize::Zeroizing;
+
+use super::memo::Memo;
 
 /// Entries per generation; at most twice this many are kept (64 bytes plus a
 /// map slot each: ~100 KiB in all).
@@ -30,33 +31,28 @@ pub const STATIC_DH_GENERATION: usize = 512;
 
 type Secret = Zeroizing<[u8; 32]>;
 
-#[derive(Default)]
-struct Generations {
-    newer: HashMap<[u8; 32], Secret>,
-    older: HashMap<[u8; 32], Secret>,
+/// The cache; one per [`super::Identity`].
+pub struct StaticDhCache {
+    inner: Mutex<Memo<Secret>>,
 }
 
-/// The cache; one per [`super::Identity`].
-#[derive(Default)]
-pub struct StaticDhCache {
-    inner: Mutex<Generations>,
+impl Default for StaticDhCache {
+    fn default() -> StaticDhCache {
+        StaticDhCache {
+            inner: Mutex::new(Memo::new(STATIC_DH_GENERATION)),
+        }
+    }
 }
 
 impl StaticDhCache {
-    fn lock(&self) -> MutexGuard<'_, Generations> {
+    fn lock(&self) -> MutexGuard<'_, Memo<Secret>> {
         // A panic while holding the lock leaves at worst a missing entry.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The remembered result with `peer`, if any.
     pub fn get(&self, peer: &[u8; 32]) -> Option<Secret> {
-        let mut g = self.lock();
-        if let Some(v) = g.newer.get(peer) {
-            return Some(v.clone());
-        }
-        let v = g.older.remove(peer)?;
-        g.insert(*peer, v.clone());
-        Some(v)
+        self.lock().get(peer)
     }
 
     /// Remembers the result with `peer`.
@@ -66,22 +62,11 @@ impl StaticDhCache {
 
     /// Entries held now (both generations).
     pub fn len(&self) -> usize {
-        let g = self.lock();
-        g.newer.len() + g.older.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Generations {
-    fn insert(&mut self, peer: [u8; 32], value: Secret) {
-        if self.newer.len() >= STATIC_DH_GENERATION && !self.newer.contains_key(&peer) {
-            self.older = std::mem::take(&mut self.newer);
-        }
-        self.older.remove(&peer);
-        self.newer.insert(peer, value);
     }
 }
 
