@@ -8,7 +8,9 @@
 //! manifest's generation) for the whole group before it answers. So under
 //! load N messages cost one transaction and one flush instead of N of each,
 //! and when idle a message costs what it did before: nobody waits for a
-//! group to fill.
+//! group to fill. Only a group with nothing durable in it waits, up to
+//! [`NON_DURABLE_LINGER`], for a durable job to share its transaction with
+//! (see [`collect`]).
 //!
 //! The jobs of a group are applied in the order they were sent, inside one
 //! transaction, so each sees the ones before it (a second delivery of the
@@ -21,9 +23,9 @@
 //! thread with each group, and at least every [`COUNTER_SAVE_INTERVAL`] when
 //! they changed: a crash may lose the last second of counts, never a message.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
@@ -40,6 +42,9 @@ use crate::wire::MessageId;
 pub const MAX_GROUP: usize = 512;
 /// Jobs waiting for the writer; a full queue makes senders wait.
 pub const QUEUE: usize = 4096;
+/// How long a group of only non-durable jobs waits for a durable one to
+/// share its transaction (see [`collect`]).
+pub const NON_DURABLE_LINGER: Duration = Duration::from_millis(2);
 /// Changed counters are written at least this often.
 pub const COUNTER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -204,15 +209,40 @@ fn run(store: Store, rx: Receiver<Job>) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
+        collect(&rx, &mut jobs, Instant::now() + NON_DURABLE_LINGER);
         apply_group(&store, jobs);
     }
     let _ = store.save_counters();
+}
+
+/// Adds to `jobs` every job waiting, up to [`MAX_GROUP`]. While none of them
+/// is durable it goes on waiting for more until `linger_until`: a group of
+/// only non-durable jobs (settles, retry state) that commits alone costs a
+/// transaction of its own, and in sled 0.34.7 every transaction writes the
+/// log buffer out twice; waiting a moment lets it ride with the next durable
+/// group, whose flush it shares. Nobody waits for a non-durable job's disk
+/// write, and a durable job that arrives ends the wait at once, so the
+/// durable path is not slowed.
+fn collect(rx: &Receiver<Job>, jobs: &mut Vec<Job>, linger_until: Instant) {
+    let mut durable = jobs.iter().any(|j| j.durable);
+    while jobs.len() < MAX_GROUP {
+        let next = match rx.try_recv() {
+            Ok(j) => j,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let left = linger_until.saturating_duration_since(Instant::now());
+                if durable || left.is_zero() {
+                    return;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            }
+        };
+        durable |= next.durable;
+        jobs.push(next);
+    }
 }
 
 /// Applies a group of jobs in one transaction, flushes once if one of them
@@ -625,5 +655,86 @@ impl Store {
             Outcome::Hurried(n) => Ok(n),
             _ => Err(unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(durable: bool) -> Job {
+        Job {
+            op: Op::Flush,
+            durable,
+            reply: Reply::None,
+        }
+    }
+
+    fn durables(jobs: &[Job]) -> Vec<bool> {
+        jobs.iter().map(|j| j.durable).collect()
+    }
+
+    /// Sends `jobs` from another thread, each after its delay.
+    fn later(tx: SyncSender<Job>, jobs: Vec<(Duration, bool)>) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            for (after, durable) in jobs {
+                std::thread::sleep(after);
+                if tx.send(job(durable)).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_group_takes_every_job_waiting() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        for d in [false, true, false] {
+            tx.send(job(d)).unwrap();
+        }
+        let mut jobs = vec![job(false)];
+        collect(&rx, &mut jobs, Instant::now());
+        assert_eq!(durables(&jobs), [false, false, true, false]);
+    }
+
+    #[test]
+    fn a_durable_group_does_not_wait() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        // Were it to wait, it would take this one too.
+        let t = later(tx, vec![(Duration::from_secs(2), false)]);
+        let mut jobs = vec![job(true)];
+        collect(&rx, &mut jobs, Instant::now() + Duration::from_secs(60));
+        assert_eq!(durables(&jobs), [true]);
+        drop(rx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_non_durable_group_waits_for_a_durable_job_and_no_longer() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let t = later(
+            tx,
+            vec![
+                (Duration::from_millis(20), false),
+                (Duration::from_millis(20), true),
+                (Duration::from_secs(2), false),
+            ],
+        );
+        let mut jobs = vec![job(false)];
+        collect(&rx, &mut jobs, Instant::now() + Duration::from_secs(60));
+        assert_eq!(durables(&jobs), [false, false, true]);
+        drop(rx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_non_durable_group_waits_no_longer_than_its_linger_or_its_senders() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let mut jobs = vec![job(false)];
+        collect(&rx, &mut jobs, Instant::now());
+        assert_eq!(durables(&jobs), [false]);
+        drop(tx);
+        collect(&rx, &mut jobs, Instant::now() + Duration::from_secs(60));
+        assert_eq!(durables(&jobs), [false]);
     }
 }
