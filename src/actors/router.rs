@@ -217,10 +217,7 @@ impl Facts for View<'_> {
     }
 
     fn outbox_of(&self, id: &MessageId) -> Result<Option<(Address, u64)>, StoreError> {
-        Ok(self
-            .store
-            .outbox_get(id)?
-            .map(|e| (e.recipient, e.expires_at)))
+        self.store.outbox_route(id)
     }
 
     fn linked(&self) -> bool {

@@ -43,6 +43,17 @@ pub struct OutboxEntry {
     pub sealed: Sealed,
 }
 
+/// The first fields of an [`OutboxEntry`], in its order: postcard reads
+/// them from the front of a stored entry and leaves the rest (the sealed
+/// letter) unread and uncopied. Kept in step with `OutboxEntry` by the test
+/// `the_route_is_read_from_the_front_of_an_entry`.
+#[derive(Deserialize)]
+struct OutboxRoute {
+    recipient: Address,
+    _created_ms: u64,
+    expires_at: u64,
+}
+
 impl OutboxEntry {
     /// When the entry next needs attention: its next try, or its expiry if
     /// that comes first.
@@ -88,6 +99,18 @@ impl Store {
     pub fn outbox_get(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
         match self.outbox.get(id.0)? {
             Some(v) => Ok(Some(postcard::from_bytes(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The recipient and expiry of an outbox entry, without reading its
+    /// sealed letter (what a receipt is checked against, once per receipt).
+    pub fn outbox_route(&self, id: &MessageId) -> Result<Option<(Address, u64)>, StoreError> {
+        match self.outbox.get(id.0)? {
+            Some(v) => {
+                let (r, _rest) = postcard::take_from_bytes::<OutboxRoute>(&v)?;
+                Ok(Some((r.recipient, r.expires_at)))
+            }
             None => Ok(None),
         }
     }
@@ -256,6 +279,27 @@ mod tests {
                 ciphertext: vec![3; 40],
             },
         }
+    }
+
+    #[test]
+    fn the_route_is_read_from_the_front_of_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::store::test_util::open(dir.path());
+        let id = MessageId([4; 16]);
+        // Values of different sizes, so that a field out of step reads wrong.
+        let e = OutboxEntry {
+            recipient: Address([7; 32]),
+            created_ms: 1_767_225_600_123,
+            expires_at: 1_767_312_000,
+            attempts: 3,
+            ..entry(1_767_225_601_000)
+        };
+        s.outbox_put(&id, &e).unwrap();
+        assert_eq!(
+            s.outbox_route(&id).unwrap(),
+            Some((e.recipient, e.expires_at))
+        );
+        assert_eq!(s.outbox_route(&MessageId([5; 16])).unwrap(), None);
     }
 
     #[test]
