@@ -220,9 +220,10 @@ fn run(store: Store, rx: Receiver<Job>) {
 /// only non-durable jobs (settles, retry state) that commits alone costs a
 /// transaction of its own, and in sled 0.34.7 every transaction writes the
 /// log buffer out twice; waiting a moment lets it ride with the next durable
-/// group, whose flush it shares. Nobody waits for a non-durable job's disk
-/// write, and a durable job that arrives ends the wait at once, so the
-/// durable path is not slowed.
+/// group, whose flush it shares. Nobody waits for a non-durable job to be
+/// on disk; its answer (a settle's, a retry tick's due entries) comes up to
+/// the linger later. A durable job that arrives ends the wait at once, so
+/// the durable path is not slowed.
 fn collect(rx: &Receiver<Job>, jobs: &mut Vec<Job>, linger_until: Instant) {
     let mut durable = jobs.iter().any(|j| j.durable);
     while jobs.len() < MAX_GROUP {
