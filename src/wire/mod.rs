@@ -63,16 +63,16 @@ pub enum WireError {
     Limit(&'static str),
 }
 
-/// Encodes `value` with postcard, refusing a result over `limit`.
+/// Encodes `value` with postcard, refusing a result over `limit`. The size
+/// is measured first (a pass that writes nothing), so an oversized value is
+/// refused before anything is allocated, and the buffer is allocated once,
+/// at its size, instead of growing as postcard writes into it.
 pub(crate) fn encode_limited<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, WireError> {
-    let bytes = postcard::to_stdvec(value).map_err(|_| WireError::Malformed)?;
-    if bytes.len() > limit {
-        return Err(WireError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
+    let size = postcard::experimental::serialized_size(value).map_err(|_| WireError::Malformed)?;
+    if size > limit {
+        return Err(WireError::TooLarge { size, limit });
     }
-    Ok(bytes)
+    postcard::to_extend(value, Vec::with_capacity(size)).map_err(|_| WireError::Malformed)
 }
 
 /// Decodes exactly one `T` from `bytes`, after checking the size limit.
@@ -91,4 +91,27 @@ pub(crate) fn decode_limited<'a, T: Deserialize<'a>>(
         return Err(WireError::Trailing(rest.len()));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_is_postcard_in_one_allocation_of_its_size_and_refuses_before_it() {
+        let value = (
+            MessageId([7; 16]),
+            serde_bytes::ByteBuf::from(vec![1u8; 1_000]),
+            300u64,
+        );
+        let bytes = encode_limited(&value, 2_000).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&value).unwrap());
+        assert_eq!(bytes.capacity(), bytes.len());
+        match encode_limited(&value, bytes.len() - 1) {
+            Err(WireError::TooLarge { size, limit }) => {
+                assert_eq!((size, limit), (bytes.len(), bytes.len() - 1))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
