@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const CUT_OFF: Duration = Duration::from_secs(30);
 
 const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-const PROLOGUE: &[u8] = b"hermes/2";
+const PROLOGUE: &[u8] = b"hermes/3";
 
 fn connect(node: &Node) -> TcpStream {
     let s = TcpStream::connect(node.listen())
@@ -162,7 +162,7 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
 
 /// Does the first half of a Noise XX handshake as the initiator (-> e, <- e ee s es).
 /// Succeeding proves the node speaks `Noise_XX_25519_ChaChaPoly_BLAKE2s` with prologue
-/// `hermes/2` and 2-byte big-endian length prefixes.
+/// `hermes/3` and 2-byte big-endian length prefixes.
 fn half_handshake(node: &Node) -> (TcpStream, snow::HandshakeState) {
     let builder = snow::Builder::new(NOISE_PARAMS.parse().unwrap());
     let keys = builder.generate_keypair().unwrap();
@@ -179,7 +179,7 @@ fn half_handshake(node: &Node) -> (TcpStream, snow::HandshakeState) {
     write_frame(&mut s, &buf[..n]);
     let msg2 = read_frame(&mut s);
     hs.read_message(&msg2, &mut buf)
-        .expect("the node's second handshake message must verify (Noise XX, prologue hermes/2)");
+        .expect("the node's second handshake message must verify (Noise XX, prologue hermes/3)");
     (s, hs)
 }
 

@@ -27,6 +27,7 @@
 //! the peer is banned). What goes out on a link is kept to a share of the
 //! same budgets ([`LinkBudget::outbound`]).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ use crate::config::LimitsConfig;
 use crate::crypto::noise::{self, Link, NoiseError, RecvCipher, SendCipher};
 use crate::crypto::{unix_now, Address, Identity, RecordCell, RecordError, SignedRecord};
 pub use crate::overlay::Direction;
-use crate::wire::cell::{self, CellError, Reassembler, CELL_MESSAGE, CELL_WIRE};
+use crate::wire::cell::{self, CellError, Packer, Reassembler, CELL_MESSAGE, CELL_WIRE};
 use crate::wire::link::{LinkBody, LinkFrame, MAX_LINK_FRAME, MAX_RECORDS_PER_FRAME};
 use crate::wire::WireError;
 
@@ -90,7 +91,8 @@ pub const BUDGET_GOSSIP: &str = "limits.gossip_records_per_min";
 ///   frames, and pings (each costs a pong) and membership frames count too;
 /// - bytes: `bytes_per_sec` sustained, `byte_burst` at once, counted on each
 ///   cell's Noise message ([`CELL_MESSAGE`] bytes, padding included) as read,
-///   before it is decrypted: a frame costs all its cells;
+///   before it is decrypted: a frame costs the cells it takes (frames
+///   packed together share theirs);
 /// - records: `gossip_records_per_min` records carried by `Gossip`,
 ///   `Records`, `Full` and `Leaving` frames, with a burst of a minute's worth
 ///   and at least one full frame ([`MAX_RECORDS_PER_FRAME`]). An honest
@@ -142,8 +144,10 @@ impl LinkBudget {
     }
 
     /// Counts one frame of `len` bytes going out: one frame, and the bytes
-    /// of the cells it takes ([`cell::message_bytes`]); false if it would
-    /// break the budget.
+    /// of the cells it would take alone ([`cell::message_bytes`]: the writer
+    /// may pack it with others into fewer, never more; the peer counts the
+    /// cells it reads, so this share never passes its budget); false if it
+    /// would break the budget.
     pub fn send(&self, len: usize) -> bool {
         Self::take(&self.bytes, cell::message_bytes(len)) && self.frames.check().is_ok()
     }
@@ -305,24 +309,35 @@ async fn read_record(
     Ok((peer, courier))
 }
 
-/// Seals one encoded frame as cells, in order, each behind its 2-byte length
-/// prefix (always [`CELL_MESSAGE`]), appended to `out`.
+/// Seals one cell and appends it, behind its 2-byte length prefix (always
+/// [`CELL_MESSAGE`]), to `out`.
+fn seal_cell(
+    cipher: &mut SendCipher,
+    cell: &cell::Cell,
+    out: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    let sealed = cipher.encrypt(cell)?;
+    let len = u16::try_from(sealed.len()).map_err(|_| CellError::WrongSize(sealed.len()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&sealed);
+    Ok(())
+}
+
+/// Seals one encoded frame alone, in cells of its own (see
+/// [`cell::split`]), in order, appended to `out`.
 pub fn seal_frame(
     cipher: &mut SendCipher,
     frame: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
     out.reserve(cell::cells_for(frame.len()) * CELL_WIRE);
-    for c in cell::split(frame)? {
-        let sealed = cipher.encrypt(&c)?;
-        let len = u16::try_from(sealed.len()).map_err(|_| CellError::WrongSize(sealed.len()))?;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&sealed);
-    }
-    Ok(())
+    let mut packer = Packer::new();
+    let mut emit = |c: &cell::Cell| seal_cell(cipher, c, out);
+    packer.push(frame, &mut emit)?;
+    packer.finish(&mut emit)
 }
 
-/// Writes one encoded frame as cells (see [`seal_frame`]).
+/// Writes one encoded frame alone, in cells of its own (see [`seal_frame`]).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     cipher: &mut SendCipher,
@@ -348,18 +363,55 @@ pub async fn read_cell<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, LinkE
     Ok(msg)
 }
 
-/// Reads cells until one whole frame is in, and returns its bytes.
+/// Reads the frames of one direction of a link one at a time: the frames a
+/// cell holds after the one returned wait for the next call.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    cells: Reassembler,
+    ready: VecDeque<Vec<u8>>,
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// True if a frame is already read and waits to be taken.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The next frame: one already read, or from the cells read next.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        cipher: &mut RecvCipher,
+    ) -> Result<Vec<u8>, LinkError> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Ok(f);
+            }
+            let msg = read_cell(r).await?;
+            let mut frames = Vec::new();
+            self.cells.push(&cipher.decrypt(&msg)?, &mut frames)?;
+            self.ready.extend(frames);
+        }
+    }
+}
+
+/// Reads one frame that comes alone (the record after the handshake): the
+/// cell it ends in must hold nothing after it, since the session that reads
+/// on starts from a fresh cell.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     cipher: &mut RecvCipher,
 ) -> Result<Vec<u8>, LinkError> {
-    let mut cells = Reassembler::new();
-    loop {
-        let msg = read_cell(r).await?;
-        if let Some(frame) = cells.push(&cipher.decrypt(&msg)?)? {
-            return Ok(frame);
-        }
+    let mut reader = FrameReader::new();
+    let frame = reader.next(r, cipher).await?;
+    if reader.has_ready() {
+        return Err(CellError::NotAlone.into());
     }
+    Ok(frame)
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, LinkError> {
@@ -702,6 +754,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     log: slog::Logger,
 ) {
     let mut buf = Vec::new();
+    let mut packer = Packer::new();
     let mut closing = false;
     'link: while !closing {
         let Some(Outgoing::Frame(mut frame)) = rx.recv().await else {
@@ -709,13 +762,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         buf.clear();
         // This frame, then whatever else is already waiting (up to
-        // `WRITE_BATCH_BYTES`), in the order queued, in one write.
+        // `WRITE_BATCH_BYTES`), in the order queued, packed into cells, in
+        // one write.
         loop {
-            if let Err(e) = seal_frame(&mut cipher, &frame, &mut buf) {
+            if let Err(e) = packer.push(&frame, &mut |c| seal_cell(&mut cipher, c, &mut buf)) {
                 slog::warn!(log, "cannot seal frame"; "error" => %e);
                 break 'link;
             }
-            if buf.len() >= WRITE_BATCH_BYTES {
+            // The cell begun counts: it goes out with this write.
+            let open = if packer.is_empty() { 0 } else { CELL_WIRE };
+            if buf.len() + open >= WRITE_BATCH_BYTES {
                 break;
             }
             match rx.try_recv() {
@@ -726,6 +782,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Err(_) => break,
             }
+        }
+        if let Err(e) = packer.finish(&mut |c| seal_cell(&mut cipher, c, &mut buf)) {
+            slog::warn!(log, "cannot seal frame"; "error" => %e);
+            break;
         }
         if let Err(e) = half.write_all(&buf).await {
             slog::debug!(log, "write failed"; "error" => %e);
@@ -814,17 +874,23 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerSession {
             Ok(p) => p,
             Err(e) => return self.cut(ctx, &format!("decrypt: {e}")),
         };
-        let frame = match self.cells.push(&plain) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(e) => return self.cut(ctx, &format!("bad cell: {e}")),
-        };
-        match LinkFrame::decode(&frame) {
-            Ok(frame) => match self.budget.frame(&frame.body) {
-                Ok(()) => self.on_frame(frame, ctx),
-                Err(what) => self.over_budget(ctx, what),
-            },
-            Err(e) => self.cut(ctx, &format!("bad frame: {e}")),
+        let mut frames = Vec::new();
+        if let Err(e) = self.cells.push(&plain, &mut frames) {
+            return self.cut(ctx, &format!("bad cell: {e}"));
+        }
+        // A cell may hold several frames; none is taken once the session
+        // is stopping (a frame before cut the link, or said goodbye).
+        for frame in frames {
+            if ctx.state().stopping() {
+                return;
+            }
+            match LinkFrame::decode(&frame) {
+                Ok(frame) => match self.budget.frame(&frame.body) {
+                    Ok(()) => self.on_frame(frame, ctx),
+                    Err(what) => self.over_budget(ctx, what),
+                },
+                Err(e) => self.cut(ctx, &format!("bad frame: {e}")),
+            }
         }
     }
 
@@ -907,7 +973,7 @@ mod tests {
     use crate::wire::link::Gossip;
 
     #[tokio::test]
-    async fn the_writer_batches_what_waits_in_order_and_stops_at_close() {
+    async fn the_writer_packs_what_waits_in_order_in_batches_and_stops_at_close() {
         let (mut a, mut b) = tokio::io::duplex(1 << 22);
         let (ida, idb) = (Identity::generate(), Identity::generate());
         let (la, lb) = tokio::join!(
@@ -915,18 +981,16 @@ mod tests {
             noise::handshake(&mut b, &idb, false)
         );
         let (la, mut lb) = (la.unwrap(), lb.unwrap());
-        // More than one batch's worth, one frame of several cells among them,
-        // all queued before the writer starts: it takes them in batches.
-        let frames: Vec<Vec<u8>> = (0..40u32)
-            .map(|i| {
-                let len = if i == 7 {
-                    3 * CELL_WIRE
-                } else {
-                    100 + i as usize
-                };
-                (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
-            })
-            .collect();
+        // All queued before the writer starts, so it finds them waiting:
+        // 40 receipt-sized frames (125 bytes, 127 with the segment header:
+        // 32 to a cell), a frame of 3 full cells and 60 bytes, then 40
+        // packets of 1,420 bytes (a 1 KiB message: two to a cell).
+        let frame = |i: usize, len: usize| -> Vec<u8> {
+            (0..len).map(|j| (i * 31 + j) as u8 | 1).collect()
+        };
+        let mut frames: Vec<Vec<u8>> = (0..40).map(|i| frame(i, 125)).collect();
+        frames.push(frame(40, 3 * cell::CELL_PAYLOAD + 60));
+        frames.extend((41..81).map(|i| frame(i, 1_420)));
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         for f in &frames {
             tx.try_send(Outgoing::Frame(Bytes::from(f.clone())))
@@ -943,20 +1007,25 @@ mod tests {
             writes: writes.clone(),
         };
         write_loop(counted, la.send, rx, log).await;
-        // 43 cells: frames 0-6 and the 4 cells of frame 7 (a batch closes
-        // at the first frame that takes it to 8 cells or more), then the 32
-        // one-cell frames left in 4 batches of 8. One write per batch, not
-        // one per frame.
-        let writes = writes.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(writes, 5);
+        // Cells: the small frames take 2 (32 + 8); the long frame does not
+        // fit the second's room, so it starts its own: 3 full cells, and its
+        // 60-byte tail opens a sixth, which takes 2 packets. That makes 8
+        // cells with the one begun, so the first write ends after packet 4
+        // alone in cell 8. Then 15 packets in 8 cells per write, twice, and
+        // the last 5 in 3 cells: 27 cells in 4 writes, where one frame per
+        // cell would take 84.
+        let mut wire = Vec::new();
+        b.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(writes.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(wire.len(), 27 * CELL_WIRE);
+        let mut r = FrameReader::new();
+        let mut wire = std::io::Cursor::new(wire);
         for (i, f) in frames.iter().enumerate() {
-            let got = read_frame(&mut b, &mut lb.recv).await.unwrap();
+            let got = r.next(&mut wire, &mut lb.recv).await.unwrap();
             assert_eq!(&got, f, "frame {i}");
         }
-        // Then the end of the stream: the writer shut it down.
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "{} bytes after the close", rest.len());
+        assert!(!r.has_ready());
+        assert_eq!(wire.position() as usize, wire.get_ref().len());
     }
 
     /// Counts the writes made through it.
@@ -1157,6 +1226,26 @@ mod tests {
         assert!(matches!(
             write_frame(&mut a, &mut la.send, &vec![0; MAX_LINK_FRAME + 1]).await,
             Err(LinkError::Cell(CellError::TooLarge))
+        ));
+        // Two frames packed into one cell: a reader takes both in turn, but
+        // a frame that must come alone (the record) may not share its cell.
+        let mut wire = Vec::new();
+        let mut packer = Packer::new();
+        let mut emit = |c: &cell::Cell| seal_cell(&mut la.send, c, &mut wire);
+        for _ in 0..2 {
+            packer.push(&[1, 2, 3], &mut emit).unwrap();
+            packer.push(&[4, 5], &mut emit).unwrap();
+            packer.finish(&mut emit).unwrap();
+        }
+        assert_eq!(wire.len(), 2 * CELL_WIRE);
+        a.write_all(&wire).await.unwrap();
+        let mut r = FrameReader::new();
+        assert_eq!(r.next(&mut b, &mut lb.recv).await.unwrap(), vec![1, 2, 3]);
+        assert!(r.has_ready());
+        assert_eq!(r.next(&mut b, &mut lb.recv).await.unwrap(), vec![4, 5]);
+        assert!(matches!(
+            read_frame(&mut b, &mut lb.recv).await,
+            Err(LinkError::Cell(CellError::NotAlone))
         ));
         // A frame in a Noise message of its own length (the old framing).
         let sealed = la.send.encrypt(&[1, 4, 7]).unwrap();

@@ -1,10 +1,11 @@
 //! The link handshake: `Noise_XX_25519_ChaChaPoly_BLAKE2s`, prologue
-//! `hermes/2`, every message behind a 2-byte big-endian length.
+//! `hermes/3`, every message behind a 2-byte big-endian length.
 //!
-//! The prologue names the link protocol's version: `hermes/2` carries frames
-//! in fixed-size cells (`wire::cell`), `hermes/1` sent each frame as one
-//! Noise message of its own length. A node of the other version fails the
-//! handshake (message 2 does not verify) before any frame is read.
+//! The prologue names the link protocol's version: `hermes/3` packs frames
+//! into fixed-size cells (`wire::cell`), `hermes/2` sent each frame in cells
+//! of its own, `hermes/1` sent each frame as one Noise message of its own
+//! length. A node of another version fails the handshake (message 2 does not
+//! verify) before any frame is read.
 //!
 //! XX authenticates both static keys but decides no trust: the caller must
 //! compare [`Link::remote_static`] with the key in the peer's signed record.
@@ -21,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::identity::Identity;
 
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-pub const PROLOGUE: &[u8] = b"hermes/2";
+pub const PROLOGUE: &[u8] = b"hermes/3";
 /// Largest Noise message, set by the 2-byte length prefix.
 pub const MAX_NOISE_MESSAGE: usize = 65535;
 /// Poly1305 tag on every transport message.

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hermes::actors::peer_session::{dial, read_frame, write_frame, Established};
+use hermes::actors::peer_session::{dial, write_frame, Established, FrameReader};
 use hermes::crypto::{noise, unix_now, Identity, SignedRecord};
 use hermes::wire::link::{LinkBody, LinkFrame};
 
@@ -22,6 +22,8 @@ pub struct HostilePeer {
     /// The node's record, as it sent it on the link.
     pub peer: SignedRecord,
     est: Established,
+    /// The node packs frames into cells: those read and not yet taken.
+    reader: FrameReader,
     rt: tokio::runtime::Runtime,
 }
 
@@ -53,6 +55,7 @@ impl HostilePeer {
             record,
             peer,
             est,
+            reader: FrameReader::new(),
             rt,
         }
     }
@@ -89,17 +92,19 @@ impl HostilePeer {
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<LinkBody>, String> {
         let stream = &mut self.est.stream;
         let cipher = &mut self.est.link.recv;
+        let reader = &mut self.reader;
         // A timeout in the middle of a frame would lose its first cells:
         // wait for the rest once a cell has come.
         let read = self.rt.block_on(async {
             let mut first = [0u8; 1];
-            if tokio::time::timeout(timeout, stream.peek(&mut first))
-                .await
-                .is_err()
+            if !reader.has_ready()
+                && tokio::time::timeout(timeout, stream.peek(&mut first))
+                    .await
+                    .is_err()
             {
                 return Ok(None);
             }
-            match tokio::time::timeout(MID_FRAME_TIMEOUT, read_frame(stream, cipher)).await {
+            match tokio::time::timeout(MID_FRAME_TIMEOUT, reader.next(stream, cipher)).await {
                 Err(_) => Err("the node stalled in the middle of a frame".to_string()),
                 Ok(r) => r.map(Some).map_err(|e| e.to_string()),
             }
