@@ -368,6 +368,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
 type Reload = Box<dyn Fn() -> Result<Config, hermes::config::ConfigError>>;
 
 fn daemon(config: Config, reload: Reload) -> Result<u8, Failure> {
+    hermes::node::limit_malloc_arenas();
     let (log, guard, level) = hermes::logging::build(&config.log);
     let service = hermes::node::Service { level, reload };
     let result = actix_rt::System::new().block_on(hermes::node::run(config, log, service));
