@@ -9,6 +9,11 @@
 //! and pushes it a small and a largest message, with their receipts coming
 //! back, every length after the three handshake messages must be the same.
 //!
+//! `frames_packed_into_one_cell_are_each_taken`: a peer that packs three
+//! pings into one cell gets three pongs, in order; a cell holding a ping and
+//! then bytes that are no frame costs the link for a bad frame (so the
+//! second segment was read as a frame of its own).
+//!
 //! `malformed_cells_cost_the_link`: a peer sending a frame not in cells, a
 //! cell with non-zero padding, a short cell that says "more", or a frame
 //! longer than the limit is cut off with a "bad cell" reason, and the node
@@ -322,4 +327,46 @@ fn malformed_cells_cost_the_link() {
         "a pong after all that{}",
         node.describe_for_failure()
     );
+}
+
+#[test]
+fn frames_packed_into_one_cell_are_each_taken() {
+    // Hosts .40 (the node) and .41-.42 (the hostile peers' claimed listen
+    // addresses) of N, apart from the other tests'.
+    let node = Node::start(N, 40, NodeOpts::default());
+    let to: SocketAddr = node.listen().parse().expect("node address");
+    let ping = |n: u64| LinkFrame::new(LinkBody::Ping(n)).encode().expect("a ping");
+    let mut h = HostilePeer::dial(to, listen_addr(N, 41).parse().expect("an address"));
+    assert!(h.send_packed(&[ping(11), ping(12), ping(13)]));
+    let mut pongs = Vec::new();
+    let got = h.recv_until(CUT_OFF, |b| {
+        if let LinkBody::Pong(n) = b {
+            pongs.push(*n);
+        }
+        (pongs.len() == 3).then_some(())
+    });
+    assert_eq!(got, Some(()), "three pongs{}", node.describe_for_failure());
+    assert_eq!(pongs, vec![11, 12, 13]);
+
+    let listen: SocketAddr = listen_addr(N, 42).parse().expect("an address");
+    let mut h = HostilePeer::dial(to, listen);
+    // A frame of a version no node speaks, after a good ping, in one cell.
+    assert!(h.send_packed(&[ping(14), vec![0xff, 1, 2]]));
+    assert!(
+        h.closed_within(CUT_OFF),
+        "the link must be cut{}",
+        node.describe_for_failure()
+    );
+    let line = wait_for_value(
+        CUT_OFF,
+        "the node's \"peer cut off\" line".to_string(),
+        &[&node],
+        || {
+            node.log()
+                .lines()
+                .find(|l| l.contains("peer cut off") && l.contains(&listen.to_string()))
+                .map(str::to_owned)
+        },
+    );
+    assert!(line.contains("bad frame"), "cut for a bad frame: {line}");
 }

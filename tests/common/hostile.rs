@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use hermes::actors::peer_session::{dial, write_frame, Established, FrameReader};
 use hermes::crypto::{noise, unix_now, Identity, SignedRecord};
+use hermes::wire::cell::{Cell, CellError, Packer};
 use hermes::wire::link::{LinkBody, LinkFrame};
 
 /// How long the rest of a frame may take once its first byte has come.
@@ -72,6 +73,23 @@ impl HostilePeer {
         let stream = &mut self.est.stream;
         let cipher = &mut self.est.link.send;
         self.rt.block_on(write_frame(stream, cipher, frame)).is_ok()
+    }
+
+    /// Sends already encoded frames packed into shared cells, as a node's
+    /// writer packs what waits on a link (`wire::cell::Packer`); false once
+    /// the node has closed the link.
+    pub fn send_packed(&mut self, frames: &[Vec<u8>]) -> bool {
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut keep = |c: &Cell| {
+            cells.push(*c);
+            Ok::<_, CellError>(())
+        };
+        let mut packer = Packer::new();
+        for f in frames {
+            packer.push(f, &mut keep).expect("frames pack");
+        }
+        packer.finish(&mut keep).expect("frames pack");
+        cells.iter().all(|c| self.send_message(c))
     }
 
     /// Sends `plaintext` as one Noise transport message of its own length,
