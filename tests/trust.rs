@@ -237,7 +237,7 @@ fn rewritten_receipts_do_not_settle_a_message() {
     later.expires_at += 86_400;
     let mut sooner = receipt.clone();
     sooner.expires_at -= 1;
-    let forged = Receipt::sign(&t.hs.identity, receipt.id, receipt.expires_at);
+    let forged = Receipt::sign(&t.hs.identity, receipt.id, receipt.expires_at, None);
     for r in [later, sooner, forged] {
         assert!(t.hs.send(LinkBody::Receipt(r)));
     }
@@ -280,6 +280,7 @@ fn a_forged_receipt_at_a_relay_neither_answers_nor_stops_the_message() {
         signature: [0x55; 64],
         hops_left: 8,
         expires_at: genuine.expires_at,
+        token: Some([0x66; 32]),
     };
     assert!(!forged.verify());
     assert!(t.hm.send(LinkBody::Receipt(forged)));

@@ -72,7 +72,7 @@ fn node_record() -> Seeds {
 
 fn receipt() -> Seeds {
     let bob = Identity::generate();
-    let mut relayed = Receipt::sign(&bob, MessageId([7; 16]), NOW + 604_800);
+    let mut relayed = Receipt::sign(&bob, MessageId([7; 16]), NOW + 604_800, None);
     relayed.hops_left = 0;
     vec![
         (
@@ -80,15 +80,24 @@ fn receipt() -> Seeds {
             body_bytes(LinkBody::Receipt(Receipt::sign(
                 &bob,
                 MessageId([1; 16]),
-                NOW,
+                NOW, None,
             ))),
         ),
         ("last_hop", body_bytes(LinkBody::Receipt(relayed))),
         (
+            "with_token",
+            body_bytes(LinkBody::Receipt(Receipt::sign(
+                &bob,
+                MessageId::random(),
+                NOW + WEEK,
+                Some([0x42; 32]),
+            ))),
+        ),
+        (
             "max_hops_no_expiry",
             body_bytes(LinkBody::Receipt(Receipt {
                 hops_left: MAX_HOPS,
-                ..Receipt::sign(&bob, MessageId::random(), 0)
+                ..Receipt::sign(&bob, MessageId::random(), 0, None)
             })),
         ),
     ]
@@ -100,14 +109,16 @@ fn letter_to(from: &Identity, to: &Identity, text: &str, ipv6: bool) -> Letter {
     } else {
         "127.0.0.2:58008"
     };
+    let id = MessageId::random();
     Letter {
         version: LETTER_VERSION,
-        id: MessageId::random(),
+        id,
         recipient: to.address(),
         sender: SignedRecord::sign(from, addr(listen), true, NOW),
         sent_ms: NOW * 1000 - 1_500,
         expires_at: NOW + WEEK,
         text: text.to_string(),
+        receipt_token: Some(from.receipt_token(&id.0, &to.address(), NOW + WEEK)),
     }
 }
 
@@ -160,7 +171,7 @@ fn link_frame() -> Seeds {
             frame(LinkBody::Receipt(Receipt::sign(
                 &bob,
                 letter.id,
-                letter.expires_at,
+                letter.expires_at, None,
             ))),
         ),
         ("ping", frame(LinkBody::Ping(7))),

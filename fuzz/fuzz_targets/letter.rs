@@ -2,8 +2,8 @@
 //! authenticated sender can choose them, but any node can send one).
 //!
 //! `Letter::decode` never panics, refuses an oversized letter as `TooLarge`,
-//! and what it accepts (version 2, text within `MAX_TEXT_BYTES`) round-trips
-//! through `encode`. The recipient's checks (`routing::accept::check_letter`,
+//! and what it accepts (version 3 with its receipt token, or version 2
+//! without one; text within `MAX_TEXT_BYTES`) round-trips through `encode`. The recipient's checks (`routing::accept::check_letter`,
 //! against the header the letter itself names) never panic either; a letter
 //! they accept is refused when sealed by another key, and every copy of it is
 //! refused once its delivered mark runs out, so a replay can never land twice.
@@ -13,7 +13,9 @@
 
 use hermes::crypto::seal::Sealed;
 use hermes::routing::accept::{check_letter, Header};
-use hermes::wire::message::{Letter, LETTER_VERSION, MAX_LETTER_BYTES, MAX_TEXT_BYTES};
+use hermes::wire::message::{
+    Letter, LETTER_VERSION, LETTER_VERSION_NO_TOKEN, MAX_LETTER_BYTES, MAX_TEXT_BYTES,
+};
 use hermes::wire::WireError;
 use libfuzzer_sys::fuzz_target;
 
@@ -35,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(letter) = decoded else {
         return;
     };
-    assert_eq!(letter.version, LETTER_VERSION);
+    // Version 3 always with its receipt token, version 2 (still read) never.
+    match letter.version {
+        LETTER_VERSION => assert!(letter.receipt_token.is_some(), "v3 without its token"),
+        LETTER_VERSION_NO_TOKEN => assert!(letter.receipt_token.is_none(), "v2 with a token"),
+        v => panic!("a letter of version {v} decoded"),
+    }
     assert!(letter.text.len() <= MAX_TEXT_BYTES);
     let bytes = letter
         .encode()

@@ -3,13 +3,17 @@
 //! `Receipt::verify`.
 //!
 //! Decoding and verifying never panic; a receipt that decodes re-encodes and
-//! decodes back equal, and keeps to the hop limit; a receipt that verifies
+//! decodes back equal, and keeps to the hop limit; with a token key that
+//! sealed nothing it proves delivery (`Receipt::proves_to`) exactly when its
+//! signature verifies; the token is not signed (dropping or changing it
+//! leaves a good signature good); a receipt that verifies
 //! stops verifying when a signed field (id, recipient, expiry, signature)
 //! changes, and still verifies when a
 //! field relays may change (hops left) does (only the seeds, signed by real
 //! keys, reach that branch).
 #![no_main]
 
+use hermes::crypto::ReceiptTokens;
 use hermes::wire::link::{LinkBody, LinkFrame, Receipt, LINK_VERSION, MAX_HOPS, MAX_LINK_FRAME};
 use hermes::wire::WireError;
 use libfuzzer_sys::fuzz_target;
@@ -44,9 +48,19 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|| panic!("decoded receipt does not round-trip: {receipt:?}"));
     assert_eq!(again, frame, "round trip changed the receipt");
 
+    // With a key that sealed nothing, only the signature can prove it.
+    let nobody = ReceiptTokens::random();
+    assert_eq!(receipt.proves_to(&nobody), receipt.verify());
     if !receipt.verify() {
         return;
     }
+    // The token is not signed: a relay may drop or change it, and the
+    // origin then checks the signature, which still holds.
+    let mut stripped = receipt.clone();
+    stripped.token = None;
+    assert!(stripped.verify(), "dropping the token broke the signature");
+    stripped.token = Some([0xa5; 32]);
+    assert!(stripped.verify(), "changing the token broke the signature");
     let signed: [fn(&mut Receipt); 5] = [
         |r| r.id.0[0] ^= 1,
         |r| r.recipient.0[0] ^= 1,

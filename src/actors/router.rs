@@ -286,6 +286,7 @@ impl Router {
                 max_ttl_secs: cfg.max_ttl.as_secs(),
                 new_entries_per_min: cfg.new_entries_per_min,
                 retry_max: cfg.retry_max,
+                receipt_tokens: me.identity.receipt_tokens().clone(),
             },
             Origin::new(Guards::new(), rand::SeedableRng::from_entropy()),
         );
@@ -618,7 +619,12 @@ impl Router {
             let opened = workers
                 .run(move || {
                     let accepted = open_packet(&identity, header, &sealed, unix_now_ms(), max_ttl)?;
-                    let receipt = Receipt::sign(&identity, id, accepted.letter.expires_at);
+                    let receipt = Receipt::sign(
+                        &identity,
+                        id,
+                        accepted.letter.expires_at,
+                        accepted.letter.receipt_token,
+                    );
                     Ok::<_, crate::routing::RejectReason>((accepted, receipt))
                 })
                 .await;
@@ -1051,6 +1057,7 @@ impl Handler<Push> for Router {
                 sent_ms: now_ms,
                 expires_at,
                 text: msg.text,
+                receipt_token: Some(me.identity.receipt_token(&id.0, &to, expires_at)),
             };
             let plain = letter
                 .encode()

@@ -23,6 +23,9 @@ use zeroize::Zeroizing;
 use super::memo::Memo;
 use super::static_dh::StaticDhCache;
 
+/// HKDF salt of the receipt-token key ([`Identity::receipt_token`]).
+const RECEIPT_KEY_SALT: &[u8] = b"hermes/receipt-token/1";
+
 /// Name of the identity file inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
 const IDENTITY_LEN: usize = 64;
@@ -113,6 +116,55 @@ pub struct Identity {
     kem_public: [u8; 32],
     /// X25519 results with other nodes' long-term keys (see `static_dh.rs`).
     static_dh: StaticDhCache,
+    /// This node's receipt-token key, derived from the signing key.
+    receipt_tokens: ReceiptTokens,
+}
+
+/// The key of a node's receipt tokens ([`ReceiptTokens::token`]).
+#[derive(Clone)]
+pub struct ReceiptTokens(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for ReceiptTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReceiptTokens(..)")
+    }
+}
+
+impl ReceiptTokens {
+    /// The key of the node with Ed25519 secret `signing`: HKDF-SHA256 of it.
+    fn derive(signing: &[u8; 32]) -> ReceiptTokens {
+        let mut key = Zeroizing::new([0u8; 32]);
+        // A 32-byte output is far below HKDF-SHA256's limit: this cannot fail.
+        let _ = hkdf::Hkdf::<sha2_v11::Sha256>::new(Some(RECEIPT_KEY_SALT), signing)
+            .expand(b"receipt key", key.as_mut());
+        ReceiptTokens(key)
+    }
+
+    /// A key of nobody's (for tests and simulations whose nodes have none).
+    pub fn random() -> ReceiptTokens {
+        ReceiptTokens(Zeroizing::new(rand::random()))
+    }
+
+    /// The token that proves delivery of this node's message `id` to
+    /// `recipient`, expiring at `expires_at`: HMAC-SHA256 over the three
+    /// under this key (one block of HKDF-Expand). It is sealed into the
+    /// letter, so only the recipient learns it, and comes back in the
+    /// receipt; the origin recomputes it from the id instead of storing it,
+    /// and checking it costs a hash where a signature check costs a curve
+    /// multiplication.
+    pub fn token(&self, id: &[u8; 16], recipient: &Address, expires_at: u64) -> [u8; 32] {
+        let mut info = [0u8; 16 + 32 + 8];
+        info[..16].copy_from_slice(id);
+        info[16..48].copy_from_slice(&recipient.0);
+        info[48..].copy_from_slice(&expires_at.to_be_bytes());
+        let mut token = [0u8; 32];
+        // The key is 32 uniform bytes and the output one block: neither
+        // call can fail.
+        if let Ok(prk) = hkdf::Hkdf::<sha2_v11::Sha256>::from_prk(self.0.as_ref()) {
+            let _ = prk.expand(&info, &mut token);
+        }
+        token
+    }
 }
 
 impl Identity {
@@ -131,6 +183,7 @@ impl Identity {
             kem_secret,
             kem_public,
             static_dh: StaticDhCache::default(),
+            receipt_tokens: ReceiptTokens::derive(&signing),
         }
     }
 
@@ -262,6 +315,16 @@ impl Identity {
 
     /// Signs `domain || message`; the domain keeps a signature of one kind
     /// from being replayed as another.
+    /// This node's receipt-token key.
+    pub fn receipt_tokens(&self) -> &ReceiptTokens {
+        &self.receipt_tokens
+    }
+
+    /// The token of this node's message `id` ([`ReceiptTokens::token`]).
+    pub fn receipt_token(&self, id: &[u8; 16], recipient: &Address, expires_at: u64) -> [u8; 32] {
+        self.receipt_tokens.token(id, recipient, expires_at)
+    }
+
     pub fn sign(&self, domain: &[u8], message: &[u8]) -> [u8; 64] {
         let mut buf = Vec::with_capacity(domain.len() + message.len());
         buf.extend_from_slice(domain);

@@ -16,7 +16,7 @@ pub mod seal;
 pub mod sphinx;
 pub mod static_dh;
 
-pub use identity::{Address, Identity, IdentityError};
+pub use identity::{Address, Identity, IdentityError, ReceiptTokens};
 pub use record::{AnnouncedKey, NodeRecord, RecordCell, RecordError, SignedRecord};
 
 /// Seconds since the Unix epoch, by the local clock.

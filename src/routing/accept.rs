@@ -19,7 +19,7 @@ use crate::crypto::identity::Identity;
 use crate::crypto::record::MAX_CLOCK_SKEW_SECS;
 use crate::crypto::seal::{self, Sealed};
 use crate::crypto::Address;
-use crate::wire::message::{seal_aad, Letter, LETTER_VERSION};
+use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, LETTER_VERSION_NO_TOKEN};
 use crate::wire::MessageId;
 
 /// Why a packet addressed to this node was not accepted.
@@ -88,7 +88,8 @@ pub fn check_letter(
     now_ms: u64,
     max_ttl_secs: u64,
 ) -> Result<Accepted, RejectReason> {
-    if letter.version != LETTER_VERSION
+    // Both versions decode only with their token or without it, as they must.
+    if !(letter.version == LETTER_VERSION || letter.version == LETTER_VERSION_NO_TOKEN)
         || letter.id != header.id
         || letter.recipient != header.recipient
         || letter.expires_at != header.expires_at
@@ -167,6 +168,7 @@ mod tests {
             sent_ms,
             expires_at,
             text: "hello".into(),
+            receipt_token: Some([3; 32]),
         }
     }
 

@@ -482,7 +482,7 @@ pub(crate) mod tests {
         let mut f = FloodFilter::default();
         let p = packet(1);
         let me = Identity::generate();
-        let r = Receipt::sign(&me, p.id, p.expires_at);
+        let r = Receipt::sign(&me, p.id, p.expires_at, None);
         let r = Receipt {
             recipient: p.recipient,
             ..r
@@ -555,7 +555,7 @@ pub(crate) mod tests {
         let mut p = packet(1);
         p.recipient = bob.address();
         assert_eq!(judge(f, &p, 0), CopyVerdict::New);
-        (p.clone(), Receipt::sign(bob, p.id, p.expires_at))
+        (p.clone(), Receipt::sign(bob, p.id, p.expires_at, None))
     }
 
     /// A receipt for the same message that its recipient did not sign.
@@ -571,7 +571,7 @@ pub(crate) mod tests {
         let mut f = FloodFilter::default();
         let mut p = packet(1);
         p.recipient = bob.address();
-        let r = Receipt::sign(&bob, p.id, p.expires_at);
+        let r = Receipt::sign(&bob, p.id, p.expires_at, None);
         assert_eq!(
             f.judge_receipt(&r, 0),
             ReceiptVerdict::Unknown,
@@ -580,7 +580,7 @@ pub(crate) mod tests {
         assert!(!f.hold_receipt(r.clone(), false), "nothing to hold it for");
         assert_eq!(judge(&mut f, &p, 0), CopyVerdict::New);
         // A receipt naming another expiry is another message.
-        let other = Receipt::sign(&bob, p.id, p.expires_at + 1);
+        let other = Receipt::sign(&bob, p.id, p.expires_at + 1, None);
         assert_eq!(f.judge_receipt(&other, 0), ReceiptVerdict::Unknown);
         assert_eq!(f.judge_receipt(&r, 0), ReceiptVerdict::First);
         assert!(f.hold_receipt(r.clone(), false));

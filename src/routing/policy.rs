@@ -45,7 +45,7 @@ use crate::backoff::backoff_delay;
 use crate::config::RoutingMode;
 use crate::crypto::seal;
 use crate::crypto::sphinx::{NodeHop, OnionError, Packet, ReplyBlock};
-use crate::crypto::Address;
+use crate::crypto::{Address, ReceiptTokens};
 use crate::store::{Counter, OutboxEntry, StoreError};
 use crate::wire::link::{FloodPacket, LinkBody, Receipt};
 use crate::wire::MessageId;
@@ -88,6 +88,9 @@ pub struct PolicyConfig {
     pub new_entries_per_min: u32,
     /// `routing.retry_max`: the longest wait between two sendings.
     pub retry_max: Duration,
+    /// This node's receipt-token key: a receipt for one of its own messages
+    /// is checked by its token ([`Receipt::proves_to`]).
+    pub receipt_tokens: ReceiptTokens,
 }
 
 /// What the policy reads of the node's state. The Router answers from its
@@ -686,7 +689,14 @@ impl Policy {
             return Vec::new();
         }
         let verified = ours || verdict == ReceiptVerdict::Check;
-        if verified && !r.verify() {
+        // Ours: the token sealed in the letter proves it (the signature
+        // only if the token is missing or wrong); else the signature.
+        let proven = if ours {
+            r.proves_to(&self.cfg.receipt_tokens)
+        } else {
+            !verified || r.verify()
+        };
+        if !proven {
             // If these are the bytes held unchecked, they are known bad now.
             self.filter.refute_receipt(&r);
             return vec![Action::Dropped("receipt with a bad signature".into())];
@@ -1037,6 +1047,7 @@ mod tests {
             max_ttl_secs: 7 * 86_400,
             new_entries_per_min: 100,
             retry_max: Duration::from_secs(60),
+            receipt_tokens: ReceiptTokens::random(),
         }
     }
 
@@ -1193,7 +1204,7 @@ mod tests {
             .on_packet(copy.clone(), Some(addr(2)), NOW_MS, &mut t)
             .is_empty());
         // Stored: the receipt goes back over the link the copy came from.
-        let r = Receipt::sign(&me, id, copy.expires_at);
+        let r = Receipt::sign(&me, id, copy.expires_at, None);
         let out = p.delivered(
             id,
             Delivery::Receipt(r.clone()),
@@ -1225,9 +1236,9 @@ mod tests {
         let id = MessageId::random();
         let e = entry(&me, &b, id);
         t.outbox.insert(id, (b.address(), e.expires_at));
-        let good = Receipt::sign(&b, id, e.expires_at);
+        let good = Receipt::sign(&b, id, e.expires_at, None);
         // Another expiry than the outbox's: not ours, and wanted by nobody.
-        let other = Receipt::sign(&b, id, e.expires_at - 1);
+        let other = Receipt::sign(&b, id, e.expires_at - 1, None);
         assert!(p
             .on_receipt(other, Some(addr(1)), NOW_MS, &mut t)
             .is_empty());
@@ -1243,6 +1254,52 @@ mod tests {
         assert!(matches!(out.as_slice(), [Action::Settle { id: x, .. }] if *x == id));
     }
 
+    #[test]
+    fn the_origin_takes_its_token_for_proof_and_else_the_signature() {
+        let (me, b) = (Identity::generate(), Identity::generate());
+        let mut p = Policy::new(
+            PolicyConfig {
+                receipt_tokens: me.receipt_tokens().clone(),
+                ..cfg(me.address(), RoutingMode::Flood)
+            },
+            Origin::new(Guards::new(), rand::rngs::StdRng::seed_from_u64(3)),
+        );
+        let mut t = Table::default();
+        let id = MessageId::random();
+        let e = entry(&me, &b, id);
+        t.outbox.insert(id, (b.address(), e.expires_at));
+        let token = me.receipt_token(&id.0, &b.address(), e.expires_at);
+        let signed = Receipt::sign(&b, id, e.expires_at, Some(token));
+        let settles = |p: &mut Policy, t: &mut Table, r: Receipt| {
+            let out = p.on_receipt(r, Some(addr(1)), NOW_MS, t);
+            matches!(out.as_slice(), [Action::Settle { id: x, .. }] if *x == id)
+        };
+        // A wrong token and a bad signature prove nothing.
+        let mut bad = signed.clone();
+        bad.token = Some([1; 32]);
+        bad.signature[0] ^= 1;
+        assert!(matches!(
+            p.on_receipt(bad, Some(addr(1)), NOW_MS, &mut t).as_slice(),
+            [Action::Dropped(_)]
+        ));
+        // Another node's token for the same message proves nothing either.
+        let mut theirs = signed.clone();
+        theirs.token = Some(b.receipt_token(&id.0, &b.address(), e.expires_at));
+        theirs.signature[0] ^= 1;
+        assert!(!settles(&mut p, &mut t, theirs));
+        // The token proves it, whatever the signature (it is not checked).
+        let mut by_token = signed.clone();
+        by_token.signature[0] ^= 1;
+        assert!(settles(&mut p, &mut t, by_token));
+        // A token changed or dropped on the way: the signature proves it.
+        let mut changed = signed.clone();
+        changed.token = Some([2; 32]);
+        assert!(settles(&mut p, &mut t, changed));
+        let mut dropped = signed;
+        dropped.token = None;
+        assert!(settles(&mut p, &mut t, dropped));
+    }
+
     /// `me` relays a message from `a` to `b` that came over link 1, and
     /// `b`'s receipt for it.
     fn relayed(me: &Identity) -> (Policy, Table, OutboxEntry, MessageId, Receipt) {
@@ -1253,7 +1310,7 @@ mod tests {
         let e = entry(&a, &b, id);
         let out = p.on_packet(packet(&e, id, 5), Some(addr(1)), NOW_MS, &mut t);
         assert!(out.iter().any(|a| matches!(a, Action::Flood { .. })));
-        let r = Receipt::sign(&b, id, e.expires_at);
+        let r = Receipt::sign(&b, id, e.expires_at, None);
         (p, t, e, id, r)
     }
 
@@ -1362,8 +1419,8 @@ mod tests {
         assert!(matches!(out.as_slice(), [Action::Deliver { .. }]));
         // Its receipt, or one made up in its name, coming back from a link.
         for r in [
-            Receipt::sign(&me, id, e.expires_at),
-            forged(&Receipt::sign(&me, id, e.expires_at), 1),
+            Receipt::sign(&me, id, e.expires_at, None),
+            forged(&Receipt::sign(&me, id, e.expires_at, None), 1),
         ] {
             assert!(p.on_receipt(r, Some(addr(2)), NOW_MS, &mut t).is_empty());
         }
@@ -1451,7 +1508,7 @@ mod tests {
             ));
             // Due again while it is being stored: not twice.
             assert!(p.due(id, e.clone(), NOW_MS, &mut t).is_empty());
-            let r = Receipt::sign(&me, id, e.expires_at);
+            let r = Receipt::sign(&me, id, e.expires_at, None);
             let out = p.delivered(id, Delivery::Receipt(r), None, None, &mut t);
             assert!(matches!(out.as_slice(), [Action::Settle { .. }]));
         }
@@ -1652,7 +1709,7 @@ mod tests {
             &mut t,
         );
         assert!(out.is_empty());
-        let r = Receipt::sign(&me, id, e.expires_at);
+        let r = Receipt::sign(&me, id, e.expires_at, None);
         let out = p.delivered(
             id,
             Delivery::Receipt(r),

@@ -134,6 +134,7 @@ impl Net {
                     max_ttl_secs: MAX_TTL,
                     new_entries_per_min: 100_000,
                     retry_max: Duration::from_secs(30),
+                    receipt_tokens: identity.receipt_tokens().clone(),
                 },
                 Origin::new(Guards::new(), StdRng::seed_from_u64(seed + i as u64)),
             );
@@ -288,6 +289,7 @@ impl Net {
                                 &node.identity,
                                 packet.id,
                                 accepted.letter.expires_at,
+                                accepted.letter.receipt_token,
                             );
                             // The inbox's rule: stored once, with its mark.
                             if !node.disk.marks.contains_key(&packet.id) {
@@ -386,6 +388,11 @@ impl Net {
             sent_ms: self.now_ms,
             expires_at,
             text: text.into(),
+            receipt_token: Some(self.nodes[from].identity.receipt_token(
+                &id.0,
+                &recipient.address(),
+                expires_at,
+            )),
         };
         let aad = seal_aad(&id, &recipient.address(), expires_at);
         let sealed = seal::seal(

@@ -846,7 +846,7 @@ mod tests {
                 received: 2,
                 text: format!("m{i}"),
             };
-            let r = Receipt::sign(&me, msg.id, 1_000);
+            let r = Receipt::sign(&me, msg.id, 1_000, None);
             assert!(s.inbox_deliver(&msg, &r, 1_000, 10).unwrap().is_some());
         }
         let entry = OutboxEntry {

@@ -172,7 +172,7 @@ mod tests {
         let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
         for i in 1..=40u8 {
-            let r = Receipt::sign(&me, MessageId([i; 16]), 1_000);
+            let r = Receipt::sign(&me, MessageId([i; 16]), 1_000, None);
             assert!(s
                 .inbox_deliver(&msg(i, &i.to_string()), &r, 1_000, 10)
                 .unwrap()
@@ -208,8 +208,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
-        let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000);
-        let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000);
+        let r1 = Receipt::sign(&me, MessageId([1; 16]), 1_000, None);
+        let r2 = Receipt::sign(&me, MessageId([2; 16]), 1_000, None);
         assert!(s
             .inbox_deliver(&msg(1, "a"), &r1, 1_000, 10)
             .unwrap()
@@ -250,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::store::test_util::open(dir.path());
         let me = Identity::generate();
-        let r = Receipt::sign(&me, MessageId([4; 16]), 1_000);
+        let r = Receipt::sign(&me, MessageId([4; 16]), 1_000, None);
         let k = s
             .inbox_deliver(&msg(4, "x"), &r, 2_000, 10)
             .unwrap()
@@ -276,7 +276,7 @@ mod tests {
         let me = Identity::generate();
         {
             let s = crate::store::test_util::open(dir.path());
-            let r = Receipt::sign(&me, MessageId([7; 16]), 1_000);
+            let r = Receipt::sign(&me, MessageId([7; 16]), 1_000, None);
             s.inbox_deliver(&msg(7, "kept"), &r, 1_000, 10).unwrap();
             s.flush_blocking().unwrap();
         }

@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(due, vec![a]);
         assert_eq!(s.outbox_hurry(200).unwrap(), 1);
         assert_eq!(s.outbox_due(200, 10).unwrap().len(), 2);
-        let r = Receipt::sign(&crate::crypto::Identity::generate(), a, 1_000);
+        let r = Receipt::sign(&crate::crypto::Identity::generate(), a, 1_000, None);
         assert!(s.outbox_settle(&a, &r, 0).unwrap());
         assert!(!s.outbox_settle(&a, &r, 0).unwrap());
         s.outbox_failed(&b).unwrap();
@@ -340,7 +340,7 @@ mod tests {
         let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
         s.outbox_put(&a, &entry(100)).unwrap();
         s.outbox_put(&b, &entry(100)).unwrap();
-        let r = Receipt::sign(&bob, a, 1_000);
+        let r = Receipt::sign(&bob, a, 1_000, None);
         assert!(s.outbox_settle(&a, &r, 10).unwrap());
         assert!(!s.outbox_settle(&a, &r, 10).unwrap(), "once");
         assert_eq!(s.counter(Counter::Delivered).unwrap(), 1);

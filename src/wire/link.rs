@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::message::MAX_SEALED_BYTES;
 use super::{decode_limited, encode_limited, MessageId, WireError};
-use crate::crypto::identity::{verify, Address, Identity};
+use crate::crypto::identity::{verify, Address, Identity, ReceiptTokens};
 use crate::crypto::seal::Sealed;
 use crate::crypto::SignedRecord;
 
@@ -100,14 +100,75 @@ pub struct FloodPacket {
 /// The signature covers the id, the recipient and the message's expiry (the
 /// one bound in its letter); `hops_left` is the only field a relay may
 /// change, and it decides nothing but how far the receipt still travels.
+/// `token`, given back from a version-3 letter, lets the origin check the
+/// receipt with a hash instead of the signature (`Identity::receipt_token`);
+/// a relay that changes or drops it only makes the origin check the
+/// signature instead.
+///
+/// On the wire and on disk (a delivered mark keeps its receipt) the
+/// signature and the token are one byte string, 64 bytes (no token, as every
+/// receipt was before tokens) or 96 (signature, then token).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ReceiptWire", into = "ReceiptWire")]
 pub struct Receipt {
     pub id: MessageId,
     pub recipient: Address,
-    #[serde(with = "serde_bytes")]
     pub signature: [u8; 64],
     pub hops_left: u8,
     pub expires_at: u64,
+    pub token: Option<[u8; 32]>,
+}
+
+/// A [`Receipt`] as postcard writes it.
+#[derive(Serialize, Deserialize)]
+struct ReceiptWire {
+    id: MessageId,
+    recipient: Address,
+    /// The signature, then the token if there is one.
+    #[serde(with = "serde_bytes")]
+    proof: Vec<u8>,
+    hops_left: u8,
+    expires_at: u64,
+}
+
+impl From<Receipt> for ReceiptWire {
+    fn from(r: Receipt) -> ReceiptWire {
+        let mut proof = Vec::with_capacity(96);
+        proof.extend_from_slice(&r.signature);
+        if let Some(t) = &r.token {
+            proof.extend_from_slice(t);
+        }
+        ReceiptWire {
+            id: r.id,
+            recipient: r.recipient,
+            proof,
+            hops_left: r.hops_left,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+impl TryFrom<ReceiptWire> for Receipt {
+    type Error = &'static str;
+
+    fn try_from(w: ReceiptWire) -> Result<Receipt, &'static str> {
+        let (signature, token) = match w.proof.len() {
+            64 => (&w.proof[..], None),
+            96 => (&w.proof[..64], Some(&w.proof[64..])),
+            _ => return Err("a receipt's proof is 64 or 96 bytes"),
+        };
+        Ok(Receipt {
+            id: w.id,
+            recipient: w.recipient,
+            signature: signature.try_into().map_err(|_| "signature")?,
+            hops_left: w.hops_left,
+            expires_at: w.expires_at,
+            token: match token {
+                Some(t) => Some(t.try_into().map_err(|_| "token")?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// The bytes a receipt's signature covers.
@@ -120,7 +181,14 @@ fn receipt_signed_bytes(id: &MessageId, recipient: &Address, expires_at: u64) ->
 }
 
 impl Receipt {
-    pub fn sign(recipient: &Identity, id: MessageId, expires_at: u64) -> Receipt {
+    /// The recipient's receipt for message `id`, giving back the letter's
+    /// token if it had one.
+    pub fn sign(
+        recipient: &Identity,
+        id: MessageId,
+        expires_at: u64,
+        token: Option<[u8; 32]>,
+    ) -> Receipt {
         let signed = receipt_signed_bytes(&id, &recipient.address(), expires_at);
         Receipt {
             id,
@@ -128,6 +196,7 @@ impl Receipt {
             signature: recipient.sign(RECEIPT_DOMAIN, &signed),
             hops_left: MAX_HOPS,
             expires_at,
+            token,
         }
     }
 
@@ -136,6 +205,20 @@ impl Receipt {
     pub fn verify(&self) -> bool {
         let signed = receipt_signed_bytes(&self.id, &self.recipient, self.expires_at);
         verify(&self.recipient, RECEIPT_DOMAIN, &signed, &self.signature)
+    }
+
+    /// True if this receipt proves delivery of the message of the origin
+    /// whose token key is `origin`: its token is the one the origin sealed
+    /// into the letter (compared in constant time), or, without a token or
+    /// with a wrong one, the signature verifies.
+    pub fn proves_to(&self, origin: &ReceiptTokens) -> bool {
+        if let Some(t) = &self.token {
+            let want = origin.token(&self.id.0, &self.recipient, self.expires_at);
+            if bool::from(subtle::ConstantTimeEq::ct_eq(&t[..], &want[..])) {
+                return true;
+            }
+        }
+        self.verify()
     }
 }
 
@@ -202,6 +285,47 @@ impl LinkFrame {
 mod tests {
     use super::*;
     use crate::crypto::{seal, unix_now};
+
+    /// A receipt as every node wrote it before tokens (and as delivered
+    /// marks on disk still hold it).
+    #[derive(Serialize)]
+    struct ReceiptBeforeTokens {
+        id: MessageId,
+        recipient: Address,
+        #[serde(with = "serde_bytes")]
+        signature: [u8; 64],
+        hops_left: u8,
+        expires_at: u64,
+    }
+
+    #[test]
+    fn a_receipt_without_a_token_is_written_as_before_and_one_with_a_token_adds_32_bytes() {
+        let bob = Identity::generate();
+        let r = Receipt::sign(&bob, MessageId([5; 16]), 1_800_000_000, None);
+        let before = postcard::to_stdvec(&ReceiptBeforeTokens {
+            id: r.id,
+            recipient: r.recipient,
+            signature: r.signature,
+            hops_left: r.hops_left,
+            expires_at: r.expires_at,
+        })
+        .unwrap();
+        assert_eq!(postcard::to_stdvec(&r).unwrap(), before);
+        assert_eq!(postcard::from_bytes::<Receipt>(&before).unwrap(), r);
+        let with = Receipt {
+            token: Some([7; 32]),
+            ..r.clone()
+        };
+        let bytes = postcard::to_stdvec(&with).unwrap();
+        assert_eq!(bytes.len(), before.len() + 32);
+        assert_eq!(postcard::from_bytes::<Receipt>(&bytes).unwrap(), with);
+        assert!(with.verify(), "the token is not signed");
+        // A proof of any other length is refused.
+        let mut odd = before.clone();
+        odd[16 + 32] = 65;
+        odd.insert(16 + 32 + 1, 0);
+        assert!(postcard::from_bytes::<Receipt>(&odd).is_err());
+    }
     use crate::wire::message::{seal_aad, Letter, LETTER_VERSION, MAX_TEXT_BYTES};
     use proptest::prelude::*;
 
@@ -221,6 +345,7 @@ mod tests {
             sent_ms: 1,
             expires_at: u64::MAX,
             text: "x".repeat(text_len),
+            receipt_token: Some([9; 32]),
         };
         let aad = seal_aad(&id, &bob.address(), u64::MAX);
         let sealed =
@@ -278,7 +403,7 @@ mod tests {
     fn receipts_verify_only_for_their_signer() {
         let bob = Identity::generate();
         let id = MessageId::random();
-        let r = Receipt::sign(&bob, id, 0);
+        let r = Receipt::sign(&bob, id, 0, None);
         assert!(r.verify());
         let mut forged = r.clone();
         forged.id = MessageId::random();
@@ -330,9 +455,10 @@ mod tests {
                 any::<[u8; 32]>(),
                 proptest::collection::vec(any::<u8>(), 64),
                 0..=MAX_HOPS,
-                any::<u64>()
+                any::<u64>(),
+                proptest::option::of(any::<[u8; 32]>()),
             )
-                .prop_map(|(id, rcpt, sig, hops_left, expires_at)| {
+                .prop_map(|(id, rcpt, sig, hops_left, expires_at, token)| {
                     let mut signature = [0u8; 64];
                     signature.copy_from_slice(&sig);
                     LinkBody::Receipt(Receipt {
@@ -341,6 +467,7 @@ mod tests {
                         signature,
                         hops_left,
                         expires_at,
+                        token,
                     })
                 }),
             (
@@ -372,7 +499,7 @@ mod tests {
             hops in 0..=MAX_HOPS,
         ) {
             let bob = Identity::generate();
-            let r = Receipt::sign(&bob, MessageId([5; 16]), 1_800_000_000);
+            let r = Receipt::sign(&bob, MessageId([5; 16]), 1_800_000_000, None);
             let mut changed = r.clone();
             match which {
                 0 => changed.id.0[byte.index(16)] ^= flip,

@@ -21,15 +21,20 @@ pub const MAX_TEXT_BYTES: usize = 60_000;
 pub const MAX_LETTER_BYTES: usize = MAX_TEXT_BYTES + 512;
 /// Largest sealed letter.
 pub const MAX_SEALED_BYTES: usize = MAX_LETTER_BYTES + SEAL_OVERHEAD;
-/// Version 2 binds the recipient, the sent time and the expiry (version 1
-/// bound only the id and recipient, and carried no expiry).
-pub const LETTER_VERSION: u8 = 2;
-/// Domain of the seal's additional data.
+/// Version 3 carries the receipt token; version 2 (still read, for letters
+/// sealed before it and waiting in outboxes) had none. Version 2 bound the
+/// recipient, the sent time and the expiry (version 1 bound only the id and
+/// recipient, and carried no expiry).
+pub const LETTER_VERSION: u8 = 3;
+/// The letter version before the receipt token, still read.
+pub const LETTER_VERSION_NO_TOKEN: u8 = 2;
+/// Domain of the seal's additional data (the same for versions 2 and 3: the
+/// version itself is inside the sealed letter).
 const AAD_DOMAIN: &[u8; 16] = b"hermes/letter/2\0";
 /// Bytes of [`seal_aad`]: domain, id, recipient, expiry.
 pub const AAD_LEN: usize = 16 + 16 + 32 + 8;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Letter {
     pub version: u8,
     pub id: MessageId,
@@ -41,21 +46,120 @@ pub struct Letter {
     /// Seconds since the Unix epoch after which the sender gives up on it.
     pub expires_at: u64,
     pub text: String,
+    /// What the receipt gives back to prove delivery to the sender
+    /// (`Identity::receipt_token`): in every version-3 letter, in none of
+    /// version 2.
+    pub receipt_token: Option<[u8; 32]>,
+}
+
+/// A letter's fields as postcard writes them, in order, borrowed; a
+/// version-3 letter is this and then its 32-byte token (a tuple: postcard
+/// writes a tuple's parts one after the other, as a struct's fields).
+#[derive(Serialize)]
+struct WireOut<'a> {
+    version: u8,
+    id: &'a MessageId,
+    recipient: &'a Address,
+    sender: &'a SignedRecord,
+    sent_ms: u64,
+    expires_at: u64,
+    text: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireV3 {
+    version: u8,
+    id: MessageId,
+    recipient: Address,
+    sender: SignedRecord,
+    sent_ms: u64,
+    expires_at: u64,
+    text: String,
+    receipt_token: [u8; 32],
+}
+
+#[derive(Deserialize)]
+struct WireV2 {
+    version: u8,
+    id: MessageId,
+    recipient: Address,
+    sender: SignedRecord,
+    sent_ms: u64,
+    expires_at: u64,
+    text: String,
 }
 
 impl Letter {
+    /// A version-3 letter encodes with its token, a version-2 one without;
+    /// any other pairing is refused.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         if self.text.len() > MAX_TEXT_BYTES {
             return Err(WireError::Limit("message text too long"));
         }
-        encode_limited(self, MAX_LETTER_BYTES)
+        match (self.version, &self.receipt_token) {
+            (LETTER_VERSION, Some(_)) | (LETTER_VERSION_NO_TOKEN, None) => {}
+            (LETTER_VERSION, None) => {
+                return Err(WireError::Limit("letter without its receipt token"))
+            }
+            (v, _) => return Err(WireError::Version(v)),
+        }
+        let fields = WireOut {
+            version: self.version,
+            id: &self.id,
+            recipient: &self.recipient,
+            sender: &self.sender,
+            sent_ms: self.sent_ms,
+            expires_at: self.expires_at,
+            text: &self.text,
+        };
+        match &self.receipt_token {
+            Some(receipt_token) => encode_limited(&(fields, receipt_token), MAX_LETTER_BYTES),
+            None => encode_limited(&fields, MAX_LETTER_BYTES),
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Letter, WireError> {
-        let letter: Letter = decode_limited(bytes, MAX_LETTER_BYTES)?;
-        if letter.version != LETTER_VERSION {
-            return Err(WireError::Version(letter.version));
-        }
+        // The version is the first byte (a u8 is one byte in postcard).
+        let letter = match bytes.first() {
+            Some(&LETTER_VERSION) => {
+                let w: WireV3 = decode_limited(bytes, MAX_LETTER_BYTES)?;
+                Letter {
+                    version: w.version,
+                    id: w.id,
+                    recipient: w.recipient,
+                    sender: w.sender,
+                    sent_ms: w.sent_ms,
+                    expires_at: w.expires_at,
+                    text: w.text,
+                    receipt_token: Some(w.receipt_token),
+                }
+            }
+            Some(&LETTER_VERSION_NO_TOKEN) => {
+                let w: WireV2 = decode_limited(bytes, MAX_LETTER_BYTES)?;
+                Letter {
+                    version: w.version,
+                    id: w.id,
+                    recipient: w.recipient,
+                    sender: w.sender,
+                    sent_ms: w.sent_ms,
+                    expires_at: w.expires_at,
+                    text: w.text,
+                    receipt_token: None,
+                }
+            }
+            Some(&v) => {
+                // Over the limit is refused for its size first, whatever it
+                // says it is.
+                if bytes.len() > MAX_LETTER_BYTES {
+                    return Err(WireError::TooLarge {
+                        size: bytes.len(),
+                        limit: MAX_LETTER_BYTES,
+                    });
+                }
+                return Err(WireError::Version(v));
+            }
+            None => return Err(WireError::Malformed),
+        };
         if letter.text.len() > MAX_TEXT_BYTES {
             return Err(WireError::Limit("message text too long"));
         }
@@ -72,4 +176,79 @@ pub fn seal_aad(id: &MessageId, recipient: &Address, expires_at: u64) -> [u8; AA
     aad[32..64].copy_from_slice(&recipient.0);
     aad[64..].copy_from_slice(&expires_at.to_be_bytes());
     aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{unix_now, Identity};
+
+    fn letter(version: u8, receipt_token: Option<[u8; 32]>) -> Letter {
+        let alice = Identity::generate();
+        Letter {
+            version,
+            id: MessageId([4; 16]),
+            recipient: Identity::generate().address(),
+            sender: SignedRecord::sign(
+                &alice,
+                "127.0.0.2:58008".parse().unwrap(),
+                true,
+                unix_now(),
+            ),
+            sent_ms: 1_800_000_000_000,
+            expires_at: 1_800_000_600,
+            text: "hello".into(),
+            receipt_token,
+        }
+    }
+
+    /// A version-2 letter as it was written before receipt tokens.
+    #[derive(Serialize)]
+    struct LetterV2 {
+        version: u8,
+        id: MessageId,
+        recipient: Address,
+        sender: SignedRecord,
+        sent_ms: u64,
+        expires_at: u64,
+        text: String,
+    }
+
+    #[test]
+    fn version_3_carries_its_token_and_version_2_is_still_read() {
+        let v3 = letter(LETTER_VERSION, Some([8; 32]));
+        let bytes = v3.encode().unwrap();
+        assert_eq!(&bytes[bytes.len() - 32..], &[8; 32]);
+        assert_eq!(Letter::decode(&bytes).unwrap(), v3);
+        // The bytes of a letter sealed before tokens (waiting in an outbox
+        // through the upgrade) open to a letter without one.
+        let v2 = letter(LETTER_VERSION_NO_TOKEN, None);
+        let old = postcard::to_stdvec(&LetterV2 {
+            version: v2.version,
+            id: v2.id,
+            recipient: v2.recipient,
+            sender: v2.sender.clone(),
+            sent_ms: v2.sent_ms,
+            expires_at: v2.expires_at,
+            text: v2.text.clone(),
+        })
+        .unwrap();
+        assert_eq!(Letter::decode(&old).unwrap(), v2);
+        assert_eq!(v2.encode().unwrap(), old);
+        // Version 3 without its token, version 2 with one, and other
+        // versions are refused.
+        assert!(letter(LETTER_VERSION, None).encode().is_err());
+        assert!(letter(LETTER_VERSION_NO_TOKEN, Some([1; 32]))
+            .encode()
+            .is_err());
+        assert!(matches!(
+            letter(1, None).encode(),
+            Err(WireError::Version(1))
+        ));
+        let mut one = old.clone();
+        one[0] = 1;
+        assert!(matches!(Letter::decode(&one), Err(WireError::Version(1))));
+        // A version-3 letter cut short of its token does not decode.
+        assert!(Letter::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
 }

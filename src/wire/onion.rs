@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn a_reply_round_trips_with_zero_padding_only() {
         let id = Identity::generate();
-        let r = ReplyPayload::new(Receipt::sign(&id, MessageId([3; 16]), 1_900_000_000));
+        let r = ReplyPayload::new(Receipt::sign(&id, MessageId([3; 16]), 1_900_000_000, None));
         let mut bytes = r.encode().unwrap();
         bytes.resize(MAX_PLAINTEXT, 0);
         assert_eq!(ReplyPayload::decode(&bytes).unwrap(), r);

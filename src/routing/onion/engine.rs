@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(part.data, b"sealed letter");
         // Back: the receipt over the block, opened by the origin once.
         let block = ReplyBlock::from_bytes(&pp.reply).unwrap();
-        let receipt = Receipt::sign(&Identity::generate(), id, NOW + 600);
+        let receipt = Receipt::sign(&Identity::generate(), id, NOW + 600, None);
         let body = ReplyPayload::new(receipt.clone()).encode().unwrap();
         let (first, packet) = Sphinx.use_reply_block(&block, &body).unwrap();
         let (at, peeled) = carry(&nodes, &s, first, packet);
