@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use super::memo::Memo;
 use super::static_dh::StaticDhCache;
 
-/// HKDF salt of the receipt-token key ([`Identity::receipt_token`]).
+/// HKDF salt of the receipt-token key ([`ReceiptTokens`]).
 const RECEIPT_KEY_SALT: &[u8] = b"hermes/receipt-token/1";
 
 /// Name of the identity file inside the data dir.
@@ -146,8 +146,9 @@ impl ReceiptTokens {
     }
 
     /// The token that proves delivery of this node's message `id` to
-    /// `recipient`, expiring at `expires_at`: HMAC-SHA256 over the three
-    /// under this key (one block of HKDF-Expand). It is sealed into the
+    /// `recipient`, expiring at `expires_at`: 32 bytes of HKDF-Expand under
+    /// this key with the three as its info (one HMAC-SHA256 of
+    /// `id ‖ recipient ‖ be64(expires_at) ‖ 0x01`). It is sealed into the
     /// letter, so only the recipient learns it, and comes back in the
     /// receipt; the origin recomputes it from the id instead of storing it,
     /// and checking it costs a hash where a signature check costs a curve
@@ -313,8 +314,6 @@ impl Identity {
         self.static_dh.len()
     }
 
-    /// Signs `domain || message`; the domain keeps a signature of one kind
-    /// from being replayed as another.
     /// This node's receipt-token key.
     pub fn receipt_tokens(&self) -> &ReceiptTokens {
         &self.receipt_tokens
@@ -325,6 +324,8 @@ impl Identity {
         self.receipt_tokens.token(id, recipient, expires_at)
     }
 
+    /// Signs `domain || message`; the domain keeps a signature of one kind
+    /// from being replayed as another.
     pub fn sign(&self, domain: &[u8], message: &[u8]) -> [u8; 64] {
         let mut buf = Vec::with_capacity(domain.len() + message.len());
         buf.extend_from_slice(domain);

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_limited, encode_limited, MessageId, WireError};
+use super::{encode_limited, MessageId, WireError};
 use crate::crypto::seal::SEAL_OVERHEAD;
 use crate::crypto::{Address, SignedRecord};
 
@@ -66,20 +66,10 @@ struct WireOut<'a> {
     text: &'a str,
 }
 
+/// The same fields, owned, as read back; a version-3 letter has its token
+/// after them.
 #[derive(Deserialize)]
-struct WireV3 {
-    version: u8,
-    id: MessageId,
-    recipient: Address,
-    sender: SignedRecord,
-    sent_ms: u64,
-    expires_at: u64,
-    text: String,
-    receipt_token: [u8; 32],
-}
-
-#[derive(Deserialize)]
-struct WireV2 {
+struct WireIn {
     version: u8,
     id: MessageId,
     recipient: Address,
@@ -119,46 +109,37 @@ impl Letter {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Letter, WireError> {
+        if bytes.len() > MAX_LETTER_BYTES {
+            return Err(WireError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_LETTER_BYTES,
+            });
+        }
         // The version is the first byte (a u8 is one byte in postcard).
-        let letter = match bytes.first() {
-            Some(&LETTER_VERSION) => {
-                let w: WireV3 = decode_limited(bytes, MAX_LETTER_BYTES)?;
-                Letter {
-                    version: w.version,
-                    id: w.id,
-                    recipient: w.recipient,
-                    sender: w.sender,
-                    sent_ms: w.sent_ms,
-                    expires_at: w.expires_at,
-                    text: w.text,
-                    receipt_token: Some(w.receipt_token),
-                }
-            }
-            Some(&LETTER_VERSION_NO_TOKEN) => {
-                let w: WireV2 = decode_limited(bytes, MAX_LETTER_BYTES)?;
-                Letter {
-                    version: w.version,
-                    id: w.id,
-                    recipient: w.recipient,
-                    sender: w.sender,
-                    sent_ms: w.sent_ms,
-                    expires_at: w.expires_at,
-                    text: w.text,
-                    receipt_token: None,
-                }
-            }
-            Some(&v) => {
-                // Over the limit is refused for its size first, whatever it
-                // says it is.
-                if bytes.len() > MAX_LETTER_BYTES {
-                    return Err(WireError::TooLarge {
-                        size: bytes.len(),
-                        limit: MAX_LETTER_BYTES,
-                    });
-                }
-                return Err(WireError::Version(v));
-            }
+        match bytes.first() {
+            Some(&(LETTER_VERSION | LETTER_VERSION_NO_TOKEN)) => {}
+            Some(&v) => return Err(WireError::Version(v)),
             None => return Err(WireError::Malformed),
+        }
+        let (w, rest) =
+            postcard::take_from_bytes::<WireIn>(bytes).map_err(|_| WireError::Malformed)?;
+        // Version 3: exactly its 32-byte token follows; version 2: nothing.
+        let receipt_token = match (w.version, rest.len()) {
+            (LETTER_VERSION, 32) => rest.try_into().ok(),
+            (LETTER_VERSION, n) if n < 32 => return Err(WireError::Malformed),
+            (LETTER_VERSION, n) => return Err(WireError::Trailing(n - 32)),
+            (_, 0) => None,
+            (_, n) => return Err(WireError::Trailing(n)),
+        };
+        let letter = Letter {
+            version: w.version,
+            id: w.id,
+            recipient: w.recipient,
+            sender: w.sender,
+            sent_ms: w.sent_ms,
+            expires_at: w.expires_at,
+            text: w.text,
+            receipt_token,
         };
         if letter.text.len() > MAX_TEXT_BYTES {
             return Err(WireError::Limit("message text too long"));
