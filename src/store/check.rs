@@ -55,7 +55,6 @@ pub enum Opened {
 pub struct Counts {
     pub inbox: u64,
     pub outbox: u64,
-    pub outbox_due: u64,
     pub drop: u64,
     pub drop_exp: u64,
     pub peers: u64,
@@ -115,10 +114,9 @@ impl fmt::Display for StoreReport {
         let c = &self.counts;
         writeln!(
             f,
-            "entries    inbox {} / outbox {} (due index {}) / drop list {} (expiry index {}) / contacts {} / peers {}{} / replay tags {} / message parts {}",
+            "entries    inbox {} / outbox {} / drop list {} (expiry index {}) / contacts {} / peers {}{} / replay tags {} / message parts {}",
             c.inbox,
             c.outbox,
-            c.outbox_due,
             c.drop,
             c.drop_exp,
             c.contacts,
@@ -257,7 +255,6 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
     };
     let mut trees: Vec<(&str, &sled::Tree)> = vec![
         ("outbox", &store.outbox),
-        ("outbox_due", &store.outbox_due),
         ("inbox", &store.inbox),
         ("drop", &store.drop),
         ("drop_exp", &store.drop_exp),
@@ -322,7 +319,6 @@ fn scan(store: &Store, report: &mut StoreReport, file: &Path) {
         let c = &mut report.counts;
         *match name {
             "outbox" => &mut c.outbox,
-            "outbox_due" => &mut c.outbox_due,
             "inbox" => &mut c.inbox,
             "drop" => &mut c.drop,
             "drop_exp" => &mut c.drop_exp,
@@ -431,8 +427,24 @@ pub(super) fn open_checked(data_dir: &Path) -> Result<(Store, Opened), StoreErro
         // cut off: give it its manifest now.
         store.flush_blocking()?;
     }
+    drop_old_trees(&store)?;
     store.start_writer()?;
     Ok((store, opened))
+}
+
+/// Trees an older version kept that this one does not: `outbox_due`, the
+/// outbox's due-time index until it moved into memory (module `due`).
+/// Dropped when a daemon opens the store; a check or salvage leaves them.
+const OLD_TREES: [&str; 1] = ["outbox_due"];
+
+fn drop_old_trees(store: &Store) -> Result<(), StoreError> {
+    let names = store.db.tree_names();
+    for old in OLD_TREES {
+        if names.iter().any(|n| n.as_ref() == old.as_bytes()) {
+            store.db.drop_tree(old)?;
+        }
+    }
+    Ok(())
 }
 
 /// The state of the store in `data_dir` for `hermes store check`. Opens

@@ -5,8 +5,7 @@
 //!
 //! | tree | key | value |
 //! | --- | --- | --- |
-//! | `outbox` | message id | [`OutboxEntry`]: sealed message, retry state |
-//! | `outbox_due` | `be_u64(due_ms) ‖ id` | due-time index of `outbox` |
+//! | `outbox` | message id | [`OutboxEntry`]: sealed message, retry state (saved now and then: module [`due`]) |
 //! | `inbox` | `be_u64(seq) ‖ id` | a delivered [`InboxMessage`] |
 //! | `drop` | [`DropKey`] | [`DropEntry`]: expiry, the receipt if delivered |
 //! | `drop_exp` | `be_u64(expires_at) ‖ drop key` | expiry index of `drop` |
@@ -28,6 +27,7 @@
 pub mod check;
 mod contacts;
 mod drop_list;
+mod due;
 mod inbox;
 pub mod manifest;
 mod outbox;
@@ -262,7 +262,8 @@ pub struct Store {
     /// Why a flush failed, once one has: every later flush fails too.
     failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     outbox: sled::Tree,
-    outbox_due: sled::Tree,
+    /// The outbox's retry state and due order, in memory (module [`due`]).
+    due: Arc<std::sync::Mutex<due::DueIndex>>,
     inbox: sled::Tree,
     drop: sled::Tree,
     drop_exp: sled::Tree,
@@ -324,9 +325,11 @@ impl Store {
                 .map_err(|e| classify_open_error(&path, e))
         };
         let meta = tree("meta")?;
+        let outbox = tree("outbox")?;
+        let due = outbox::load_due(&outbox).map_err(|e| classify_open_error(&path, e))?;
         Ok(Store {
-            outbox: tree("outbox")?,
-            outbox_due: tree("outbox_due")?,
+            outbox,
+            due: Arc::new(std::sync::Mutex::new(due)),
             inbox: tree("inbox")?,
             drop: tree("drop")?,
             drop_exp: tree("drop_exp")?,
@@ -339,6 +342,12 @@ impl Store {
             manifest: None,
             writer: None,
         })
+    }
+
+    /// The outbox's in-memory index (a poisoned lock is taken as it is: the
+    /// index is changed only after its write succeeded).
+    fn due_index(&self) -> std::sync::MutexGuard<'_, due::DueIndex> {
+        self.due.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Why the store stopped making writes durable, if it has.

@@ -5,30 +5,15 @@
 //! only when a verified receipt arrives, or when its time to live runs out.
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
 
 use super::drop_list::DropKey;
+use super::due::DueIndex;
 use super::writer::{self, Op, Outcome};
 use super::{Counter, Store, StoreError};
 use crate::crypto::seal::Sealed;
 use crate::crypto::Address;
 use crate::wire::link::Receipt;
 use crate::wire::MessageId;
-
-pub(super) fn due_key(due_ms: u64, id: &MessageId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&due_ms.to_be_bytes());
-    k[8..].copy_from_slice(&id.0);
-    k
-}
-
-/// The message id of an `outbox_due` key.
-fn due_key_id(key: &[u8]) -> Option<MessageId> {
-    key.get(8..)
-        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-        .map(MessageId)
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -62,6 +47,35 @@ impl OutboxEntry {
     }
 }
 
+/// The fields of an [`OutboxEntry`] before its sealed letter, in its order:
+/// what the due index is built from (kept in step by the test
+/// `the_route_is_read_from_the_front_of_an_entry`).
+#[derive(Deserialize)]
+struct OutboxHead {
+    _recipient: Address,
+    _created_ms: u64,
+    expires_at: u64,
+    attempts: u32,
+    next_try_ms: u64,
+}
+
+/// Builds the due index from the outbox tree (when the store opens). An
+/// entry that does not decode is left out: the open's check refuses the
+/// store for it (module `check`).
+pub(super) fn load_due(outbox: &sled::Tree) -> Result<DueIndex, sled::Error> {
+    let mut due = DueIndex::default();
+    for item in outbox.iter() {
+        let (k, v) = item?;
+        let Ok(id) = <[u8; 16]>::try_from(k.as_ref()).map(MessageId) else {
+            continue;
+        };
+        if let Ok((h, _)) = postcard::take_from_bytes::<OutboxHead>(&v) {
+            due.file(id, h.attempts, h.next_try_ms, h.expires_at);
+        }
+    }
+    Ok(due)
+}
+
 /// Counts of the outbox for `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
@@ -72,8 +86,8 @@ pub struct OutboxCounts {
 }
 
 impl Store {
-    /// Stores an entry and files it under its due time in the `outbox_due`
-    /// index (both in one transaction), on the calling thread, not flushed.
+    /// Stores an entry (and files it in the due index), on the calling
+    /// thread, not flushed.
     pub fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), StoreError> {
         let op = Op::OutboxPut {
             id: *id,
@@ -83,24 +97,31 @@ impl Store {
         Ok(())
     }
 
+    /// Removes an entry, counted nowhere; true if it was there.
     fn outbox_take(&self, id: &MessageId) -> Result<bool, StoreError> {
-        let removed = (&self.outbox, &self.outbox_due).transaction(|(outbox, due)| {
-            let Some(old) = outbox.remove(&id.0)? else {
-                return Ok::<_, ConflictableTransactionError<StoreError>>(false);
-            };
-            if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
-                due.remove(&due_key(old.due_ms(), id)[..])?;
-            }
-            Ok(true)
-        })?;
-        Ok(removed)
+        match writer::apply_now(self, Op::OutboxCancel { id: *id })? {
+            Outcome::Found(f) => Ok(f),
+            _ => Err(writer::stopped()),
+        }
     }
 
-    pub fn outbox_get(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+    /// The entry as it is on disk (its retry state may be older than the
+    /// index's).
+    pub(super) fn outbox_read(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
         match self.outbox.get(id.0)? {
             Some(v) => Ok(Some(postcard::from_bytes(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// The entry with its current retry state.
+    pub fn outbox_get(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+        let retry = self.due_index().get(id);
+        let mut entry = self.outbox_read(id)?;
+        if let (Some(e), Some(r)) = (entry.as_mut(), retry) {
+            r.apply_to(e);
+        }
+        Ok(entry)
     }
 
     /// The recipient and expiry of an outbox entry, without reading its
@@ -116,10 +137,10 @@ impl Store {
     }
 
     /// Settles a message with its verified receipt, in one transaction: the
-    /// outbox entry and its index entry go, the delivered mark (with the
-    /// receipt) is written, then the delivered counter is bumped. A crash can
-    /// leave the message either in flight or settled, never both. True if
-    /// the message was in the outbox.
+    /// outbox entry goes, the delivered mark (with the receipt) is written,
+    /// then the delivered counter is bumped. A crash can leave the message
+    /// either in flight or settled, never both. True if the message was in
+    /// the outbox.
     pub fn outbox_settle(
         &self,
         id: &MessageId,
@@ -164,41 +185,27 @@ impl Store {
 
     /// Removes a message whose time to live ran out, and counts it failed.
     pub fn outbox_failed(&self, id: &MessageId) -> Result<(), StoreError> {
-        if self.outbox_take(id)? {
-            self.bump(Counter::Failed, 1)?;
-        }
+        writer::apply_now(self, Op::OutboxFailed { id: *id })?;
         Ok(())
     }
 
     /// Entries due at `now_ms` (expired ones are due too), at most `limit`,
-    /// earliest first, read through the due-time index.
+    /// earliest first, with their current retry state.
     pub fn outbox_due(
         &self,
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
-        let end = now_ms.saturating_add(1).to_be_bytes();
-        let mut due = Vec::new();
-        for item in self.outbox_due.range(..end.as_slice()).take(limit) {
-            let (k, _) = item?;
-            let Some(id) = due_key_id(&k) else { continue };
-            if let Some(entry) = self.outbox_get(&id)? {
-                due.push((id, entry));
-            }
-        }
-        Ok(due)
+        let ids = self.due_index().due(now_ms, limit);
+        self.outbox_entries(ids)
     }
 
-    /// Entries not due yet at `now_ms` (read through the due-time index).
-    pub(super) fn outbox_waiting(
+    fn outbox_entries(
         &self,
-        now_ms: u64,
+        ids: Vec<MessageId>,
     ) -> Result<Vec<(MessageId, OutboxEntry)>, StoreError> {
-        let start = now_ms.saturating_add(1).to_be_bytes();
-        let mut out = Vec::new();
-        for item in self.outbox_due.range(start.as_slice()..) {
-            let (k, _) = item?;
-            let Some(id) = due_key_id(&k) else { continue };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
             if let Some(entry) = self.outbox_get(&id)? {
                 out.push((id, entry));
             }
@@ -209,55 +216,35 @@ impl Store {
     /// Makes every waiting entry due now (a new neighbour came up); returns
     /// how many were waiting.
     pub fn outbox_hurry(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for (id, mut entry) in self.outbox_waiting(now_ms)? {
-            entry.next_try_ms = now_ms;
-            self.outbox_put(&id, &entry)?;
-            n += 1;
+        match writer::apply_now(self, Op::OutboxHurry { now_ms })? {
+            Outcome::Hurried(n) => Ok(n),
+            _ => Err(writer::stopped()),
         }
-        Ok(n)
     }
 
-    /// Up to `limit` entries, the next due first (read through the due-time
-    /// index), and how many there are in all: what `hermes outbox` shows.
+    /// Up to `limit` entries, the next due first, and how many there are in
+    /// all: what `hermes outbox` shows.
     pub fn outbox_list(
         &self,
         limit: usize,
     ) -> Result<(u64, Vec<(MessageId, OutboxEntry)>), StoreError> {
-        let mut listed = Vec::new();
-        let mut total = 0u64;
-        for item in self.outbox_due.iter() {
-            let (k, _) = item?;
-            let Some(id) = due_key_id(&k) else { continue };
-            total += 1;
-            if listed.len() < limit {
-                if let Some(entry) = self.outbox_get(&id)? {
-                    listed.push((id, entry));
-                }
-            }
-        }
-        Ok((total, listed))
+        let (total, ids) = {
+            let due = self.due_index();
+            (due.len() as u64, due.first(limit))
+        };
+        Ok((total, self.outbox_entries(ids)?))
     }
 
-    /// Removes a message the local user cancelled (`hermes outbox cancel`),
-    /// with its index entry; counted nowhere. True if it was there. A copy
-    /// already sent may still arrive: its receipt then finds nothing to settle.
+    /// Removes a message the local user cancelled (`hermes outbox cancel`);
+    /// counted nowhere. True if it was there. A copy already sent may still
+    /// arrive: its receipt then finds nothing to settle.
     pub fn outbox_cancel(&self, id: &MessageId) -> Result<bool, StoreError> {
         self.outbox_take(id)
     }
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let mut c = OutboxCounts::default();
-        for item in self.outbox.iter() {
-            let (_, v) = item?;
-            let entry: OutboxEntry = postcard::from_bytes(&v)?;
-            if entry.attempts == 0 {
-                c.queued += 1;
-            } else {
-                c.in_flight += 1;
-            }
-        }
-        Ok(c)
+        let (queued, in_flight) = self.due_index().counts();
+        Ok(OutboxCounts { queued, in_flight })
     }
 }
 
@@ -410,5 +397,114 @@ mod tests {
         e.next_try_ms = 5_000_000;
         s.outbox_put(&a, &e).unwrap();
         assert_eq!(s.outbox_due(1_000_000, 10).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use crate::store::test_util::open;
+    use crate::store::writer::Reschedule;
+
+    fn entry() -> OutboxEntry {
+        OutboxEntry {
+            recipient: Address([9; 32]),
+            created_ms: 0,
+            expires_at: 1_000,
+            attempts: 0,
+            next_try_ms: 100,
+            sealed: Sealed {
+                sender_kem: [1; 32],
+                enc: [2; 32],
+                ciphertext: vec![3; 40],
+            },
+        }
+    }
+
+    /// What the router's tick does: take what is due, each tried once more
+    /// and next due at `next`.
+    fn take_due(s: &Store, now_ms: u64, next: u64) -> Vec<(MessageId, OutboxEntry)> {
+        let reschedule: Reschedule = Box::new(move |_, e| {
+            let mut e = e.clone();
+            e.attempts += 1;
+            e.next_try_ms = next;
+            Some(e)
+        });
+        let op = Op::OutboxTakeDue {
+            now_ms,
+            limit: 10,
+            reschedule,
+        };
+        match writer::apply_now(s, op).unwrap() {
+            Outcome::Due(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sending_writes_nothing_and_a_flush_saves_its_retry_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = MessageId([1; 16]);
+        {
+            let s = open(dir.path());
+            s.outbox_put(&a, &entry()).unwrap();
+            let taken = take_due(&s, 100, 5_000);
+            assert_eq!(taken, vec![(a, entry())], "answered as it was");
+            assert!(take_due(&s, 4_999, 6_000).is_empty(), "not due again");
+            assert_eq!(s.outbox_counts().unwrap().in_flight, 1);
+            let got = s.outbox_get(&a).unwrap().unwrap();
+            assert_eq!((got.attempts, got.next_try_ms), (1, 5_000));
+            let disk = s.outbox_read(&a).unwrap().unwrap();
+            assert_eq!(disk, entry(), "the sending wrote nothing");
+            s.flush_blocking().unwrap();
+            let disk = s.outbox_read(&a).unwrap().unwrap();
+            assert_eq!((disk.attempts, disk.next_try_ms), (1, 5_000), "saved");
+        }
+        let s = open(dir.path());
+        let got = s.outbox_get(&a).unwrap().unwrap();
+        assert_eq!((got.attempts, got.next_try_ms), (1, 5_000), "reopened");
+        assert!(s.outbox_due(4_999, 10).unwrap().is_empty());
+        assert_eq!(s.outbox_due(5_000, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn saving_retry_state_never_brings_back_a_settled_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = MessageId([1; 16]);
+        s.outbox_put(&a, &entry()).unwrap();
+        take_due(&s, 100, 5_000);
+        // The settle and the save of its (dirty) retry state in one group.
+        let bob = crate::crypto::identity::Identity::generate();
+        let r = Receipt::sign(&bob, a, 1_000, None);
+        let mut jobs = [writer::Job {
+            op: Op::OutboxSettle {
+                id: a,
+                receipt: Box::new(r),
+                now: 10,
+            },
+            durable: false,
+            reply: writer::Reply::None,
+        }];
+        let answers = writer::write_jobs(&s, &mut jobs, true);
+        assert!(matches!(answers[..], [Ok(Outcome::Found(true))]));
+        assert_eq!(s.outbox_read(&a).unwrap(), None);
+        assert_eq!(s.outbox_counts().unwrap(), OutboxCounts::default());
+    }
+
+    #[test]
+    fn an_older_stores_due_tree_is_dropped_when_a_daemon_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.outbox_put(&MessageId([1; 16]), &entry()).unwrap();
+            let old = s.db.open_tree("outbox_due").unwrap();
+            old.insert([0u8; 24], &[]).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = open(dir.path());
+        let names = s.db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"outbox_due"));
+        assert_eq!(s.outbox_due(u64::MAX, 10).unwrap().len(), 1, "rebuilt");
     }
 }

@@ -22,6 +22,11 @@
 //! Counters live in memory ([`super::Counters`]) and are written by this
 //! thread with each group, and at least every [`COUNTER_SAVE_INTERVAL`] when
 //! they changed: a crash may lose the last second of counts, never a message.
+//! The outbox's retry state lives in memory too (module [`super::due`]): a
+//! sending writes nothing; this thread changes the index in step with each
+//! group's transaction, under the index's lock, and writes changed retry
+//! state back into the entries with a group at most every
+//! [`RETRY_SAVE_INTERVAL`], and with every explicit flush.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
@@ -31,8 +36,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
+use super::due::{DueIndex, Retry, RETRY_SAVE_INTERVAL};
 use super::inbox::InboxKey;
-use super::outbox::{due_key, OutboxEntry};
+use super::outbox::OutboxEntry;
 use super::{Store, StoreError};
 use crate::wire::client::InboxMessage;
 use crate::wire::link::Receipt;
@@ -49,12 +55,12 @@ pub const NON_DURABLE_LINGER: Duration = Duration::from_millis(2);
 pub const COUNTER_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Decides a due outbox entry's new retry state inside the writer: `None`
-/// leaves it as it is.
+/// leaves it as it is. Only its `attempts` and `next_try_ms` are kept.
 pub type Reschedule = Box<dyn FnMut(&MessageId, &OutboxEntry) -> Option<OutboxEntry> + Send>;
 
 /// One write, or a read-and-write of the outbox's due entries.
 pub(super) enum Op {
-    /// Stores (or replaces) an outbox entry with its due-index entry.
+    /// Stores (or replaces) an outbox entry, and files it in the due index.
     OutboxPut {
         id: MessageId,
         entry: Box<OutboxEntry>,
@@ -67,6 +73,8 @@ pub(super) enum Op {
     },
     /// Removes a message whose time to live ran out.
     OutboxFailed { id: MessageId },
+    /// Removes a message, counted nowhere (cancelled, or settled before).
+    OutboxCancel { id: MessageId },
     /// Reads the entries due at `now_ms` and gives each its new retry state.
     OutboxTakeDue {
         now_ms: u64,
@@ -91,7 +99,8 @@ pub(super) enum Op {
 #[derive(Debug)]
 pub(super) enum Outcome {
     Done,
-    /// `OutboxSettle`/`OutboxFailed`: whether the message was in the outbox.
+    /// `OutboxSettle`/`OutboxFailed`/`OutboxCancel`: whether the message was
+    /// in the outbox.
     Found(bool),
     /// `OutboxTakeDue`: the due entries, as they were before rescheduling.
     Due(Vec<(MessageId, OutboxEntry)>),
@@ -197,22 +206,36 @@ pub(super) fn stopped() -> StoreError {
 }
 
 fn run(store: Store, rx: Receiver<Job>) {
+    let mut retry_saved = Instant::now();
     loop {
         let first = match rx.recv_timeout(COUNTER_SAVE_INTERVAL) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => {
-                // Idle: save changed counters; sled's own flush takes them
-                // to disk.
+                // Idle: save changed counters and retry state; sled's own
+                // flush takes them to disk.
                 let _ = store.save_counters();
+                save_retry(&store);
+                retry_saved = Instant::now();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut jobs = vec![first];
         collect(&rx, &mut jobs, Instant::now() + NON_DURABLE_LINGER);
-        apply_group(&store, jobs);
+        let save = retry_saved.elapsed() >= RETRY_SAVE_INTERVAL;
+        if save {
+            retry_saved = Instant::now();
+        }
+        apply_group(&store, jobs, save);
     }
     let _ = store.save_counters();
+    save_retry(&store);
+}
+
+/// Writes the retry state that changed back into the outbox entries (no
+/// flush), in a transaction of its own.
+fn save_retry(store: &Store) {
+    write_jobs(store, &mut [], true);
 }
 
 /// Adds to `jobs` every job waiting, up to [`MAX_GROUP`]. While none of them
@@ -247,39 +270,12 @@ fn collect(rx: &Receiver<Job>, jobs: &mut Vec<Job>, linger_until: Instant) {
 }
 
 /// Applies a group of jobs in one transaction, flushes once if one of them
-/// is durable, and answers each.
-fn apply_group(store: &Store, mut jobs: Vec<Job>) {
-    // Reads the transaction cannot do (range scans), and ids it needs, first.
-    let mut pre: Vec<Pre> = Vec::with_capacity(jobs.len());
-    for job in jobs.iter_mut() {
-        pre.push(match prepare(store, &mut job.op) {
-            Ok(p) => p,
-            Err(e) => Pre::Failed(Some(e)),
-        });
-    }
+/// is durable, and answers each. With `save_retry` (or a [`Op::Flush`] in
+/// the group) the changed retry state is written in the same transaction.
+fn apply_group(store: &Store, mut jobs: Vec<Job>, save_retry: bool) {
     let durable = jobs.iter().any(|j| j.durable);
-    let result = group_tx(store, &jobs, &pre);
-    let mut answers: Vec<Answer> = match result {
-        Ok(outs) => outs.into_iter().map(Ok).collect(),
-        Err(e) if jobs.len() == 1 => vec![Err(e)],
-        Err(_) => {
-            // One job spoiled the group: apply each on its own, so each gets
-            // its own answer.
-            let mut v = Vec::with_capacity(jobs.len());
-            for (i, job) in jobs.iter().enumerate() {
-                let one = group_tx(store, std::slice::from_ref(job), &pre[i..=i]);
-                v.push(one.and_then(|mut o| o.pop().ok_or_else(stopped)));
-            }
-            v
-        }
-    };
-    for (a, p) in answers.iter_mut().zip(pre.iter_mut()) {
-        if let Pre::Failed(e) = p {
-            if let Some(e) = e.take() {
-                *a = Err(e);
-            }
-        }
-    }
+    let save_retry = save_retry || jobs.iter().any(|j| matches!(j.op, Op::Flush));
+    let mut answers = write_jobs(store, &mut jobs, save_retry);
     if durable {
         if let Err(e) = store.flush_now() {
             let why = e.to_string();
@@ -302,13 +298,100 @@ fn apply_group(store: &Store, mut jobs: Vec<Job>) {
     }
 }
 
+/// Applies `jobs` in one transaction (not flushed), then changes the due
+/// index in step, in the jobs' order, all under the index's lock: no other
+/// writer's transaction comes between a job's write and its index change.
+pub(super) fn write_jobs(store: &Store, jobs: &mut [Job], save_retry: bool) -> Vec<Answer> {
+    let mut due = store.due_index();
+    // Reads the transaction cannot do, and ids it needs, first.
+    let mut pre: Vec<Pre> = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        pre.push(match prepare(store, &mut job.op) {
+            Ok(p) => p,
+            Err(e) => Pre::Failed(Some(e)),
+        });
+    }
+    let saving = if save_retry { due.dirty() } else { Vec::new() };
+    let mut answers: Vec<Answer> = match group_tx(store, jobs, &pre, &saving) {
+        Ok(outs) => {
+            due.saved(&saving);
+            outs.into_iter().map(Ok).collect()
+        }
+        Err(e) if jobs.len() == 1 => vec![Err(e)],
+        // Only retry state to save: it stays dirty and is tried again.
+        Err(_) if jobs.is_empty() => Vec::new(),
+        Err(_) => {
+            // One job spoiled the group: apply each on its own, so each gets
+            // its own answer.
+            let mut v = Vec::with_capacity(jobs.len());
+            for (i, job) in jobs.iter().enumerate() {
+                let one = group_tx(store, std::slice::from_ref(job), &pre[i..=i], &[]);
+                v.push(one.and_then(|mut o| o.pop().ok_or_else(stopped)));
+            }
+            v
+        }
+    };
+    for (a, p) in answers.iter_mut().zip(pre.iter_mut()) {
+        if let Pre::Failed(e) = p {
+            if let Some(e) = e.take() {
+                *a = Err(e);
+            }
+        }
+    }
+    for (job, a) in jobs.iter_mut().zip(answers.iter_mut()) {
+        if let Ok(out) = a {
+            if let Err(e) = after_commit(store, &mut due, &mut job.op, out) {
+                *a = Err(e);
+            }
+        }
+    }
+    answers
+}
+
+/// A committed job's change to the due index; the due entries' reads and
+/// new retry state (which only the index holds) are made here.
+fn after_commit(
+    store: &Store,
+    due: &mut DueIndex,
+    op: &mut Op,
+    out: &mut Outcome,
+) -> Result<(), StoreError> {
+    match op {
+        Op::OutboxPut { id, entry } => due.insert(*id, entry),
+        Op::OutboxSettle { id, .. } | Op::OutboxFailed { id } | Op::OutboxCancel { id } => {
+            due.remove(id)
+        }
+        Op::OutboxTakeDue {
+            now_ms,
+            limit,
+            reschedule,
+        } => {
+            let ids = due.due(*now_ms, *limit);
+            let mut taken = Vec::with_capacity(ids.len());
+            for id in ids {
+                let (Some(retry), Some(mut entry)) = (due.get(&id), store.outbox_read(&id)?) else {
+                    due.remove(&id);
+                    continue;
+                };
+                retry.apply_to(&mut entry);
+                if let Some(new) = reschedule(&id, &entry) {
+                    due.reschedule(&id, new.attempts, new.next_try_ms);
+                }
+                taken.push((id, entry));
+            }
+            *out = Outcome::Due(taken);
+        }
+        Op::OutboxHurry { now_ms } => *out = Outcome::Hurried(due.hurry(*now_ms)),
+        Op::Deliver { .. } | Op::Flush => {}
+    }
+    Ok(())
+}
+
 /// What a job needs that was read before its transaction.
 enum Pre {
     None,
     /// `Deliver`: the inbox key (its sequence number).
     InboxKey(Vec<u8>),
-    /// `OutboxTakeDue` / `OutboxHurry`: the entries and their new states.
-    Due(Vec<(MessageId, OutboxEntry, Option<OutboxEntry>)>),
     Failed(Option<StoreError>),
 }
 
@@ -320,35 +403,6 @@ fn prepare(store: &Store, op: &mut Op) -> Result<Pre, StoreError> {
             key.extend_from_slice(&seq.to_be_bytes());
             key.extend_from_slice(&msg.id.0);
             Pre::InboxKey(key)
-        }
-        Op::OutboxTakeDue {
-            now_ms,
-            limit,
-            reschedule,
-        } => {
-            let due = store.outbox_due(*now_ms, *limit)?;
-            Pre::Due(
-                due.into_iter()
-                    .map(|(id, e)| {
-                        let new = reschedule(&id, &e);
-                        (id, e, new)
-                    })
-                    .collect(),
-            )
-        }
-        Op::OutboxHurry { now_ms } => {
-            let waiting = store.outbox_waiting(*now_ms)?;
-            let now_ms = *now_ms;
-            Pre::Due(
-                waiting
-                    .into_iter()
-                    .map(|(id, e)| {
-                        let mut new = e.clone();
-                        new.next_try_ms = now_ms;
-                        (id, e, Some(new))
-                    })
-                    .collect(),
-            )
         }
         _ => Pre::None,
     })
@@ -367,21 +421,27 @@ fn counted(op: &Op, out: &Outcome) -> Option<super::Counter> {
 
 /// Applies `jobs` in one transaction over the trees they write, with the
 /// counters: the delivered and failed counts change in the same
-/// transaction as the outbox, so a crash never leaves them apart.
-fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, StoreError> {
+/// transaction as the outbox, so a crash never leaves them apart. Then
+/// writes `saving`'s retry state into the entries that are still there,
+/// each read inside the transaction, so one that a job of this group (or
+/// any write before) took out stays out.
+fn group_tx(
+    store: &Store,
+    jobs: &[Job],
+    pre: &[Pre],
+    saving: &[(MessageId, Retry)],
+) -> Result<Vec<Outcome>, StoreError> {
     let dirty = store.counters.take_dirty();
     let result = (
         &store.outbox,
-        &store.outbox_due,
         &store.inbox,
         &store.drop,
         &store.drop_exp,
         &store.meta,
     )
-        .transaction(|(outbox, due, inbox, drop, drop_exp, meta)| {
+        .transaction(|(outbox, inbox, drop, drop_exp, meta)| {
             let t = Trees {
                 outbox,
-                due,
                 inbox,
                 drop,
                 drop_exp,
@@ -389,6 +449,15 @@ fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, St
             let mut outs = Vec::with_capacity(jobs.len());
             for (job, p) in jobs.iter().zip(pre) {
                 outs.push(apply(&t, &job.op, p)?);
+            }
+            for (id, retry) in saving {
+                // An entry put again in this group is new: its state is its own.
+                let put = jobs
+                    .iter()
+                    .any(|j| matches!(&j.op, Op::OutboxPut { id: p, .. } if p == id));
+                if !put {
+                    t.save_retry(id, retry)?;
+                }
             }
             let mut added = [0u64; super::Counter::ALL.len()];
             for (job, out) in jobs.iter().zip(&outs) {
@@ -424,7 +493,6 @@ fn group_tx(store: &Store, jobs: &[Job], pre: &[Pre]) -> Result<Vec<Outcome>, St
 
 struct Trees<'a> {
     outbox: &'a TransactionalTree,
-    due: &'a TransactionalTree,
     inbox: &'a TransactionalTree,
     drop: &'a TransactionalTree,
     drop_exp: &'a TransactionalTree,
@@ -436,24 +504,25 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Tx> {
 
 impl Trees<'_> {
     fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), Tx> {
-        let value = encode(entry)?;
-        if let Some(old) = self.outbox.insert(&id.0, value)? {
-            if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
-                self.due.remove(&due_key(old.due_ms(), id)[..])?;
-            }
-        }
-        self.due.insert(&due_key(entry.due_ms(), id)[..], &[])?;
+        self.outbox.insert(&id.0, encode(entry)?)?;
         Ok(())
     }
 
     fn outbox_take(&self, id: &MessageId) -> Result<bool, Tx> {
-        let Some(old) = self.outbox.remove(&id.0)? else {
-            return Ok(false);
+        Ok(self.outbox.remove(&id.0)?.is_some())
+    }
+
+    /// Writes an entry's retry state from the due index, if it is still
+    /// there and decodes (one that does not is the open check's to report).
+    fn save_retry(&self, id: &MessageId, retry: &Retry) -> Result<(), Tx> {
+        let Some(old) = self.outbox.get(id.0)? else {
+            return Ok(());
         };
-        if let Ok(old) = postcard::from_bytes::<OutboxEntry>(&old) {
-            self.due.remove(&due_key(old.due_ms(), id)[..])?;
-        }
-        Ok(true)
+        let Ok(mut entry) = postcard::from_bytes::<OutboxEntry>(&old) else {
+            return Ok(());
+        };
+        retry.apply_to(&mut entry);
+        self.outbox_put(id, &entry)
     }
 }
 
@@ -478,28 +547,9 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
             }
             Outcome::Found(t.outbox_take(id)?)
         }
-        Op::OutboxFailed { id } => Outcome::Found(t.outbox_take(id)?),
-        Op::OutboxTakeDue { .. } | Op::OutboxHurry { .. } => {
-            let Pre::Due(due) = pre else {
-                return Ok(Outcome::Due(Vec::new()));
-            };
-            let mut taken = Vec::with_capacity(due.len());
-            for (id, old, new) in due {
-                // The entry may have been settled or rescheduled since it was
-                // read: its index entry (written with it in one step) says.
-                if t.due.get(&due_key(old.due_ms(), id)[..])?.is_none() {
-                    continue;
-                }
-                if let Some(new) = new {
-                    t.outbox_put(id, new)?;
-                }
-                taken.push((*id, old.clone()));
-            }
-            match op {
-                Op::OutboxHurry { .. } => Outcome::Hurried(taken.len()),
-                _ => Outcome::Due(taken),
-            }
-        }
+        Op::OutboxFailed { id } | Op::OutboxCancel { id } => Outcome::Found(t.outbox_take(id)?),
+        // Made after the commit, from the due index (`after_commit`).
+        Op::OutboxTakeDue { .. } | Op::OutboxHurry { .. } => Outcome::Done,
         Op::Deliver {
             msg,
             receipt,
@@ -533,24 +583,20 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
 /// (its transaction, no flush): the store's synchronous methods
 /// (`outbox_put`, `outbox_settle`, `inbox_deliver`) are this, so each rule
 /// is written once.
-pub(super) fn apply_now(store: &Store, mut op: Op) -> Answer {
-    let pre = prepare(store, &mut op)?;
-    let job = Job {
+pub(super) fn apply_now(store: &Store, op: Op) -> Answer {
+    let mut jobs = [Job {
         op,
         durable: false,
         reply: Reply::None,
-    };
-    let mut outs = group_tx(
-        store,
-        std::slice::from_ref(&job),
-        std::slice::from_ref(&pre),
-    )?;
-    outs.pop().ok_or_else(unexpected)
+    }];
+    write_jobs(store, &mut jobs, false)
+        .pop()
+        .ok_or_else(unexpected)?
 }
 
 /// Applies one job on the calling thread (the writer's queue was full).
 pub(super) fn apply_here(store: &Store, job: Job) {
-    apply_group(store, vec![job]);
+    apply_group(store, vec![job], false);
 }
 
 fn unexpected() -> StoreError {
