@@ -427,21 +427,25 @@ pub(super) fn open_checked(data_dir: &Path) -> Result<(Store, Opened), StoreErro
         // cut off: give it its manifest now.
         store.flush_blocking()?;
     }
-    drop_old_trees(&store)?;
+    empty_old_trees(&store)?;
     store.start_writer()?;
     Ok((store, opened))
 }
 
 /// Trees an older version kept that this one does not: `outbox_due`, the
 /// outbox's due-time index until it moved into memory (module `due`).
-/// Dropped when a daemon opens the store; a check or salvage leaves them.
+/// Emptied when a daemon opens the store (not dropped: in sled 0.34 a
+/// dropped tree wastes disk, NOTES.md); a check or salvage leaves them.
 const OLD_TREES: [&str; 1] = ["outbox_due"];
 
-fn drop_old_trees(store: &Store) -> Result<(), StoreError> {
+fn empty_old_trees(store: &Store) -> Result<(), StoreError> {
     let names = store.db.tree_names();
     for old in OLD_TREES {
         if names.iter().any(|n| n.as_ref() == old.as_bytes()) {
-            store.db.drop_tree(old)?;
+            let tree = store.db.open_tree(old)?;
+            if !tree.is_empty() {
+                tree.clear()?;
+            }
         }
     }
     Ok(())

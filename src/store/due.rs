@@ -7,16 +7,18 @@
 //! retrying it write nothing: only the push (the entry) and the settle (the
 //! entry goes, its delivered mark comes) do. The retry state of entries that
 //! are still waiting is written back into their entries by the store's
-//! writer at most every [`RETRY_SAVE_INTERVAL`], and with every explicit
-//! flush (the shutdown's among them), so a restart keeps the backoff and the
-//! attempt counts. A crash loses at most that interval of retry state, which
-//! means an earlier retry, never a lost message (ARCHITECTURE.md, durability
+//! writer every [`RETRY_SAVE_INTERVAL`] and with every explicit flush (at
+//! most [`MAX_RETRY_SAVE`] at a time, those sent most often first), and all
+//! of it when the store closes, so a restart keeps the backoff and the
+//! attempt counts. A crash loses the retry state not saved yet, which means
+//! an earlier retry, never a lost message (ARCHITECTURE.md, durability
 //! points: only the entry itself is a promise).
 //!
 //! One owner: the store changes the index only in step with the tree, under
 //! one lock taken around the write (module `writer`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use super::outbox::OutboxEntry;
@@ -24,6 +26,11 @@ use crate::wire::MessageId;
 
 /// Changed retry state is written back at least this often (see module doc).
 pub const RETRY_SAVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Most entries one save writes back, those sent most often first: under a
+/// flood thousands are in flight at once, each sent once and settled a
+/// moment later, and rewriting them all would cost more than the sending
+/// saved. The writer's last save, when the store closes, writes them all.
+pub const MAX_RETRY_SAVE: usize = 256;
 
 /// What the index holds of one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,19 +160,37 @@ impl DueIndex {
         (queued, self.by_id.len() as u64 - queued)
     }
 
-    /// The entries whose retry state is not on disk yet.
-    pub fn dirty(&self) -> Vec<(MessageId, Retry)> {
+    /// Up to `limit` entries whose retry state is not on disk yet, those
+    /// sent most often first.
+    pub fn dirty(&self, limit: usize) -> Vec<(MessageId, Retry)> {
         if self.dirty == 0 {
             return Vec::new();
         }
-        self.by_id
-            .iter()
-            .filter(|(_, r)| r.dirty)
-            .map(|(id, r)| (*id, *r))
+        // The `limit` most sent, kept in a heap whose top is the least sent
+        // of them: no list of every dirty entry (thousands under a flood).
+        let mut top: BinaryHeap<Reverse<(u32, MessageId)>> = BinaryHeap::new();
+        for (id, r) in self.by_id.iter().filter(|(_, r)| r.dirty) {
+            if top.len() < limit {
+                top.push(Reverse((r.attempts, *id)));
+            } else if top
+                .peek()
+                .is_some_and(|Reverse((least, _))| r.attempts > *least)
+            {
+                top.pop();
+                top.push(Reverse((r.attempts, *id)));
+            }
+        }
+        top.into_iter()
+            .filter_map(|Reverse((_, id))| self.get(&id).map(|r| (id, r)))
             .collect()
     }
 
-    /// `saved` (from [`DueIndex::dirty`]) reached the disk: the entries that
+    /// How many entries are dirty.
+    pub fn dirty_count(&self) -> usize {
+        self.dirty
+    }
+
+    /// `saved` (from [`DueIndex::dirty`]) was written: the entries that
     /// did not change since are clean.
     pub fn saved(&mut self, saved: &[(MessageId, Retry)]) {
         for (id, r) in saved {
@@ -224,22 +249,37 @@ mod tests {
         let mut d = DueIndex::default();
         d.insert(id(1), &entry(0, 100, 1_000));
         d.insert(id(2), &entry(0, 100, 1_000));
-        assert!(d.dirty().is_empty(), "as on disk");
+        assert!(d.dirty(usize::MAX).is_empty(), "as on disk");
         assert!(d.reschedule(&id(1), 1, 500));
         assert!(!d.reschedule(&id(7), 1, 500), "not filed");
         assert_eq!(d.due(100, 10), vec![id(2)]);
         assert_eq!(d.due(500, 10), vec![id(2), id(1)]);
         assert_eq!(d.counts(), (1, 1));
-        let dirty = d.dirty();
+        let dirty = d.dirty(usize::MAX);
         assert_eq!(dirty.len(), 1);
         // It changes again before the save lands: it stays dirty.
         d.reschedule(&id(1), 2, 900);
         d.saved(&dirty);
-        assert_eq!(d.dirty().len(), 1);
-        let dirty = d.dirty();
+        assert_eq!(d.dirty(usize::MAX).len(), 1);
+        let dirty = d.dirty(usize::MAX);
         d.saved(&dirty);
-        assert!(d.dirty().is_empty());
+        assert!(d.dirty(usize::MAX).is_empty());
         assert_eq!(d.get(&id(1)).map(|r| r.attempts), Some(2));
+    }
+
+    #[test]
+    fn a_save_takes_the_most_sent_first_and_no_more_than_its_limit() {
+        let mut d = DueIndex::default();
+        for n in 1..=5u8 {
+            d.insert(id(n), &entry(0, 100, 1_000));
+            d.reschedule(&id(n), u32::from(n % 3) + 1, 500);
+        }
+        // Attempts: 1 → 2, 2 → 3, 3 → 1, 4 → 2, 5 → 3.
+        let mut first: Vec<_> = d.dirty(2).into_iter().map(|(i, _)| i).collect();
+        first.sort();
+        assert_eq!(first, vec![id(2), id(5)]);
+        assert_eq!(d.dirty(10).len(), 5);
+        assert_eq!(d.dirty_count(), 5);
     }
 
     #[test]
@@ -250,11 +290,11 @@ mod tests {
         d.insert(id(3), &entry(1, 900, 1_000));
         assert_eq!(d.hurry(200), 2);
         assert_eq!(d.due(200, 10).len(), 3);
-        assert_eq!(d.dirty().len(), 2);
+        assert_eq!(d.dirty(usize::MAX).len(), 2);
         d.remove(&id(2));
         d.remove(&id(2));
         assert_eq!(d.len(), 2);
-        assert_eq!(d.dirty().len(), 1);
+        assert_eq!(d.dirty(usize::MAX).len(), 1);
         assert_eq!(d.due(u64::MAX, 10), vec![id(1), id(3)]);
     }
 }

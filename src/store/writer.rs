@@ -25,8 +25,9 @@
 //! The outbox's retry state lives in memory too (module [`super::due`]): a
 //! sending writes nothing; this thread changes the index in step with each
 //! group's transaction, under the index's lock, and writes changed retry
-//! state back into the entries with a group at most every
-//! [`RETRY_SAVE_INTERVAL`], and with every explicit flush.
+//! state back into the entries (up to [`MAX_RETRY_SAVE`] at a time) with a
+//! group at most every [`RETRY_SAVE_INTERVAL`], with every explicit flush,
+//! and all of it when the store closes.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
@@ -36,7 +37,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::drop_list::{insert_in_tx, is_live, DropEntry, DropKey};
-use super::due::{DueIndex, Retry, RETRY_SAVE_INTERVAL};
+use super::due::{DueIndex, Retry, MAX_RETRY_SAVE, RETRY_SAVE_INTERVAL};
 use super::inbox::InboxKey;
 use super::outbox::OutboxEntry;
 use super::{Store, StoreError};
@@ -229,11 +230,21 @@ fn run(store: Store, rx: Receiver<Job>) {
         apply_group(&store, jobs, save);
     }
     let _ = store.save_counters();
-    save_retry(&store);
+    // Closing: all of it, [`MAX_RETRY_SAVE`] at a time (sled flushes it
+    // when its trees close).
+    let mut left = store.due_index().dirty_count();
+    while left > 0 {
+        save_retry(&store);
+        let now = store.due_index().dirty_count();
+        if now >= left {
+            break;
+        }
+        left = now;
+    }
 }
 
-/// Writes the retry state that changed back into the outbox entries (no
-/// flush), in a transaction of its own.
+/// Writes up to [`MAX_RETRY_SAVE`] changed retry states back into their
+/// outbox entries (no flush), in a transaction of its own.
 fn save_retry(store: &Store) {
     write_jobs(store, &mut [], true);
 }
@@ -311,7 +322,11 @@ pub(super) fn write_jobs(store: &Store, jobs: &mut [Job], save_retry: bool) -> V
             Err(e) => Pre::Failed(Some(e)),
         });
     }
-    let saving = if save_retry { due.dirty() } else { Vec::new() };
+    let saving = if save_retry {
+        due.dirty(MAX_RETRY_SAVE)
+    } else {
+        Vec::new()
+    };
     let mut answers: Vec<Answer> = match group_tx(store, jobs, &pre, &saving) {
         Ok(outs) => {
             due.saved(&saving);
