@@ -370,3 +370,52 @@ fn frames_packed_into_one_cell_are_each_taken() {
     );
     assert!(line.contains("bad frame"), "cut for a bad frame: {line}");
 }
+
+#[test]
+fn no_frame_of_a_cell_is_taken_after_one_cut_the_link() {
+    // Hosts .43 (the node) and .44-.45 (the hostile peers' claimed listen
+    // addresses) of N, apart from the other tests'.
+    let node = Node::start(N, 43, NodeOpts::default());
+    let to: SocketAddr = node.listen().parse().expect("node address");
+    let cut_lines = |listen: &SocketAddr| -> Vec<String> {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("peer cut off") && l.contains(&listen.to_string()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let first: SocketAddr = listen_addr(N, 44).parse().expect("an address");
+    let mut h = HostilePeer::dial(to, first);
+    // Two frames of a version no node speaks in one cell: the first cuts
+    // the link; were the second taken, it would cut it again.
+    assert!(h.send_packed(&[vec![0xff, 1, 2], vec![0xfe, 3, 4]]));
+    assert!(
+        h.closed_within(CUT_OFF),
+        "the link must be cut{}",
+        node.describe_for_failure()
+    );
+    wait_for_value(
+        CUT_OFF,
+        "the first peer's cut".to_string(),
+        &[&node],
+        || cut_lines(&first).first().cloned(),
+    );
+    // Every line of the first cell's frames is logged before anything of a
+    // later link: once the second peer's cut is in the log, all of the
+    // first's are.
+    let second: SocketAddr = listen_addr(N, 45).parse().expect("an address");
+    let mut h2 = HostilePeer::dial(to, second);
+    assert!(h2.send_packed(&[vec![0xff, 5, 6]]));
+    wait_for_value(
+        CUT_OFF,
+        "the second peer's cut".to_string(),
+        &[&node],
+        || cut_lines(&second).first().cloned(),
+    );
+    let lines = cut_lines(&first);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one cut for the first cell, not one per frame: {lines:?}"
+    );
+}
