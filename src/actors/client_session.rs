@@ -317,8 +317,8 @@ async fn answer(req: Request, deps: &ClientDeps, listener: &Addr<Listener>) -> R
     }
 }
 
-/// `hermes outbox`: what waits, the next due first. The count walks the
-/// whole due index: on the blocking pool, as `status`'s counts are.
+/// `hermes outbox`: what waits, the next due first. The entries are read
+/// from the store: on the blocking pool, as `status`'s counts are.
 async fn outbox(deps: &ClientDeps, max: u32) -> Response {
     let max = (max as usize).min(MAX_OUTBOX_LIST);
     let store = deps.store.clone();

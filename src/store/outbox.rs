@@ -287,6 +287,13 @@ mod tests {
             Some((e.recipient, e.expires_at))
         );
         assert_eq!(s.outbox_route(&MessageId([5; 16])).unwrap(), None);
+        // And the due index, built from the same front (`OutboxHead`).
+        let due = load_due(&s.outbox).unwrap();
+        let r = due.get(&id).unwrap();
+        assert_eq!(
+            (r.attempts, r.next_try_ms, r.expires_ms),
+            (3, 1_767_225_601_000, 1_767_312_000_000)
+        );
     }
 
     #[test]
