@@ -421,8 +421,8 @@ async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
     if neighbours.is_empty() {
         warnings.push(no_neighbours_warning(&bootstrap));
     }
-    // The counts walk the outbox, the inbox and the drop list (~0.1 s for an
-    // outbox of 50,000): on the blocking pool, not on the actor system's
+    // The counts walk the inbox and the drop list (the outbox's come from
+    // its in-memory index): on the blocking pool, not on the actor system's
     // thread, which would route nothing meanwhile.
     let store = deps.store.clone();
     let (counts, inbox, drop_list) = actix_rt::task::spawn_blocking(move || {
