@@ -421,9 +421,9 @@ async fn status(deps: &ClientDeps) -> Result<StatusReport, String> {
     if neighbours.is_empty() {
         warnings.push(no_neighbours_warning(&bootstrap));
     }
-    // The counts walk the inbox and the drop list (the outbox's come from
-    // its in-memory index): on the blocking pool, not on the actor system's
-    // thread, which would route nothing meanwhile.
+    // The counts are kept in memory by the store (the outbox's by its due
+    // index); the blocking pool only because the store's lock may wait for
+    // one of the writer's transactions.
     let store = deps.store.clone();
     let (counts, inbox, drop_list) = actix_rt::task::spawn_blocking(move || {
         store

@@ -557,7 +557,9 @@ fn copy_into(src: &Store, dst: &Store) -> Result<CopyCounts, StoreError> {
         }
         let mut key = dst.db.generate_id()?.to_be_bytes().to_vec();
         key.extend_from_slice(&k[8..]);
-        dst.inbox.insert(key, v)?;
+        if dst.inbox.insert(key, v)?.is_none() {
+            super::Sizes::add(&dst.sizes.inbox, 1);
+        }
         c.inbox += 1;
     }
     for item in src.drop.iter() {

@@ -61,17 +61,19 @@ pub(super) fn is_live(stored: &[u8], now: u64) -> bool {
     postcard::from_bytes::<DropEntry>(stored).is_ok_and(|e| e.expires_at > now)
 }
 
-/// Writes `entry` and its expiry index inside a transaction.
+/// Writes `entry` and its expiry index inside a transaction; true if the
+/// key had no entry before (one more entry in the drop list).
 pub(super) fn insert_in_tx(
     drop: &TransactionalTree,
     drop_exp: &TransactionalTree,
     key: &DropKey,
     entry: &DropEntry,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
     let k = key.bytes();
     let value =
         postcard::to_stdvec(entry).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
     let old = drop.insert(k.clone(), value)?;
+    let new = old.is_none();
     if let Some(old) = old {
         if let Ok(old) = postcard::from_bytes::<DropEntry>(&old) {
             if old.expires_at != entry.expires_at {
@@ -80,7 +82,7 @@ pub(super) fn insert_in_tx(
         }
     }
     drop_exp.insert(exp_key(entry.expires_at, &k), &[])?;
-    Ok(())
+    Ok(new)
 }
 
 impl Store {
@@ -103,14 +105,16 @@ impl Store {
         now: u64,
     ) -> Result<bool, StoreError> {
         let k = key.bytes();
-        let r = (&self.drop, &self.drop_exp).transaction(|(drop, drop_exp)| {
+        let (inserted, new) = (&self.drop, &self.drop_exp).transaction(|(drop, drop_exp)| {
             if drop.get(&k)?.is_some_and(|v| is_live(&v, now)) {
-                return Ok(false);
+                return Ok((false, false));
             }
-            insert_in_tx(drop, drop_exp, key, entry)?;
-            Ok(true)
+            Ok((true, insert_in_tx(drop, drop_exp, key, entry)?))
         })?;
-        Ok(r)
+        if new {
+            super::Sizes::add(&self.sizes.drop, 1);
+        }
+        Ok(inserted)
     }
 
     /// Removes up to [`SWEEP_BATCH`] entries that have expired by `now`.
@@ -122,8 +126,10 @@ impl Store {
             let drop_key = &k[8..];
             // Remove the entry only if it still has this expiry (it may have
             // been renewed with a later one).
-            if self.drop.get(drop_key)?.is_some_and(|v| !is_live(&v, now)) {
-                self.drop.remove(drop_key)?;
+            if self.drop.get(drop_key)?.is_some_and(|v| !is_live(&v, now))
+                && self.drop.remove(drop_key)?.is_some()
+            {
+                super::Sizes::sub(&self.sizes.drop, 1);
             }
             self.drop_exp.remove(&k)?;
             removed += 1;
@@ -131,8 +137,9 @@ impl Store {
         Ok(removed)
     }
 
+    /// Entries in the drop list (kept count, see `Sizes`).
     pub fn drop_len(&self) -> usize {
-        self.drop.len()
+        self.sizes.drop.load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 }
 

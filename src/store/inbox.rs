@@ -64,12 +64,21 @@ impl Store {
     pub fn inbox_revoke(&self, k: &InboxKey) -> Result<(), StoreError> {
         let delivered = DropKey::Delivered(k.id).bytes();
         let exp = exp_key(k.mark_until, &delivered);
-        (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
-            inbox.remove(k.key.as_slice())?;
-            drop.remove(delivered.as_slice())?;
-            drop_exp.remove(exp.as_slice())?;
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-        })?;
+        let (message, mark) =
+            (&self.inbox, &self.drop, &self.drop_exp).transaction(|(inbox, drop, drop_exp)| {
+                let message = inbox.remove(k.key.as_slice())?.is_some();
+                let mark = drop.remove(delivered.as_slice())?.is_some();
+                drop_exp.remove(exp.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>((
+                    message, mark,
+                ))
+            })?;
+        if message {
+            super::Sizes::sub(&self.sizes.inbox, 1);
+        }
+        if mark {
+            super::Sizes::sub(&self.sizes.drop, 1);
+        }
         Ok(())
     }
 
@@ -97,14 +106,17 @@ impl Store {
     pub fn inbox_remove(&self, ids: &[MessageId]) -> Result<u32, StoreError> {
         let mut removed = 0;
         for k in keys_holding(self.inbox.iter().keys(), ids)? {
-            self.inbox.remove(k)?;
+            if self.inbox.remove(k)?.is_some() {
+                super::Sizes::sub(&self.sizes.inbox, 1);
+            }
             removed += 1;
         }
         Ok(removed)
     }
 
+    /// Messages in the inbox (kept count, see `Sizes`).
     pub fn inbox_len(&self) -> usize {
-        self.inbox.len()
+        self.sizes.inbox.load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 }
 
@@ -136,6 +148,7 @@ fn keys_holding<K: AsRef<[u8]>, E>(
 mod tests {
     use super::*;
     use crate::crypto::Identity;
+    use crate::store::DropEntry;
 
     fn msg(id: u8, text: &str) -> InboxMessage {
         InboxMessage {
@@ -164,6 +177,56 @@ mod tests {
         let found = keys_holding(keys, &ids).unwrap();
         assert_eq!(found, vec![key(1), key(2), key(3)]);
         assert_eq!(read.get(), 3, "the walk stops at the last id");
+    }
+
+    #[test]
+    fn kept_counts_follow_every_write_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::generate();
+        let receipt = |i: u8| Receipt::sign(&me, MessageId([i; 16]), 1_000, None);
+        let real = |s: &Store| (s.inbox.len(), s.drop.len());
+        let kept = |s: &Store| (s.inbox_len(), s.drop_len());
+        {
+            let s = crate::store::test_util::open(dir.path());
+            for i in 1..=5u8 {
+                s.inbox_deliver(&msg(i, "x"), &receipt(i), 1_000, 10)
+                    .unwrap();
+            }
+            // A second copy is refused: nothing more.
+            assert!(s
+                .inbox_deliver(&msg(1, "x"), &receipt(1), 1_000, 10)
+                .unwrap()
+                .is_none());
+            assert_eq!(kept(&s), (5, 5));
+            // Confirmed, taken back, a mark that expires and is swept, a
+            // settle's mark, an expired mark renewed.
+            s.inbox_remove(&[MessageId([2; 16])]).unwrap();
+            let k = s
+                .inbox_deliver(&msg(6, "x"), &receipt(6), 1_000, 10)
+                .unwrap()
+                .unwrap();
+            s.inbox_revoke(&k).unwrap();
+            let short = DropEntry {
+                expires_at: 20,
+                receipt: None,
+            };
+            assert!(s
+                .drop_insert_new(&DropKey::Delivered(MessageId([7; 16])), &short, 10)
+                .unwrap());
+            assert_eq!(kept(&s), real(&s));
+            assert!(s
+                .drop_insert_new(&DropKey::Delivered(MessageId([7; 16])), &short, 30)
+                .unwrap());
+            assert_eq!(kept(&s), real(&s), "renewed, not added");
+            assert_eq!(s.drop_sweep(30).unwrap(), 1);
+            assert!(s
+                .outbox_settle(&MessageId([8; 16]), &receipt(8), 10)
+                .is_ok());
+            assert_eq!(kept(&s), real(&s));
+            assert_eq!(kept(&s), (4, 6));
+        }
+        let s = crate::store::test_util::open(dir.path());
+        assert_eq!(kept(&s), (4, 6), "counted again at open");
     }
 
     #[test]

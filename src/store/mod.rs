@@ -255,6 +255,37 @@ impl Counters {
     }
 }
 
+/// How many entries the inbox and the drop list hold, kept in memory for
+/// `status` (sled's `Tree::len` walks the whole tree, NOTES.md): counted
+/// once when the store opens, then changed by every write that adds or
+/// removes an entry, once its transaction is committed.
+#[derive(Debug, Default)]
+struct Sizes {
+    inbox: AtomicU64,
+    drop: AtomicU64,
+}
+
+impl Sizes {
+    fn count(tree: &sled::Tree) -> Result<AtomicU64, sled::Error> {
+        let mut n = 0u64;
+        for item in tree.iter().keys() {
+            item?;
+            n += 1;
+        }
+        Ok(AtomicU64::new(n))
+    }
+
+    fn add(n: &AtomicU64, by: u64) {
+        n.fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn sub(n: &AtomicU64, by: u64) {
+        let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(by))
+        });
+    }
+}
+
 /// A handle on the node's database; cheap to clone, shared by the actors.
 #[derive(Clone)]
 pub struct Store {
@@ -274,6 +305,7 @@ pub struct Store {
     /// read (`store check`, the source of a salvage).
     manifest: Option<Arc<manifest::ManifestWriter>>,
     counters: Arc<Counters>,
+    sizes: Arc<Sizes>,
     /// The thread that groups the hot path's writes; `None` for a store
     /// opened only to be read, and for the writer's own handle.
     writer: Option<Arc<WriterHandle>>,
@@ -327,11 +359,18 @@ impl Store {
         let meta = tree("meta")?;
         let outbox = tree("outbox")?;
         let due = outbox::load_due(&outbox).map_err(|e| classify_open_error(&path, e))?;
+        let inbox = tree("inbox")?;
+        let drop = tree("drop")?;
+        let sizes = Sizes {
+            inbox: Sizes::count(&inbox).map_err(|e| classify_open_error(&path, e))?,
+            drop: Sizes::count(&drop).map_err(|e| classify_open_error(&path, e))?,
+        };
         Ok(Store {
+            sizes: Arc::new(sizes),
             outbox,
             due: Arc::new(std::sync::Mutex::new(due)),
-            inbox: tree("inbox")?,
-            drop: tree("drop")?,
+            inbox,
+            drop,
             drop_exp: tree("drop_exp")?,
             peers: tree("peers")?,
             contacts: tree("contacts")?,

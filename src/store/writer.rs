@@ -29,6 +29,7 @@
 //! group at most every [`RETRY_SAVE_INTERVAL`], with every explicit flush,
 //! and all of it when the store closes.
 
+use std::cell::Cell;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -460,6 +461,8 @@ fn group_tx(
                 inbox,
                 drop,
                 drop_exp,
+                new_messages: Cell::new(0),
+                new_marks: Cell::new(0),
             };
             let mut outs = Vec::with_capacity(jobs.len());
             for (job, p) in jobs.iter().zip(pre) {
@@ -486,10 +489,13 @@ fn group_tx(
                     meta.insert(c.key(), &value.to_be_bytes())?;
                 }
             }
-            Ok::<_, Tx>((outs, added))
+            let grown = (t.new_messages.get(), t.new_marks.get());
+            Ok::<_, Tx>((outs, added, grown))
         });
     match result {
-        Ok((outs, added)) => {
+        Ok((outs, added, (messages, marks))) => {
+            super::Sizes::add(&store.sizes.inbox, messages);
+            super::Sizes::add(&store.sizes.drop, marks);
             for c in super::Counter::ALL {
                 if added[c.index()] > 0 {
                     store.counters.add_saved(c, added[c.index()]);
@@ -511,6 +517,10 @@ struct Trees<'a> {
     inbox: &'a TransactionalTree,
     drop: &'a TransactionalTree,
     drop_exp: &'a TransactionalTree,
+    /// Entries this transaction adds to the inbox and the drop list (for
+    /// the store's kept counts; fresh each time the closure runs).
+    new_messages: Cell<u64>,
+    new_marks: Cell<u64>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Tx> {
@@ -520,6 +530,14 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Tx> {
 impl Trees<'_> {
     fn outbox_put(&self, id: &MessageId, entry: &OutboxEntry) -> Result<(), Tx> {
         self.outbox.insert(&id.0, encode(entry)?)?;
+        Ok(())
+    }
+
+    /// Writes a delivered mark (counting it if the key had none).
+    fn mark(&self, key: &DropKey, entry: &DropEntry) -> Result<(), Tx> {
+        if insert_in_tx(self.drop, self.drop_exp, key, entry)? {
+            self.new_marks.set(self.new_marks.get() + 1);
+        }
         Ok(())
     }
 
@@ -558,7 +576,7 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
                     expires_at: receipt.expires_at,
                     receipt: Some(receipt.as_ref().clone()),
                 };
-                insert_in_tx(t.drop, t.drop_exp, &key, &mark)?;
+                t.mark(&key, &mark)?;
             }
             Outcome::Found(t.outbox_take(id)?)
         }
@@ -582,12 +600,14 @@ fn apply(t: &Trees<'_>, op: &Op, pre: &Pre) -> Result<Outcome, Tx> {
                 return Ok(Outcome::Delivered(None));
             }
             let value = encode(msg.as_ref())?;
-            t.inbox.insert(key.as_slice(), value)?;
+            if t.inbox.insert(key.as_slice(), value)?.is_none() {
+                t.new_messages.set(t.new_messages.get() + 1);
+            }
             let entry = DropEntry {
                 expires_at: *mark_until,
                 receipt: Some(receipt.as_ref().clone()),
             };
-            insert_in_tx(t.drop, t.drop_exp, &delivered, &entry)?;
+            t.mark(&delivered, &entry)?;
             Outcome::Delivered(Some(InboxKey::new(key.clone(), msg.id, *mark_until)))
         }
         Op::Flush => Outcome::Done,
